@@ -1,0 +1,164 @@
+//! The device layer: the only place that talks to drives, and the only place
+//! with `unsafe` code. Everything above it sees these capability traits and
+//! the typed conditions in [`DeviceError`] and [`ReadOutcome`].
+
+
+pub mod inode_flags;
+pub mod library;
+pub mod open;
+pub mod vtape;
+
+/// A position on tape as the drive reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TapePosition {
+    /// Tape file number (filemarks passed since the beginning of tape).
+    pub file: u32,
+    /// Block number within the current tape file.
+    pub block: u64,
+    /// Logical block address from the beginning of tape (blocks and filemarks).
+    pub logical: u64,
+}
+
+/// What a block read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// A block of this many bytes was read.
+    Block(usize),
+    /// A filemark: the end of a tape file. Position is now past it.
+    Filemark,
+    /// End of recorded data: nothing more on this cartridge.
+    EndOfData,
+}
+
+/// What a block write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written, plenty of room left.
+    Written,
+    /// Written, but the early-warning zone is reached: finish up soon.
+    EarlyWarning,
+}
+
+/// Drive and cartridge status as the drive reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DriveStatus {
+    pub online: bool,
+    pub write_protected: bool,
+    pub at_bot: bool,
+    pub at_eod: bool,
+    pub early_warning: bool,
+    pub position: TapePosition,
+    /// Barcode or label of the loaded cartridge, when the device knows it.
+    pub barcode: Option<String>,
+}
+
+/// Typed conditions a drive reports, each with the device it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{device}: no cartridge loaded; load one (tapir changer load SLOT) and retry")]
+    NoMedium { device: String },
+    #[error("{device}: cartridge is write-protected; slide its write-protect tab or use another cartridge")]
+    WriteProtected { device: String },
+    #[error("{device}: end of medium reached at tape file {file}, block {block}; nothing more fits on this cartridge")]
+    EndOfMedium { device: String, file: u32, block: u64 },
+    #[error("{device}: medium error at tape file {file}, block {block}: {detail}")]
+    MediumError {
+        device: String,
+        file: u32,
+        block: u64,
+        detail: String,
+    },
+    #[error("{device}: block of {needed} bytes does not fit the {buffer}-byte read buffer at tape file {file}, block {block}")]
+    BlockTooLarge {
+        device: String,
+        needed: usize,
+        buffer: usize,
+        file: u32,
+        block: u64,
+    },
+    #[error("{device}: {what} is not supported by this device")]
+    Unsupported { device: String, what: String },
+    #[error("{device}: {detail}")]
+    InvalidRequest { device: String, detail: String },
+    #[error("{device}: {context}: {source}")]
+    Io {
+        device: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DeviceError {
+    pub fn io(device: &str, context: impl Into<String>, source: std::io::Error) -> Self {
+        DeviceError::Io {
+            device: device.to_string(),
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type DeviceResult<T> = Result<T, DeviceError>;
+
+/// Reads blocks in order.
+pub trait BlockRead {
+    /// Read the next block into `buf`. A block larger than `buf` is an error
+    /// ([`DeviceError::BlockTooLarge`]) and, as on the st driver, the position
+    /// moves past it.
+    fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<ReadOutcome>;
+}
+
+/// Writes blocks and filemarks at the current position, truncating what follows.
+pub trait BlockWrite {
+    fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome>;
+    /// Write `count` filemarks. `immediate` returns before the drive's buffer
+    /// is on the medium (st: MTWEOFI); otherwise everything before is durable.
+    fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()>;
+    /// Make everything written so far durable on the medium.
+    fn flush(&mut self) -> DeviceResult<()>;
+}
+
+/// A tape drive with a cartridge: positioning and status on top of block I/O.
+pub trait TapeDrive: BlockRead + BlockWrite + Send {
+    /// The device's name as the user gave it, for messages.
+    fn name(&self) -> &str;
+    fn rewind(&mut self) -> DeviceResult<()>;
+    /// Space over `count` filemarks: forward if positive, backward if negative.
+    /// Backward spacing stops just before the filemark (the BOT side), as st's MTBSF.
+    fn space_filemarks(&mut self, count: i64) -> DeviceResult<()>;
+    /// Space over `count` blocks within the current tape file (±).
+    fn space_blocks(&mut self, count: i64) -> DeviceResult<()>;
+    /// Go to end of recorded data, ready to append.
+    fn seek_end_of_data(&mut self) -> DeviceResult<()>;
+    fn position(&mut self) -> DeviceResult<TapePosition>;
+    /// Go to block `block` of tape file `file`.
+    fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()>;
+    fn status(&mut self) -> DeviceResult<DriveStatus>;
+    /// Largest block this drive can read or write.
+    fn max_block_size(&self) -> usize;
+}
+
+/// A media changer: slots, a drive, and moves between them.
+pub trait Changer {
+    fn inventory(&self) -> DeviceResult<ChangerInventory>;
+    /// Load the cartridge in `slot` into the drive (unloading first if needed).
+    fn load_slot(&mut self, slot: usize) -> DeviceResult<()>;
+    /// Return the drive's cartridge to its home slot.
+    fn unload(&mut self) -> DeviceResult<()>;
+}
+
+/// What a changer holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChangerInventory {
+    /// Slot number (1-based) and barcode of the cartridge there, if any.
+    pub slots: Vec<(usize, Option<String>)>,
+    /// Barcode of the cartridge in the drive and the slot it came from.
+    pub drive: Option<(String, usize)>,
+}
+
+/// Where a virtual library lives, for messages.
+pub fn describe(path: &std::path::Path) -> String {
+    format!("vtape:{}", path.display())
+}
+

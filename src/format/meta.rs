@@ -1,0 +1,351 @@
+//! Variable metadata: CBOR maps with integer keys (FORMAT.md §6, CDDL there).
+//! Unknown keys are ignored on decode, so later versions can add fields.
+
+use minicbor::{Decode, Encode};
+
+use super::FormatError;
+
+/// Seconds and nanoseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Encode, Decode)]
+#[cbor(array)]
+pub struct Timestamp {
+    #[n(0)]
+    pub sec: i64,
+    #[n(1)]
+    pub nsec: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+}
+
+/// The type of an archived filesystem object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+}
+
+impl EntryKind {
+    pub fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 1,
+            EntryKind::Dir => 2,
+            EntryKind::Symlink => 3,
+            EntryKind::HardLink => 4,
+            EntryKind::Fifo => 5,
+            EntryKind::CharDevice => 6,
+            EntryKind::BlockDevice => 7,
+        }
+    }
+    pub fn from_code(c: u8) -> Result<Self, FormatError> {
+        Ok(match c {
+            1 => EntryKind::File,
+            2 => EntryKind::Dir,
+            3 => EntryKind::Symlink,
+            4 => EntryKind::HardLink,
+            5 => EntryKind::Fifo,
+            6 => EntryKind::CharDevice,
+            7 => EntryKind::BlockDevice,
+            other => return Err(FormatError::Invalid(format!("unknown entry kind {other}"))),
+        })
+    }
+    /// The `ls -l` type character.
+    pub fn type_char(self) -> char {
+        match self {
+            EntryKind::File | EntryKind::HardLink => '-',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+            EntryKind::Fifo => 'p',
+            EntryKind::CharDevice => 'c',
+            EntryKind::BlockDevice => 'b',
+        }
+    }
+}
+
+/// Inode flags, in tapir's own bit numbering (not the kernel's).
+pub const INODE_IMMUTABLE: u32 = 1 << 0;
+pub const INODE_APPEND_ONLY: u32 = 1 << 1;
+pub const INODE_NODUMP: u32 = 1 << 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(array)]
+pub struct Xattr {
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub name: Vec<u8>,
+    #[cbor(n(1), with = "minicbor::bytes")]
+    pub value: Vec<u8>,
+}
+
+/// One run of data in a sparse file; everything between extents is a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(array)]
+pub struct Extent {
+    #[n(0)]
+    pub offset: u64,
+    #[n(1)]
+    pub len: u64,
+}
+
+/// Device numbers of a character or block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(array)]
+pub struct DeviceNumbers {
+    #[n(0)]
+    pub major: u32,
+    #[n(1)]
+    pub minor: u32,
+}
+
+/// Everything about one filesystem object except its content.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Entry {
+    /// Relative path inside the archive, as raw bytes, `/`-separated.
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub path: Vec<u8>,
+    /// `EntryKind` code.
+    #[n(1)]
+    pub kind: u8,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    #[n(2)]
+    pub mode: u32,
+    #[n(3)]
+    pub uid: u32,
+    #[n(4)]
+    pub gid: u32,
+    #[n(5)]
+    pub user: Option<String>,
+    #[n(6)]
+    pub group: Option<String>,
+    #[n(7)]
+    pub mtime: Timestamp,
+    #[n(8)]
+    pub atime: Timestamp,
+    #[n(9)]
+    pub ctime: Timestamp,
+    /// Logical size in bytes (files only).
+    #[n(10)]
+    pub size: u64,
+    /// Symlink target, or for a hard link the archive path it links to.
+    #[cbor(n(11), with = "minicbor::bytes")]
+    pub link_target: Option<Vec<u8>>,
+    #[n(12)]
+    pub device: Option<DeviceNumbers>,
+    #[n(13)]
+    pub xattrs: Vec<Xattr>,
+    /// Data extents of a sparse file; absent for a dense file.
+    #[n(14)]
+    pub sparse: Option<Vec<Extent>>,
+    #[n(15)]
+    pub inode_flags: u32,
+}
+
+impl Entry {
+    pub fn kind(&self) -> Result<EntryKind, FormatError> {
+        EntryKind::from_code(self.kind)
+    }
+    /// A minimal entry of `kind` at `path`, for building and tests.
+    pub fn new(path: impl Into<Vec<u8>>, kind: EntryKind) -> Self {
+        Entry {
+            path: path.into(),
+            kind: kind.code(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime: Timestamp::default(),
+            atime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            size: 0,
+            link_target: None,
+            device: None,
+            xattrs: Vec::new(),
+            sparse: None,
+            inode_flags: 0,
+        }
+    }
+}
+
+/// Why an entry's content may be incomplete.
+pub const END_COMPLETE: u8 = 0;
+/// The source could not be read to the end; content is truncated.
+pub const END_SOURCE_READ_ERROR: u8 = 1;
+/// The source changed size while it was read; content is what was read.
+pub const END_SOURCE_CHANGED: u8 = 2;
+
+/// Closes an entry's content: its hash and whether it is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct EntryEnd {
+    /// BLAKE3 of the logical content (holes read as zeros); files only.
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub blake3: Option<[u8; 32]>,
+    /// Logical content bytes stored (data extents only).
+    #[n(1)]
+    pub stored_bytes: u64,
+    #[n(2)]
+    pub status: u8,
+}
+
+/// Opens a session's data stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SessionStart {
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub session_uuid: [u8; 16],
+    #[n(1)]
+    pub session: u32,
+    #[cbor(n(2), with = "minicbor::bytes")]
+    pub set_uuid: [u8; 16],
+    #[n(3)]
+    pub set_name: String,
+    #[n(4)]
+    pub host: String,
+    #[n(5)]
+    pub started: Timestamp,
+    #[n(6)]
+    pub tapir_version: String,
+    /// Source paths as given on the command line.
+    #[n(7)]
+    pub sources: Vec<minicbor::bytes::ByteVec>,
+    #[n(8)]
+    pub volume_seq: u32,
+    #[n(9)]
+    pub block_size: u32,
+}
+
+/// A durability point: everything before it was flushed to the medium.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Checkpoint {
+    #[n(0)]
+    pub entries: u64,
+    #[n(1)]
+    pub bytes: u64,
+    #[n(2)]
+    pub at: Timestamp,
+}
+
+/// Session outcome flags.
+pub const SESSION_OK: u8 = 0;
+pub const SESSION_WITH_WARNINGS: u8 = 1;
+
+/// Closes a session's data stream; repeated at the end of its catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SessionEnd {
+    #[n(0)]
+    pub entries: u64,
+    #[n(1)]
+    pub stored_bytes: u64,
+    #[n(2)]
+    pub ended: Timestamp,
+    #[n(3)]
+    pub warnings: u64,
+    #[n(4)]
+    pub status: u8,
+    /// Sockets and other objects not archived.
+    #[n(5)]
+    pub skipped: u64,
+}
+
+/// Where a record starts: tape file, block within it, byte offset in the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[cbor(array)]
+pub struct StreamPosition {
+    #[n(0)]
+    pub tape_file: u32,
+    #[n(1)]
+    pub block: u64,
+    #[n(2)]
+    pub offset: u32,
+}
+
+/// Opens a session's catalog stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CatalogHeader {
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub session_uuid: [u8; 16],
+    #[n(1)]
+    pub session: u32,
+    /// Tape file holding the session's data stream.
+    #[n(2)]
+    pub data_tape_file: u32,
+    #[n(3)]
+    pub entries: u64,
+}
+
+/// One entry as the catalog lists it, with where its records start.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CatalogEntry {
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub path: Vec<u8>,
+    #[n(1)]
+    pub kind: u8,
+    #[n(2)]
+    pub mode: u32,
+    #[n(3)]
+    pub uid: u32,
+    #[n(4)]
+    pub gid: u32,
+    #[n(5)]
+    pub user: Option<String>,
+    #[n(6)]
+    pub group: Option<String>,
+    #[n(7)]
+    pub mtime: Timestamp,
+    #[n(8)]
+    pub size: u64,
+    #[cbor(n(9), with = "minicbor::bytes")]
+    pub link_target: Option<Vec<u8>>,
+    /// Position of the entry's `Entry` record.
+    #[n(10)]
+    pub position: StreamPosition,
+    #[cbor(n(11), with = "minicbor::bytes")]
+    pub blake3: Option<[u8; 32]>,
+    /// `EntryEnd` status.
+    #[n(12)]
+    pub status: u8,
+    #[n(13)]
+    pub device: Option<DeviceNumbers>,
+}
+
+/// Closes a session's catalog stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CatalogEnd {
+    #[n(0)]
+    pub entries: u64,
+    /// BLAKE3 over the bodies of all `CatalogEntry` records, in order.
+    #[cbor(n(1), with = "minicbor::bytes")]
+    pub digest: [u8; 32],
+    #[n(2)]
+    pub summary: SessionEnd,
+}
+
+/// Encode any metadata structure to CBOR bytes.
+pub fn to_cbor<T: Encode<()>>(value: &T) -> Vec<u8> {
+    minicbor::to_vec(value).expect("encoding to a Vec cannot fail")
+}
+
+/// Decode a metadata structure from CBOR bytes.
+pub fn from_cbor<'b, T: Decode<'b, ()>>(bytes: &'b [u8]) -> Result<T, FormatError> {
+    Ok(minicbor::decode(bytes)?)
+}

@@ -1,0 +1,10 @@
+//! tapir: a tape and removable-media archiver.
+//!
+//! Layers, bottom up: [`device`] (drives, the only `unsafe`), [`format`] (the
+//! on-media format, pure), [`pipeline`] (walk, write, read, restore, verify),
+//! and the thin `cli` in the binary's `src/cli/`.
+
+pub mod device;
+pub mod exit;
+pub mod format;
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! Walking sources, writing sessions, reading them back.
