@@ -1,1 +1,7 @@
-fn main() {}
+//! The `tapir` binary: a thin command-line layer over the library.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -2,7 +2,6 @@
 //! with `unsafe` code. Everything above it sees these capability traits and
 //! the typed conditions in [`DeviceError`] and [`ReadOutcome`].
 
-
 pub mod inode_flags;
 pub mod library;
 pub mod open;
@@ -60,7 +59,17 @@ pub enum DeviceError {
     #[error("{device}: cartridge is write-protected; slide its write-protect tab or use another cartridge")]
     WriteProtected { device: String },
     #[error("{device}: end of medium reached at tape file {file}, block {block}; nothing more fits on this cartridge")]
-    EndOfMedium { device: String, file: u32, block: u64 },
+    EndOfMedium {
+        device: String,
+        file: u32,
+        block: u64,
+    },
+    #[error("{device}: end of recorded data reached at tape file {file}, block {block}")]
+    EndOfData {
+        device: String,
+        file: u32,
+        block: u64,
+    },
     #[error("{device}: medium error at tape file {file}, block {block}: {detail}")]
     MediumError {
         device: String,
@@ -126,6 +135,7 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn rewind(&mut self) -> DeviceResult<()>;
     /// Space over `count` filemarks: forward if positive, backward if negative.
     /// Backward spacing stops just before the filemark (the BOT side), as st's MTBSF.
+    /// Forward spacing that reaches end of data fails with [`DeviceError::EndOfData`].
     fn space_filemarks(&mut self, count: i64) -> DeviceResult<()>;
     /// Space over `count` blocks within the current tape file (±).
     fn space_blocks(&mut self, count: i64) -> DeviceResult<()>;
@@ -161,4 +171,3 @@ pub struct ChangerInventory {
 pub fn describe(path: &std::path::Path) -> String {
     format!("vtape:{}", path.display())
 }
-

@@ -96,20 +96,18 @@ impl BlockHeader {
         if block[0..8] != BLOCK_MAGIC {
             return Err(FormatError::BadMagic);
         }
-        let version = le_u16(block, 8);
-        if version == 0 || version > FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
         let payload_len = le_u32(block, 48);
-        if payload_len as u64 > (MAX_BLOCK_SIZE as u64 - BLOCK_HEADER_LEN as u64) {
+        let limit = MAX_BLOCK_SIZE as u64 - BLOCK_HEADER_LEN as u64;
+        if payload_len as u64 > limit {
             return Err(FormatError::TooLong {
                 what: "block payload",
                 len: payload_len as u64,
-                limit: MAX_BLOCK_SIZE as u64 - BLOCK_HEADER_LEN as u64,
+                limit,
             });
         }
         let end = BLOCK_HEADER_LEN + payload_len as usize;
-        if block.len() < end {
+        if block.len() != end {
+            // Bytes the CRC does not cover, or a block cut short.
             return Err(FormatError::Truncated {
                 needed: end,
                 found: block.len(),
@@ -120,6 +118,14 @@ impl BlockHeader {
         let computed = block_crc(&block[..60], payload);
         if stored != computed {
             return Err(FormatError::CrcMismatch { stored, computed });
+        }
+        // Only a block that verified can speak for its version.
+        let version = le_u16(block, 8);
+        if version == 0 {
+            return Err(FormatError::Invalid("format version 0".into()));
+        }
+        if version > FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion(version));
         }
         let flags = le_u32(block, 12);
         let unknown = flags & CRITICAL_FLAGS_MASK & !KNOWN_CRITICAL_FLAGS;
@@ -191,7 +197,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[byte] ^= 1 << bit;
-                assert!(BlockHeader::decode(&b).is_err(), "flip at {byte}.{bit} undetected");
+                assert!(
+                    BlockHeader::decode(&b).is_err(),
+                    "flip at {byte}.{bit} undetected"
+                );
             }
         }
     }

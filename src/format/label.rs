@@ -91,7 +91,12 @@ impl LabelBlock {
         let (set_line, vol_line) = match &label.set {
             Some(s) => (
                 format!("Set:          {} ({})", s.set_name, uuid_text(&s.set_uuid)),
-                format!("Volume:       {} of the set (joined {} on {})", s.volume_seq, ts_text(s.joined), s.host),
+                format!(
+                    "Volume:       {} of the set (joined {} on {})",
+                    s.volume_seq,
+                    ts_text(s.joined),
+                    s.host
+                ),
             ),
             None => (
                 "Set:          none yet (blank labelled cartridge)".to_string(),
@@ -99,9 +104,11 @@ impl LabelBlock {
             ),
         };
         let kit = match (&label.rescue_kit.format_spec, &label.rescue_kit.binary) {
-            (_, true) => "tape file 1 holds FORMAT.md and a static tapir binary",
-            (true, false) => "tape file 1 holds the format specification (FORMAT.md); no binary on this cartridge",
-            (false, false) => "tape file 1 is empty on this cartridge (rescue kit left out)",
+            (_, true) => "the format specification (FORMAT.md) and a static tapir binary",
+            (true, false) => {
+                "the format specification (FORMAT.md) as plain text; no binary on this cartridge"
+            }
+            (false, false) => "left out on this cartridge (one block of text says so)",
         };
         format!(
             "{LABEL_TEXT_MAGIC} (format v{ver})\n\
@@ -122,7 +129,7 @@ impl LabelBlock {
              To restore without tapir's host catalog:\n\
              \x20 with tapir:     tapir --device /dev/nst0 list ; tapir --device /dev/nst0 restore --to /restore\n\
              \x20 the spec:       mt -f /dev/nst0 rewind; mt -f /dev/nst0 fsf 1; dd if=/dev/nst0 bs={bs} > FORMAT.md\n\
-             \x20 every block after the label starts with a 64-byte header (magic TAPIRBLK, CRC-32)\n\
+             \x20 every block of a session starts with a 64-byte header (magic TAPIRBLK, CRC-32)\n\
              \x20 and the spec describes every byte, so a new reader can be written from it.\n\
              \n\
              The machine-readable label follows at byte offset {off} of this block.\n",
@@ -228,7 +235,10 @@ mod tests {
             volume_uuid: [1; 16],
             label: "TPR001L9".into(),
             pool: "default".into(),
-            labelled: Timestamp { sec: 1_790_000_000, nsec: 5 },
+            labelled: Timestamp {
+                sec: 1_790_000_000,
+                nsec: 5,
+            },
             host: "backup01".into(),
             block_size: 256 * 1024,
             set: None,

@@ -37,7 +37,11 @@ pub enum FormatError {
     #[error("truncated: needed {needed} bytes, found {found}")]
     Truncated { needed: usize, found: usize },
     #[error("{what} length {len} exceeds the limit {limit}")]
-    TooLong { what: &'static str, len: u64, limit: u64 },
+    TooLong {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
     #[error("block carries flags {0:#06x} that this tapir does not understand; use a newer tapir")]
     UnknownCriticalFlags(u32),
     #[error("record type {0:#06x} is unknown and not marked skippable; use a newer tapir")]

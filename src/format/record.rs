@@ -177,8 +177,9 @@ impl DataPrefix {
             Codec::Stored => out.extend_from_slice(content),
             Codec::Zstd => {
                 out.resize(self.raw_len as usize, 0);
-                let n = zstd::bulk::decompress_to_buffer(content, &mut out[..])
-                    .map_err(|e| FormatError::Invalid(format!("zstd chunk does not decode: {e}")))?;
+                let n = zstd::bulk::decompress_to_buffer(content, &mut out[..]).map_err(|e| {
+                    FormatError::Invalid(format!("zstd chunk does not decode: {e}"))
+                })?;
                 if n != self.raw_len as usize {
                     return Err(FormatError::Invalid(format!(
                         "zstd chunk decodes to {n} bytes, expected {}",

@@ -153,6 +153,21 @@ impl StreamFramer {
         Ok(())
     }
 
+    /// Seal the current block early, even if not full, so a checkpoint can
+    /// flush it to the medium. Does nothing when the block is empty.
+    pub fn seal_early<E>(
+        &mut self,
+        emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>, E>,
+    ) -> Result<(), E> {
+        if self.payload_len() == 0 {
+            return Ok(());
+        }
+        let fresh = emit_sealed(self, emit)?;
+        self.buf = fresh;
+        self.reset_buffer();
+        Ok(())
+    }
+
     /// Seal the final block (flagged last in file) and hand it out.
     pub fn finish(mut self) -> Vec<u8> {
         self.seal(true, Vec::new())
@@ -409,7 +424,10 @@ mod tests {
             };
             let touches = pos.block <= lost as u64 && end_block >= lost as u64;
             if !touches {
-                assert!(recovered.contains(pos), "record {i} at {pos:?} should survive");
+                assert!(
+                    recovered.contains(pos),
+                    "record {i} at {pos:?} should survive"
+                );
             }
         }
         assert!(out.len() < records.len());
@@ -424,12 +442,21 @@ mod tests {
         let mut out = Vec::new();
         let dec = |i: usize| BlockHeader::decode(&blocks[i]).unwrap();
         let (h, p) = dec(0);
-        assert_eq!(d.push_block(&h, p, &mut out).unwrap(), BlockContinuity::InOrder);
-        assert_eq!(d.push_block(&h, p, &mut out).unwrap(), BlockContinuity::Duplicate);
+        assert_eq!(
+            d.push_block(&h, p, &mut out).unwrap(),
+            BlockContinuity::InOrder
+        );
+        assert_eq!(
+            d.push_block(&h, p, &mut out).unwrap(),
+            BlockContinuity::Duplicate
+        );
         let (h, p) = dec(3);
         assert_eq!(
             d.push_block(&h, p, &mut out).unwrap(),
-            BlockContinuity::Gap { missing_from: 1, missing_to: 2 }
+            BlockContinuity::Gap {
+                missing_from: 1,
+                missing_to: 2
+            }
         );
     }
 }

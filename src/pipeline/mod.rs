@@ -1,1 +1,82 @@
-//! Walking sources, writing sessions, reading them back.
+//! Walking sources, writing sessions through the double-buffered writer,
+//! reading sessions back (list, restore, verify).
+
+pub mod assemble;
+pub mod glob;
+pub mod list;
+pub mod reader;
+pub mod restore;
+pub mod source;
+pub mod target;
+pub mod verify;
+pub mod volume;
+pub mod writer;
+
+use crate::device::DeviceError;
+use crate::exit::ExitStatus;
+use crate::format::FormatError;
+
+/// Errors that end a job, with the context an administrator needs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{device}: tape file {tape_file}, block {block}: {source}")]
+    Format {
+        device: String,
+        tape_file: u32,
+        block: u64,
+        #[source]
+        source: FormatError,
+    },
+    /// The job refused to act, to protect data already on the cartridge.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a pipeline thread panicked: {0}")]
+    Panic(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The exit status this error maps to.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::Device(DeviceError::WriteProtected { .. }) => ExitStatus::Refused,
+            Error::Device(DeviceError::NoMedium { .. }) => ExitStatus::Unavailable,
+            Error::Device(DeviceError::InvalidRequest { .. }) => ExitStatus::Usage,
+            Error::Device(_) => ExitStatus::DeviceError,
+            Error::Format { .. } => ExitStatus::DataDamage,
+            Error::Refused(_) => ExitStatus::Refused,
+            Error::Usage(_) => ExitStatus::Usage,
+            Error::Target(_) | Error::Io { .. } | Error::Panic(_) => ExitStatus::DeviceError,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Feed `n` zero bytes to a hasher: the holes of a sparse file.
+pub(crate) fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}

@@ -1,0 +1,392 @@
+//! Command-line parsing and dispatch. Each command parses, calls the
+//! library, and prints; `anyhow` is used only here, at the edge.
+
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use tapir::device::library::VirtualLibrary;
+use tapir::device::open::open_drive;
+use tapir::device::{Changer, TapeDrive};
+use tapir::exit::ExitStatus;
+use tapir::pipeline::{self, Error};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tapir",
+    version,
+    about = "Tape and removable-media archiver: self-describing cartridges, restore from one cartridge"
+)]
+struct Cli {
+    /// Tape device: /dev/nstN, a /dev/tape/by-id link, or vtape:DIR (a virtual library).
+    #[arg(long, global = true, env = "TAPE")]
+    device: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Virtual tape libraries (file-backed cartridges).
+    Vtape {
+        #[command(subcommand)]
+        command: VtapeCommand,
+    },
+    /// Move cartridges between slots and the drive of a library.
+    Changer {
+        #[command(subcommand)]
+        command: ChangerCommand,
+    },
+    /// Write a label to the loaded cartridge.
+    Label {
+        /// The cartridge's label or barcode, e.g. TAP001L9.
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Size of every block written after the label (64K to 1M).
+        #[arg(long, default_value = "256K", value_parser = parse_size)]
+        block_size: u64,
+        /// Relabel a cartridge that already holds data, destroying it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a directory tree (or files) as a new session on the loaded cartridge.
+    Write {
+        /// Name of the archive set (a blank labelled cartridge starts it).
+        #[arg(long)]
+        set: Option<String>,
+        /// Leave out paths matching this glob (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Do not cross into other filesystems.
+        #[arg(long)]
+        one_file_system: bool,
+        /// Software compression of file content.
+        #[arg(long, value_enum, default_value = "none")]
+        compress: Compress,
+        /// Size of the buffer between the reader and the drive.
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        buffer: u64,
+        /// Make data durable at least every SIZE of content.
+        #[arg(long, default_value = "8G", value_parser = parse_size)]
+        checkpoint_every: u64,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List every session on the loaded cartridge, like tar -tv.
+    List {
+        #[arg(long)]
+        session: Option<u32>,
+    },
+    /// Restore entries from the loaded cartridge (the latest version of each path).
+    Restore {
+        /// Directory to restore into (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// Restore ownership by number, ignoring names.
+        #[arg(long)]
+        numeric_owner: bool,
+        /// Replace existing files in the target.
+        #[arg(long)]
+        overwrite: bool,
+        /// Restore from this session instead of the latest version of each path.
+        #[arg(long)]
+        session: Option<u32>,
+        /// Glob patterns over archive paths; a directory selects its contents.
+        patterns: Vec<String>,
+    },
+    /// Read everything back and check every block's CRC and every file's BLAKE3.
+    Verify {
+        #[arg(long)]
+        session: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VtapeCommand {
+    /// Create a virtual library with blank cartridges, the first loaded.
+    Create {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// Capacity of each cartridge.
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        capacity: u64,
+    },
+    /// Set or clear a cartridge's write-protect tab.
+    Protect {
+        dir: PathBuf,
+        barcode: String,
+        /// Clear the tab instead of setting it.
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChangerCommand {
+    /// Show slots and the drive.
+    Status,
+    /// Load a cartridge by slot number or barcode.
+    Load { slot_or_barcode: String },
+    /// Return the drive's cartridge to its slot.
+    Unload,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Compress {
+    None,
+    Zstd,
+}
+
+/// Parse sizes like 4096, 256K, 1M, 4G, 2T (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let unit = t[i..]
+                .trim_end_matches(['B', 'b', 'i'])
+                .to_ascii_uppercase();
+            let m = match unit.as_str() {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}; use K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 256K, 4G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Run the command line and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => ExitStatus::Usage.code(),
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(status) => status.code(),
+        Err(e) => {
+            // Library errors carry their exit status; anything else is a system error.
+            let status = e
+                .downcast_ref::<Error>()
+                .map(|e| e.exit_status())
+                .unwrap_or(ExitStatus::DeviceError);
+            eprintln!("tapir: error: {e:#}");
+            status.code()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn device_spec(cli: &Cli) -> anyhow::Result<&str> {
+    cli.device.as_deref().ok_or_else(|| {
+        Error::Usage("no device given: use --device DEV or set $TAPE (e.g. --device vtape:/srv/vtl or /dev/nst0)".into())
+            .into()
+    })
+}
+
+fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
+    Ok(open_drive(device_spec(cli)?).map_err(Error::from)?)
+}
+
+fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let spec = device_spec(cli)?;
+    match spec.strip_prefix("vtape:") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Err(Error::Usage(format!(
+            "{spec}: the changer commands work on virtual libraries (vtape:DIR) for now; a SCSI changer comes later"
+        ))
+        .into()),
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
+    match &cli.command {
+        Command::Vtape { command } => match command {
+            VtapeCommand::Create {
+                dir,
+                slots,
+                capacity,
+            } => {
+                let lib = VirtualLibrary::create(dir, *slots, *capacity).map_err(Error::from)?;
+                let inv = lib.inventory().map_err(Error::from)?;
+                output::library_created(cli.json, dir, &inv, *capacity);
+                Ok(ExitStatus::Success)
+            }
+            VtapeCommand::Protect { dir, barcode, off } => {
+                let lib = VirtualLibrary::open(dir).map_err(Error::from)?;
+                tapir::device::vtape::VirtualTape::set_write_protected(
+                    lib.cartridge_path(barcode),
+                    !off,
+                )
+                .map_err(Error::from)?;
+                if !cli.json {
+                    println!(
+                        "{barcode}: write protection {}",
+                        if *off { "off" } else { "on" }
+                    );
+                }
+                Ok(ExitStatus::Success)
+            }
+        },
+        Command::Changer { command } => {
+            let dir = library_dir(cli)?;
+            let mut lib = VirtualLibrary::open(&dir).map_err(Error::from)?;
+            match command {
+                ChangerCommand::Status => {}
+                ChangerCommand::Load { slot_or_barcode } => {
+                    match slot_or_barcode.parse::<usize>() {
+                        Ok(slot) => lib.load_slot(slot).map_err(Error::from)?,
+                        Err(_) => lib.load_barcode(slot_or_barcode).map_err(Error::from)?,
+                    }
+                }
+                ChangerCommand::Unload => lib.unload().map_err(Error::from)?,
+            }
+            output::changer_status(cli.json, &lib.inventory().map_err(Error::from)?);
+            Ok(ExitStatus::Success)
+        }
+        Command::Label {
+            label,
+            pool,
+            block_size,
+            force,
+        } => {
+            let mut drive = open(cli)?;
+            let done = pipeline::volume::label_cartridge(
+                drive.as_mut(),
+                label,
+                pool,
+                *block_size,
+                *force,
+            )?;
+            output::labelled(cli.json, &done);
+            Ok(ExitStatus::Success)
+        }
+        Command::Write {
+            set,
+            exclude,
+            one_file_system,
+            compress,
+            buffer,
+            checkpoint_every,
+            paths,
+        } => {
+            let mut drive = open(cli)?;
+            let opts = pipeline::writer::WriteOptions {
+                sources: paths.clone(),
+                set_name: set.clone(),
+                walk: pipeline::source::WalkOptions {
+                    excludes: exclude.clone(),
+                    one_file_system: *one_file_system,
+                },
+                compress: *compress == Compress::Zstd,
+                buffer_bytes: *buffer as usize,
+                checkpoint_bytes: *checkpoint_every,
+                ..Default::default()
+            };
+            let summary = output::with_write_progress(cli.json, |progress| {
+                pipeline::writer::write_session(drive.as_mut(), &opts, progress)
+            })?;
+            output::written(cli.json, &summary);
+            Ok(if summary.warnings.is_empty() {
+                ExitStatus::Success
+            } else {
+                ExitStatus::Warnings
+            })
+        }
+        Command::List { session } => {
+            let mut drive = open(cli)?;
+            let listing = pipeline::list::list_cartridge(drive.as_mut(), *session)?;
+            output::listing(cli.json, &listing);
+            let damaged = listing
+                .sessions
+                .iter()
+                .any(|s| !s.incomplete.is_empty() || !s.lost.is_empty());
+            let interrupted = listing.sessions.iter().any(|s| !s.closed);
+            Ok(if damaged {
+                ExitStatus::DataDamage
+            } else if interrupted || !listing.map.unknown_files.is_empty() {
+                ExitStatus::Warnings
+            } else {
+                ExitStatus::Success
+            })
+        }
+        Command::Restore {
+            to,
+            numeric_owner,
+            overwrite,
+            session,
+            patterns,
+        } => {
+            let mut drive = open(cli)?;
+            let opts = pipeline::restore::RestoreOptions {
+                target: to.clone(),
+                patterns: patterns.clone(),
+                session: *session,
+                overwrite: *overwrite,
+                numeric_owner: *numeric_owner,
+            };
+            let summary = pipeline::restore::restore(drive.as_mut(), &opts)?;
+            output::restored(cli.json, &summary);
+            Ok(summary.exit_status())
+        }
+        Command::Verify { session } => {
+            let mut drive = open(cli)?;
+            let summary = pipeline::verify::verify(drive.as_mut(), *session)?;
+            output::verified(cli.json, &summary);
+            Ok(summary.exit_status())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("K").is_err());
+    }
+}

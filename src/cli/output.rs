@@ -1,0 +1,431 @@
+//! Printing results: human text by default, JSON with `--json`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use tapir::device::ChangerInventory;
+use tapir::format::label::{ts_text, uuid_text};
+use tapir::format::meta::{CatalogEntry, EntryKind, END_COMPLETE};
+use tapir::pipeline::list::{ListSource, Listing};
+use tapir::pipeline::restore::RestoreSummary;
+use tapir::pipeline::verify::VerifySummary;
+use tapir::pipeline::volume::Labelled;
+use tapir::pipeline::writer::{WriteProgress, WriteSummary};
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("summaries serialise")
+    );
+}
+
+/// Show a path from tape safely: control characters and invalid UTF-8 escaped.
+pub fn display_path(p: &[u8]) -> String {
+    let mut out = String::with_capacity(p.len());
+    for chunk in p.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+pub fn library_created(json: bool, dir: &Path, inv: &ChangerInventory, capacity: u64) {
+    if json {
+        print_json(&json!({"library": dir, "capacity": capacity, "inventory": inv}));
+        return;
+    }
+    println!(
+        "created virtual library {} with {} cartridges of {} bytes",
+        dir.display(),
+        inv.slots.len(),
+        capacity
+    );
+    changer_status(false, inv);
+    println!("use it with: --device vtape:{}", dir.display());
+}
+
+pub fn changer_status(json: bool, inv: &ChangerInventory) {
+    if json {
+        print_json(inv);
+        return;
+    }
+    match &inv.drive {
+        Some((barcode, slot)) => println!("drive:   {barcode} (from slot {slot})"),
+        None => println!("drive:   empty"),
+    }
+    for (slot, barcode) in &inv.slots {
+        println!("slot {slot:>2}: {}", barcode.as_deref().unwrap_or("empty"));
+    }
+}
+
+pub fn labelled(json: bool, l: &Labelled) {
+    if json {
+        print_json(l);
+        return;
+    }
+    if let Some(what) = &l.destroyed {
+        println!("destroyed: {what}");
+    }
+    println!(
+        "labelled {} (pool {}, volume {}, block size {})",
+        l.label, l.pool, l.volume_uuid, l.block_size
+    );
+}
+
+/// Run a write with a live progress bar on a terminal (none otherwise).
+pub fn with_write_progress<T>(json: bool, job: impl FnOnce(&WriteProgress) -> T) -> T {
+    let progress = WriteProgress::default();
+    if json || !std::io::stderr().is_terminal() {
+        return job(&progress);
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("static template"),
+    );
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let p = &progress;
+        let b = bar.clone();
+        s.spawn(move || {
+            let mut last = 0u64;
+            let started = std::time::Instant::now();
+            // The tick is the display rate, not synchronisation.
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(250)) {
+                let written = p.bytes_written.load(Ordering::Relaxed);
+                let now_rate = (written - last) as f64 * 4.0 / 1e6;
+                last = written;
+                let avg = written as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
+                let total = p.buffers_total.load(Ordering::Relaxed).max(1);
+                let fill = p.buffers_in_flight.load(Ordering::Relaxed) * 100 / total;
+                let state = if fill == 0 && written > 0 { "starved" } else { "streaming" };
+                let current = p.current.lock().map(|c| c.clone()).unwrap_or_default();
+                b.set_message(format!(
+                    "{} files, {:.1} MB, {now_rate:.0} MB/s (avg {avg:.0}), buffer {fill}%, drive {state}, underruns {} | {}",
+                    p.files_done.load(Ordering::Relaxed),
+                    written as f64 / 1e6,
+                    p.underruns.load(Ordering::Relaxed),
+                    display_path(current.as_bytes())
+                ));
+                b.tick();
+            }
+        });
+        let out = job(&progress);
+        let _ = stop.send(());
+        bar.finish_and_clear();
+        out
+    })
+}
+
+pub fn written(json: bool, s: &WriteSummary) {
+    if json {
+        print_json(s);
+        return;
+    }
+    println!(
+        "session {} written to {} (set \"{}\"{}): tape files {} and {}",
+        s.session,
+        s.cartridge,
+        s.set_name,
+        if s.new_set { ", new set" } else { "" },
+        s.data_tape_file,
+        s.catalog_tape_file
+    );
+    println!(
+        "  {} entries ({} files, {} directories, {} other), {} bytes read, {} stored, {} written in {} blocks",
+        s.entries, s.files, s.directories, s.other_entries, s.bytes_read, s.bytes_stored, s.bytes_written, s.blocks_written
+    );
+    println!(
+        "  {:.2} s, {:.1} MB/s, drive waited {:.2} s, {} underruns, buffer fill {:.0}% average, compression {:.2}:1, {} checkpoints",
+        s.seconds,
+        s.throughput_mb_s,
+        s.drive_wait_seconds,
+        s.underruns,
+        s.average_buffer_fill_percent,
+        s.compression_ratio,
+        s.checkpoints
+    );
+    if s.skipped_sockets > 0 {
+        println!("  {} sockets ignored (as tar does)", s.skipped_sockets);
+    }
+    for w in &s.warnings {
+        println!("  warning: {w}");
+    }
+    if !s.warnings.is_empty() {
+        println!("completed with {} warning(s)", s.warnings.len());
+    }
+}
+
+fn mode_string(kind: Option<EntryKind>, mode: u32) -> String {
+    let t = match kind {
+        Some(EntryKind::HardLink) => 'h',
+        Some(k) => k.type_char(),
+        None => '?',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(t);
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
+    for (i, (bit, c)) in bits.iter().enumerate() {
+        let special = match i {
+            2 => mode & 0o4000 != 0,
+            5 => mode & 0o2000 != 0,
+            8 => mode & 0o1000 != 0,
+            _ => false,
+        };
+        let set = mode & bit != 0;
+        s.push(match (special, set, i) {
+            (true, true, 8) => 't',
+            (true, false, 8) => 'T',
+            (true, true, _) => 's',
+            (true, false, _) => 'S',
+            (false, true, _) => *c,
+            (false, false, _) => '-',
+        });
+    }
+    s
+}
+
+fn entry_line(e: &CatalogEntry) -> String {
+    let kind = EntryKind::from_code(e.kind).ok();
+    let owner = format!(
+        "{}/{}",
+        e.user.clone().unwrap_or_else(|| e.uid.to_string()),
+        e.group.clone().unwrap_or_else(|| e.gid.to_string())
+    );
+    let size = match (kind, e.device) {
+        (Some(EntryKind::CharDevice | EntryKind::BlockDevice), Some(d)) => {
+            format!("{},{}", d.major, d.minor)
+        }
+        _ => e.size.to_string(),
+    };
+    let when = jiff::Timestamp::new(e.mtime.sec, e.mtime.nsec as i32)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|_| e.mtime.sec.to_string());
+    let mut line = format!(
+        "{} {:<17} {:>12} {} {}",
+        mode_string(kind, e.mode),
+        owner,
+        size,
+        when,
+        display_path(&e.path)
+    );
+    match (kind, &e.link_target) {
+        (Some(EntryKind::Symlink), Some(t)) => line.push_str(&format!(" -> {}", display_path(t))),
+        (Some(EntryKind::HardLink), Some(t)) => {
+            line.push_str(&format!(" link to {}", display_path(t)))
+        }
+        _ => {}
+    }
+    if e.status != END_COMPLETE {
+        line.push_str("  [incomplete at source]");
+    }
+    line
+}
+
+pub fn listing(json: bool, l: &Listing) {
+    let label = &l.map.label;
+    if json {
+        let sessions: Vec<_> = l
+            .sessions
+            .iter()
+            .map(|s| {
+                json!({
+                    "session": s.session.number,
+                    "data_tape_file": s.session.data_file,
+                    "catalog_tape_file": s.session.catalog_file,
+                    "closed": s.closed,
+                    "source": s.source,
+                    "host": s.session.start.as_ref().map(|st| st.host.clone()),
+                    "started": s.session.start.as_ref().map(|st| ts_text(st.started)),
+                    "entries": s.entries.iter().map(|e| json!({
+                        "path": display_path(&e.path),
+                        "kind": EntryKind::from_code(e.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| e.kind.to_string()),
+                        "mode": format!("{:o}", e.mode),
+                        "uid": e.uid, "gid": e.gid, "user": e.user, "group": e.group,
+                        "size": e.size,
+                        "mtime": ts_text(e.mtime),
+                        "link_target": e.link_target.as_deref().map(display_path),
+                        "blake3": e.blake3.map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                        "position": {"tape_file": e.position.tape_file, "block": e.position.block, "offset": e.position.offset},
+                        "complete_at_source": e.status == END_COMPLETE,
+                    })).collect::<Vec<_>>(),
+                    "incomplete": s.incomplete.iter().map(|(p, r)| json!({"path": display_path(p), "reason": r})).collect::<Vec<_>>(),
+                    "lost_blocks": s.lost,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "label": label.label,
+            "volume_uuid": uuid_text(&label.volume_uuid),
+            "pool": label.pool,
+            "set": label.set.as_ref().map(|m| json!({"name": m.set_name, "uuid": uuid_text(&m.set_uuid), "volume": m.volume_seq})),
+            "block_size": label.block_size,
+            "sessions": sessions,
+            "unknown_tape_files": l.map.unknown_files.iter().map(|(f, w)| json!({"tape_file": f, "what": w})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    let set = match &label.set {
+        Some(m) => format!("set \"{}\" volume {}", m.set_name, m.volume_seq),
+        None => "no set".into(),
+    };
+    println!(
+        "cartridge {} ({}), pool {}, {}, block size {}",
+        label.label,
+        uuid_text(&label.volume_uuid),
+        label.pool,
+        set,
+        label.block_size
+    );
+    if l.sessions.is_empty() {
+        println!("no sessions");
+    }
+    for s in &l.sessions {
+        let (host, started) = s
+            .session
+            .start
+            .as_ref()
+            .map(|st| (st.host.clone(), ts_text(st.started)))
+            .unwrap_or_else(|| ("?".into(), "?".into()));
+        println!(
+            "== session {} (tape file {}) written {} on {}: {} entries{}{}",
+            s.session.number,
+            s.session.data_file,
+            started,
+            host,
+            s.entries.len(),
+            if s.source == ListSource::Scan {
+                ", listed by scanning the data"
+            } else {
+                ""
+            },
+            if s.closed {
+                ""
+            } else {
+                ", INTERRUPTED: no catalog"
+            }
+        );
+        for e in &s.entries {
+            println!("{}", entry_line(e));
+        }
+        for (p, why) in &s.incomplete {
+            println!("!! incomplete: {} ({why})", display_path(p));
+        }
+        for lb in &s.lost {
+            println!(
+                "!! tape file {} blocks {}..={} unreadable: {}",
+                lb.tape_file, lb.first_block, lb.last_block, lb.reason
+            );
+        }
+    }
+    for (f, what) in &l.map.unknown_files {
+        println!("!! tape file {f}: {what}");
+    }
+}
+
+pub fn restored(json: bool, s: &RestoreSummary) {
+    if json {
+        print_json(s);
+        return;
+    }
+    println!(
+        "restored {} of {} selected entries ({} bytes) from {} into {}",
+        s.restored, s.selected, s.bytes, s.cartridge, s.target
+    );
+    for p in &s.skipped_existing {
+        println!("  skipped (exists; --overwrite replaces): {p}");
+    }
+    for d in &s.refused {
+        println!("  REFUSED {} (session {}): {}", d.path, d.session, d.reason);
+    }
+    for d in &s.damaged {
+        println!(
+            "  NOT RESTORED {} (session {}): {}",
+            d.path, d.session, d.reason
+        );
+    }
+    for lb in &s.lost_blocks {
+        println!(
+            "  bad blocks: tape file {} blocks {}..={}: {}",
+            lb.tape_file, lb.first_block, lb.last_block, lb.reason
+        );
+    }
+    for p in &s.patterns_without_match {
+        println!("  pattern matched nothing: {p}");
+    }
+    for w in &s.warnings {
+        println!("  warning: {w}");
+    }
+    let status = s.exit_status();
+    if status != tapir::exit::ExitStatus::Success {
+        println!(
+            "restore incomplete: see above (exit status {})",
+            status.code()
+        );
+    }
+}
+
+pub fn verified(json: bool, s: &VerifySummary) {
+    if json {
+        print_json(s);
+        return;
+    }
+    println!(
+        "verified {}: {} session(s), {} of {} entries intact, {} blocks ({} bytes) read, {} retries",
+        s.cartridge, s.sessions, s.entries_ok, s.entries, s.blocks_read, s.bytes_read, s.retries
+    );
+    for b in &s.bad_blocks {
+        println!(
+            "  BAD BLOCKS session {} tape file {} blocks {}..={}: {}{}",
+            b.session,
+            b.blocks.tape_file,
+            b.blocks.first_block,
+            b.blocks.last_block,
+            b.blocks.reason,
+            if b.paths.is_empty() {
+                String::new()
+            } else {
+                format!("; affects: {}", b.paths.join(", "))
+            }
+        );
+    }
+    for d in &s.damaged {
+        println!("  DAMAGED {} (session {}): {}", d.path, d.session, d.reason);
+    }
+    for p in &s.problems {
+        println!("  problem: {p}");
+    }
+    for p in &s.incomplete_at_source {
+        println!("  note: {p} was archived incomplete (source unreadable at write time)");
+    }
+    match s.exit_status() {
+        tapir::exit::ExitStatus::Success => println!("all data verified"),
+        st => println!(
+            "verification FAILED or incomplete (exit status {})",
+            st.code()
+        ),
+    }
+}

@@ -1,0 +1,404 @@
+//! Restore: choose the version of each path to bring back, then read each
+//! session's data once and recreate the chosen entries under the target.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::device::TapeDrive;
+use crate::format::meta::{CatalogEntry, Entry, EntryKind, StreamPosition};
+
+use super::assemble::{read_session_data, EntryOutcome, EntryVisitor};
+use super::list::{list_cartridge, SessionEntries};
+use super::reader::LostBlocks;
+use super::target::{finish_file, Created, OwnershipPolicy, RestoreTarget, TargetError};
+use super::{Error, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Glob patterns over archive paths; a match on a directory selects its contents.
+    pub patterns: Vec<String>,
+    pub session: Option<u32>,
+    pub overwrite: bool,
+    pub numeric_owner: bool,
+}
+
+/// An entry that was not restored, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotRestored {
+    pub path: String,
+    pub session: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    pub cartridge: String,
+    pub target: String,
+    pub selected: u64,
+    pub restored: u64,
+    pub bytes: u64,
+    /// Existing files left alone (no --overwrite).
+    pub skipped_existing: Vec<String>,
+    /// Entries whose data was damaged or missing on tape.
+    pub damaged: Vec<NotRestored>,
+    /// Entries refused for safety (unsafe paths, links leaving the target).
+    pub refused: Vec<NotRestored>,
+    pub warnings: Vec<String>,
+    pub lost_blocks: Vec<LostBlocks>,
+    pub patterns_without_match: Vec<String>,
+    pub ownership_left_as_user: bool,
+}
+
+impl RestoreSummary {
+    pub fn exit_status(&self) -> crate::exit::ExitStatus {
+        use crate::exit::ExitStatus;
+        if !self.damaged.is_empty() || !self.lost_blocks.is_empty() {
+            ExitStatus::DataDamage
+        } else if !self.refused.is_empty()
+            || !self.skipped_existing.is_empty()
+            || !self.warnings.is_empty()
+            || !self.patterns_without_match.is_empty()
+        {
+            ExitStatus::Warnings
+        } else {
+            ExitStatus::Success
+        }
+    }
+}
+
+/// Does `pattern` select `path`: a glob match on the path or on one of its
+/// parent directories (so naming a directory restores what is under it).
+pub fn pattern_selects(pattern: &[u8], path: &[u8]) -> bool {
+    if super::glob::glob_match(pattern, path) {
+        return true;
+    }
+    path.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'/')
+        .any(|(i, _)| super::glob::glob_match(pattern, &path[..i]))
+}
+
+/// Restore from the loaded cartridge.
+pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<RestoreSummary> {
+    let listing = list_cartridge(drive, opts.session)?;
+    let label = listing.map.label.clone();
+    let set_uuid = label.set.as_ref().map(|m| m.set_uuid).unwrap_or([0; 16]);
+    let patterns: Vec<Vec<u8>> = opts
+        .patterns
+        .iter()
+        .map(|p| super::glob::normalise_pattern(p))
+        .collect();
+    let mut summary = RestoreSummary {
+        cartridge: label.label.clone(),
+        target: opts.target.display().to_string(),
+        ..Default::default()
+    };
+
+    let chosen = choose_versions(&listing.sessions, &patterns, &mut summary);
+    summary.selected = chosen.values().map(|v| v.len() as u64).sum();
+    for s in &listing.sessions {
+        for (path, reason) in &s.incomplete {
+            if patterns.is_empty() || patterns.iter().any(|p| pattern_selects(p, path)) {
+                summary.damaged.push(NotRestored {
+                    path: show(path),
+                    session: s.session.number,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    let policy = if opts.numeric_owner && super::target::is_root() {
+        OwnershipPolicy::Preserve { numeric_only: true }
+    } else {
+        OwnershipPolicy::for_current_user()
+    };
+    summary.ownership_left_as_user = !super::target::is_root();
+    let mut target = RestoreTarget::open(&opts.target)?;
+    for s in &listing.sessions {
+        let Some(paths) = chosen.get(&s.session.number) else {
+            continue;
+        };
+        drive.locate(s.session.data_file, 0)?;
+        let mut v = Restorer {
+            target: &mut target,
+            policy: &policy,
+            overwrite: opts.overwrite,
+            wanted: paths,
+            session: s.session.number,
+            current: None,
+            seen: HashSet::new(),
+            summary: &mut summary,
+        };
+        let report = read_session_data(
+            drive,
+            set_uuid,
+            s.session.data_file,
+            s.session.number,
+            &mut v,
+        )?;
+        let seen = std::mem::take(&mut v.seen);
+        // Entries chosen from the catalog whose start record was never read.
+        let by_path: HashMap<&[u8], &CatalogEntry> =
+            s.entries.iter().map(|e| (e.path.as_slice(), e)).collect();
+        for p in paths.difference(&seen) {
+            let reason = by_path
+                .get(p.as_slice())
+                .and_then(|e| lost_covering(&report.lost, e.position))
+                .unwrap_or_else(|| "its records were not found in the session data".into());
+            summary.damaged.push(NotRestored {
+                path: show(p),
+                session: s.session.number,
+                reason,
+            });
+        }
+        summary.lost_blocks.extend(report.lost);
+    }
+    summary.warnings.extend(target.finish(&policy)?);
+    if summary.ownership_left_as_user {
+        summary.warnings.push(
+            "not running as root: ownership left as the restoring user's (as tar does)".into(),
+        );
+    }
+    Ok(summary)
+}
+
+/// The newest version of each selected path, grouped by session number.
+fn choose_versions(
+    sessions: &[SessionEntries],
+    patterns: &[Vec<u8>],
+    summary: &mut RestoreSummary,
+) -> HashMap<u32, HashSet<Vec<u8>>> {
+    let mut taken: HashSet<&[u8]> = HashSet::new();
+    let mut chosen: HashMap<u32, HashSet<Vec<u8>>> = HashMap::new();
+    let mut matched = vec![false; patterns.len()];
+    for s in sessions.iter().rev() {
+        let set = chosen.entry(s.session.number).or_default();
+        let mut links = Vec::new();
+        for e in &s.entries {
+            let hit: Vec<usize> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| pattern_selects(p, &e.path))
+                .map(|(i, _)| i)
+                .collect();
+            if !patterns.is_empty() && hit.is_empty() {
+                continue;
+            }
+            for i in hit {
+                matched[i] = true;
+            }
+            if taken.insert(&e.path) {
+                set.insert(e.path.clone());
+                if e.kind == EntryKind::HardLink.code() {
+                    if let Some(t) = &e.link_target {
+                        links.push(t.clone());
+                    }
+                }
+            }
+        }
+        // A hard link needs the file it links to, from the same session.
+        for t in links {
+            if !set.contains(&t) && !taken.contains(t.as_slice()) {
+                set.insert(t);
+            }
+        }
+        for p in set.iter() {
+            taken.insert(
+                s.entries
+                    .iter()
+                    .find(|e| &e.path == p)
+                    .map(|e| e.path.as_slice())
+                    .unwrap_or(&[]),
+            );
+        }
+    }
+    chosen.retain(|_, v| !v.is_empty());
+    for (i, m) in matched.iter().enumerate() {
+        if !m {
+            summary
+                .patterns_without_match
+                .push(String::from_utf8_lossy(&patterns[i]).into_owned());
+        }
+    }
+    chosen
+}
+
+fn lost_covering(lost: &[LostBlocks], pos: StreamPosition) -> Option<String> {
+    // The entry starts in or after a lost run that reaches its start block.
+    lost.iter()
+        .find(|l| {
+            l.tape_file == pos.tape_file && l.first_block <= pos.block && pos.block <= l.last_block
+        })
+        .map(|l| {
+            format!(
+                "tape file {}, blocks {}..={} unreadable: {}",
+                l.tape_file, l.first_block, l.last_block, l.reason
+            )
+        })
+}
+
+fn show(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+struct CurrentFile {
+    entry: Entry,
+    file: Option<File>,
+}
+
+struct Restorer<'a> {
+    target: &'a mut RestoreTarget,
+    policy: &'a OwnershipPolicy,
+    overwrite: bool,
+    wanted: &'a HashSet<Vec<u8>>,
+    session: u32,
+    current: Option<CurrentFile>,
+    seen: HashSet<Vec<u8>>,
+    summary: &'a mut RestoreSummary,
+}
+
+impl Restorer<'_> {
+    fn refuse(&mut self, path: &[u8], e: TargetError) -> Result<bool> {
+        match e {
+            TargetError::Io { .. } => Err(Error::Target(e)),
+            other => {
+                self.summary.refused.push(NotRestored {
+                    path: show(path),
+                    session: self.session,
+                    reason: other.to_string(),
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    fn metadata(&mut self, entry: &Entry) -> Result<()> {
+        let warnings = self
+            .target
+            .apply_metadata(&entry.path, entry, self.policy)?;
+        self.summary.warnings.extend(warnings);
+        Ok(())
+    }
+
+    /// Create the object; returns whether content should follow.
+    fn create(&mut self, entry: &Entry, kind: EntryKind) -> Result<bool, TargetError> {
+        let path = entry.path.as_slice();
+        let existed = match kind {
+            EntryKind::Dir => {
+                self.target.create_dir(path, self.overwrite)?;
+                self.target.defer_dir_metadata(path, entry.clone())?;
+                return Ok(false);
+            }
+            EntryKind::File => match self.target.create_file(path, self.overwrite)? {
+                Created::New(f) => {
+                    self.current = Some(CurrentFile {
+                        entry: entry.clone(),
+                        file: Some(f),
+                    });
+                    return Ok(true);
+                }
+                Created::Exists => true,
+            },
+            EntryKind::Symlink => {
+                let t = entry.link_target.as_deref().unwrap_or_default();
+                !self
+                    .target
+                    .create_symlink(path, t, self.overwrite)?
+                    .is_new()
+            }
+            EntryKind::HardLink => {
+                let t = entry.link_target.as_deref().unwrap_or_default();
+                !self
+                    .target
+                    .create_hardlink(path, t, self.overwrite)?
+                    .is_new()
+            }
+            EntryKind::Fifo => !self.target.create_fifo(path, self.overwrite)?.is_new(),
+            EntryKind::CharDevice | EntryKind::BlockDevice => {
+                let d = entry
+                    .device
+                    .unwrap_or(crate::format::meta::DeviceNumbers { major: 0, minor: 0 });
+                !self
+                    .target
+                    .create_device(path, kind, d.major, d.minor, self.overwrite)?
+                    .is_new()
+            }
+        };
+        if existed {
+            self.summary.skipped_existing.push(show(path));
+        } else {
+            self.current = Some(CurrentFile {
+                entry: entry.clone(),
+                file: None,
+            });
+        }
+        Ok(false)
+    }
+}
+
+impl EntryVisitor for Restorer<'_> {
+    fn entry(&mut self, entry: &Entry, _position: StreamPosition) -> Result<bool> {
+        if !self.wanted.contains(&entry.path) {
+            return Ok(false);
+        }
+        self.seen.insert(entry.path.clone());
+        let kind = entry.kind().expect("assembler passes known kinds only");
+        match self.create(entry, kind) {
+            Ok(content) => Ok(content),
+            Err(e) => self.refuse(&entry.path, e),
+        }
+    }
+
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        if let Some(CurrentFile {
+            entry,
+            file: Some(f),
+        }) = &self.current
+        {
+            f.write_all_at(bytes, offset).map_err(|e| {
+                Error::io(format!("writing {} in the target", show(&entry.path)), e)
+            })?;
+            self.summary.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn entry_end(&mut self, outcome: EntryOutcome) -> Result<()> {
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        let path = cur.entry.path.clone();
+        match outcome {
+            EntryOutcome::Damaged { reason } => {
+                if let Some(f) = cur.file {
+                    drop(f);
+                    // Never leave a file with wrong content looking restored.
+                    let _ = self.target.remove_file(&path);
+                }
+                self.summary.damaged.push(NotRestored {
+                    path: show(&path),
+                    session: self.session,
+                    reason,
+                });
+                return Ok(());
+            }
+            EntryOutcome::IncompleteAtSource { status } => self.summary.warnings.push(format!(
+                "{}: restored as archived, but the archived content was incomplete at the source (status {status})",
+                show(&path)
+            )),
+            EntryOutcome::Complete { .. } => {}
+        }
+        if let Some(f) = &cur.file {
+            finish_file(&path, f, cur.entry.size)?;
+        }
+        if cur.entry.kind != EntryKind::HardLink.code() {
+            self.metadata(&cur.entry)?;
+        }
+        self.summary.restored += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,774 @@
+//! The write path: one producer thread (walk, read, hash, compress, frame)
+//! and one writer thread that owns the drive, joined by a bounded pool of
+//! block buffers. This is the only way tapir writes sessions.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::device::{TapeDrive, WriteOutcome};
+use crate::format::label::SetMembership;
+use crate::format::meta::{
+    to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
+    SessionEnd, SessionStart, Timestamp, END_COMPLETE, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR,
+    SESSION_OK, SESSION_WITH_WARNINGS,
+};
+use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
+use crate::format::stream::{StreamFramer, StreamIdentity};
+use crate::format::BlockKind;
+
+use super::source::{open_source_file, WalkItem, WalkOptions, Walker};
+use super::volume::{hostname, map_tape, write_label, TapeMap};
+use super::{Error, Result};
+
+/// What to write and how.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub sources: Vec<PathBuf>,
+    /// Set name; a blank labelled cartridge starts a set of this name.
+    pub set_name: Option<String>,
+    pub walk: WalkOptions,
+    /// Compress content with zstd (chunks that do not shrink are stored).
+    pub compress: bool,
+    /// Total size of the block buffer pool between producer and drive.
+    pub buffer_bytes: usize,
+    /// Make data durable after at least this many bytes...
+    pub checkpoint_bytes: u64,
+    /// ...or this much time, whichever comes first.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            sources: Vec::new(),
+            set_name: None,
+            walk: WalkOptions::default(),
+            compress: false,
+            buffer_bytes: 256 * 1024 * 1024,
+            checkpoint_bytes: 8 << 30,
+            checkpoint_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Live counters, readable from another thread for progress display.
+#[derive(Debug, Default)]
+pub struct WriteProgress {
+    pub files_done: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub buffers_in_flight: AtomicUsize,
+    pub buffers_total: AtomicUsize,
+    pub underruns: AtomicU64,
+    pub current: std::sync::Mutex<String>,
+}
+
+/// The job summary.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WriteSummary {
+    pub cartridge: String,
+    pub set_name: String,
+    pub set_uuid: String,
+    pub session: u32,
+    pub data_tape_file: u32,
+    pub catalog_tape_file: u32,
+    pub entries: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub other_entries: u64,
+    /// Logical bytes of file content read from sources.
+    pub bytes_read: u64,
+    /// Bytes of content as stored (after compression).
+    pub bytes_stored: u64,
+    /// Bytes written to the drive, headers and catalog included.
+    pub bytes_written: u64,
+    pub blocks_written: u64,
+    pub skipped_sockets: u64,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+    pub throughput_mb_s: f64,
+    /// Time the drive waited for data after writing began.
+    pub drive_wait_seconds: f64,
+    pub underruns: u64,
+    pub average_buffer_fill_percent: f64,
+    pub compression_ratio: f64,
+    pub checkpoints: u64,
+    pub early_warning: bool,
+    pub new_set: bool,
+}
+
+enum ToDrive {
+    Block(Vec<u8>),
+    Filemark { immediate: bool },
+    Flush,
+}
+
+struct DriveStats {
+    blocks: u64,
+    bytes: u64,
+    wait: Duration,
+    underruns: u64,
+    fill_samples: u64,
+    fill_sum: u64,
+    early_warning: bool,
+}
+
+/// Write one session of `opts.sources` at the end of the loaded cartridge.
+pub fn write_session(
+    drive: &mut dyn TapeDrive,
+    opts: &WriteOptions,
+    progress: &WriteProgress,
+) -> Result<WriteSummary> {
+    let started = Instant::now();
+    let status = drive.status()?;
+    if status.write_protected {
+        return Err(crate::device::DeviceError::WriteProtected {
+            device: drive.name().to_string(),
+        }
+        .into());
+    }
+    let mut map = map_tape(drive)?;
+    let new_set = prepare_set(drive, &mut map, opts)?;
+    let membership = map.label.set.clone().expect("set prepared");
+    let session = map.next_session();
+    let data_file = if new_set {
+        super::volume::FIRST_SESSION_FILE
+    } else {
+        position_for_append(drive, &map)?
+    };
+
+    let block_size = map.label.block_size as usize;
+    let n_buffers = (opts.buffer_bytes / block_size).max(4);
+    progress.buffers_total.store(n_buffers, Ordering::Relaxed);
+    let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
+    let (to_pool, pool) = sync_channel::<Vec<u8>>(n_buffers);
+    for _ in 0..n_buffers {
+        to_pool
+            .send(Vec::with_capacity(block_size))
+            .expect("pool has room for its buffers");
+    }
+
+    let ctx = ProducerContext {
+        opts,
+        membership: &membership,
+        label_name: &map.label.label,
+        session,
+        data_file,
+        block_size: map.label.block_size,
+        progress,
+    };
+    let (produced, drove) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || produce(ctx, to_drive, pool));
+        let writer = scope.spawn(move || drive_writer(drive, from_producer, to_pool, progress));
+        (join(producer), join(writer))
+    });
+    // The drive's error explains a producer that stopped because the drive did.
+    let drove = drove?;
+    let produced = produced?;
+
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut warnings = produced.warnings;
+    if drove.early_warning {
+        warnings.push(format!(
+            "{}: the cartridge reached early warning; it is nearly full",
+            map.label.label
+        ));
+    }
+    Ok(WriteSummary {
+        cartridge: map.label.label.clone(),
+        set_name: membership.set_name.clone(),
+        set_uuid: crate::format::label::uuid_text(&membership.set_uuid),
+        session,
+        data_tape_file: data_file,
+        catalog_tape_file: data_file + 1,
+        entries: produced.entries,
+        files: produced.files,
+        directories: produced.dirs,
+        other_entries: produced.entries - produced.files - produced.dirs,
+        bytes_read: produced.bytes_read,
+        bytes_stored: produced.bytes_stored,
+        bytes_written: drove.bytes,
+        blocks_written: drove.blocks,
+        skipped_sockets: produced.skipped,
+        warnings,
+        seconds: elapsed,
+        throughput_mb_s: if elapsed > 0.0 {
+            drove.bytes as f64 / elapsed / 1e6
+        } else {
+            0.0
+        },
+        drive_wait_seconds: drove.wait.as_secs_f64(),
+        underruns: drove.underruns,
+        average_buffer_fill_percent: if drove.fill_samples > 0 {
+            drove.fill_sum as f64 / drove.fill_samples as f64 * 100.0 / n_buffers as f64
+        } else {
+            0.0
+        },
+        compression_ratio: if produced.bytes_stored > 0 {
+            produced.bytes_read as f64 / produced.bytes_stored as f64
+        } else {
+            1.0
+        },
+        checkpoints: produced.checkpoints,
+        early_warning: drove.early_warning,
+        new_set,
+    })
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    h.join().unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Panic(msg))
+    })
+}
+
+/// Join the cartridge to a set: a blank labelled cartridge gets a new set and
+/// its label rewritten; a cartridge of another set is refused.
+fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions) -> Result<bool> {
+    if let Some(set) = &map.label.set {
+        if let Some(want) = &opts.set_name {
+            if want != &set.set_name {
+                return Err(Error::Refused(format!(
+                    "{}: cartridge {} belongs to set \"{}\", not \"{}\"; load a cartridge of that set or a blank labelled one",
+                    drive.name(),
+                    map.label.label,
+                    set.set_name,
+                    want
+                )));
+            }
+        }
+        return Ok(false);
+    }
+    if !map.sessions.is_empty() || !map.unknown_files.is_empty() || map.next_file() > 2 {
+        return Err(Error::Refused(format!(
+            "{}: cartridge {} has no set in its label but holds data after it; refusing to rewrite its label",
+            drive.name(),
+            map.label.label
+        )));
+    }
+    let name = opts
+        .set_name
+        .clone()
+        .unwrap_or_else(|| map.label.pool.clone());
+    map.label.set = Some(SetMembership {
+        set_uuid: *uuid::Uuid::new_v4().as_bytes(),
+        set_name: name,
+        volume_seq: 1,
+        previous_volume: None,
+        joined: Timestamp::now(),
+        host: hostname(),
+    });
+    // Safe: the cartridge holds only its label and rescue kit.
+    write_label(drive, &map.label)?;
+    Ok(true)
+}
+
+/// Go to end of data, close an interrupted tape file, and confirm the drive
+/// is where the map says the next session belongs.
+fn position_for_append(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<u32> {
+    drive.seek_end_of_data()?;
+    if map.open_last_file {
+        drive.write_filemarks(1, false)?;
+    }
+    let expected = map.next_file();
+    let pos = drive.position()?;
+    if pos.file != expected || pos.block != 0 {
+        return Err(Error::Refused(format!(
+            "{}: after seeking end of data the drive is at tape file {}, block {}, but cartridge {} should end at tape file {}; not writing",
+            drive.name(),
+            pos.file,
+            pos.block,
+            map.label.label,
+            expected
+        )));
+    }
+    Ok(expected)
+}
+
+fn drive_writer(
+    drive: &mut dyn TapeDrive,
+    rx: Receiver<ToDrive>,
+    pool: SyncSender<Vec<u8>>,
+    progress: &WriteProgress,
+) -> Result<DriveStats> {
+    let mut st = DriveStats {
+        blocks: 0,
+        bytes: 0,
+        wait: Duration::ZERO,
+        underruns: 0,
+        fill_samples: 0,
+        fill_sum: 0,
+        early_warning: false,
+    };
+    let mut streaming = false;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let t = Instant::now();
+                let m = match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
+                if streaming {
+                    st.underruns += 1;
+                    progress.underruns.fetch_add(1, Ordering::Relaxed);
+                    st.wait += t.elapsed();
+                }
+                m
+            }
+        };
+        match msg {
+            ToDrive::Block(buf) => {
+                let in_flight = progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
+                st.fill_samples += 1;
+                st.fill_sum += in_flight as u64;
+                if drive.write_block(&buf)? == WriteOutcome::EarlyWarning {
+                    st.early_warning = true;
+                }
+                streaming = true;
+                st.blocks += 1;
+                st.bytes += buf.len() as u64;
+                progress
+                    .bytes_written
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                // The producer may be gone (it failed); the buffer is then dropped.
+                let _ = pool.send(buf);
+            }
+            ToDrive::Filemark { immediate } => drive.write_filemarks(1, immediate)?,
+            ToDrive::Flush => drive.flush()?,
+        }
+    }
+    Ok(st)
+}
+
+struct ProducerContext<'a> {
+    opts: &'a WriteOptions,
+    membership: &'a SetMembership,
+    label_name: &'a str,
+    session: u32,
+    data_file: u32,
+    block_size: u32,
+    progress: &'a WriteProgress,
+}
+
+struct Produced {
+    entries: u64,
+    files: u64,
+    dirs: u64,
+    bytes_read: u64,
+    bytes_stored: u64,
+    skipped: u64,
+    checkpoints: u64,
+    warnings: Vec<String>,
+}
+
+/// Sends sealed blocks to the drive and takes empty ones from the pool.
+struct BlockChannel {
+    tx: SyncSender<ToDrive>,
+    pool: Receiver<Vec<u8>>,
+}
+
+impl BlockChannel {
+    fn send(&self, msg: ToDrive) -> Result<()> {
+        self.tx
+            .send(msg)
+            .map_err(|_| Error::Panic("the drive writer stopped".into()))
+    }
+    fn emit(&self, block: Vec<u8>, progress: &WriteProgress) -> Result<Vec<u8>> {
+        progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.send(ToDrive::Block(block))?;
+        self.pool
+            .recv()
+            .map_err(|_| Error::Panic("the drive writer stopped".into()))
+    }
+}
+
+/// Catalog entries wait in a temporary file, so memory stays bounded
+/// whatever the number of files.
+struct CatalogSpill {
+    out: BufWriter<File>,
+    count: u64,
+}
+
+impl CatalogSpill {
+    fn new() -> Result<Self> {
+        let f =
+            tempfile::tempfile().map_err(|e| Error::io("creating the catalog spill file", e))?;
+        Ok(CatalogSpill {
+            out: BufWriter::new(f),
+            count: 0,
+        })
+    }
+    fn push(&mut self, e: &CatalogEntry) -> Result<()> {
+        let body = to_cbor(e);
+        self.out
+            .write_all(&(body.len() as u32).to_le_bytes())
+            .and_then(|_| self.out.write_all(&body))
+            .map_err(|e| Error::io("writing the catalog spill file", e))?;
+        self.count += 1;
+        Ok(())
+    }
+    fn into_reader(self) -> Result<BufReader<File>> {
+        let mut f = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io("flushing the catalog spill file", e.into_error()))?;
+        std::io::Seek::rewind(&mut f)
+            .map_err(|e| Error::io("rewinding the catalog spill file", e))?;
+        Ok(BufReader::new(f))
+    }
+}
+
+struct ContentWriter {
+    compress: Option<zstd::bulk::Compressor<'static>>,
+    chunk: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+fn produce(
+    ctx: ProducerContext<'_>,
+    tx: SyncSender<ToDrive>,
+    pool: Receiver<Vec<u8>>,
+) -> Result<Produced> {
+    let chan = BlockChannel { tx, pool };
+    let progress = ctx.progress;
+    let mut emit = |b: Vec<u8>| chan.emit(b, progress);
+    let first = chan
+        .pool
+        .recv()
+        .map_err(|_| Error::Panic("the drive writer stopped".into()))?;
+    let mut framer = StreamFramer::new(
+        StreamIdentity {
+            kind: BlockKind::SessionData,
+            set_uuid: ctx.membership.set_uuid,
+            volume_seq: ctx.membership.volume_seq,
+            tape_file: ctx.data_file,
+            session: ctx.session,
+        },
+        ctx.block_size,
+        first,
+    );
+    let start = SessionStart {
+        session_uuid: *uuid::Uuid::new_v4().as_bytes(),
+        session: ctx.session,
+        set_uuid: ctx.membership.set_uuid,
+        set_name: ctx.membership.set_name.clone(),
+        host: hostname(),
+        started: Timestamp::now(),
+        tapir_version: env!("CARGO_PKG_VERSION").to_string(),
+        sources: ctx
+            .opts
+            .sources
+            .iter()
+            .map(|p| {
+                minicbor::bytes::ByteVec::from(
+                    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec(),
+                )
+            })
+            .collect(),
+        volume_seq: ctx.membership.volume_seq,
+        block_size: ctx.block_size,
+    };
+    framer.push_record(RecordType::SessionStart, 0, &[&to_cbor(&start)], &mut emit)?;
+
+    let mut p = Produced {
+        entries: 0,
+        files: 0,
+        dirs: 0,
+        bytes_read: 0,
+        bytes_stored: 0,
+        skipped: 0,
+        checkpoints: 0,
+        warnings: Vec::new(),
+    };
+    let mut spill = CatalogSpill::new()?;
+    let mut content = ContentWriter {
+        compress: if ctx.opts.compress {
+            Some(
+                zstd::bulk::Compressor::new(1)
+                    .map_err(|e| Error::io("starting the zstd compressor", e))?,
+            )
+        } else {
+            None
+        },
+        chunk: vec![0u8; DATA_CHUNK_LEN],
+        packed: Vec::with_capacity(DATA_CHUNK_LEN + 1024),
+    };
+    let mut since_checkpoint_bytes = 0u64;
+    let mut last_checkpoint = Instant::now();
+
+    for item in Walker::new(ctx.opts.sources.iter(), ctx.opts.walk.clone()) {
+        let src = match item {
+            WalkItem::Entry(e) => e,
+            WalkItem::Skipped { .. } => {
+                p.skipped += 1;
+                continue;
+            }
+            WalkItem::Warning { path, message } => {
+                tracing::warn!("{}: {message}", path.display());
+                p.warnings.push(format!("{}: {message}", path.display()));
+                continue;
+            }
+        };
+        let mut entry = src.entry;
+        let kind = entry.kind().expect("the walker makes known kinds");
+        if let Ok(mut cur) = progress.current.lock() {
+            cur.clear();
+            cur.push_str(&String::from_utf8_lossy(&entry.path));
+        }
+        // Open before announcing the entry, so an unreadable file is a
+        // warning rather than a damaged entry on tape.
+        let file = if kind == EntryKind::File {
+            match open_source_file(&src.abs_path) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
+                    tracing::warn!("{w}");
+                    p.warnings.push(w);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if kind == EntryKind::File {
+            // A file shrunk since the walk: archive what is there now.
+            if let Some(f) = &file {
+                if let Ok(md) = f.metadata() {
+                    if md.len() < entry.size && entry.sparse.is_none() {
+                        entry.size = md.len();
+                    }
+                }
+            }
+        }
+        let position = framer.push_record(RecordType::Entry, 0, &[&to_cbor(&entry)], &mut emit)?;
+        let end = match &file {
+            Some(f) => write_content(
+                f,
+                &entry,
+                &mut framer,
+                &mut content,
+                &mut emit,
+                &mut p,
+                progress,
+            )?,
+            None => EntryEnd {
+                blake3: None,
+                stored_bytes: 0,
+                status: END_COMPLETE,
+            },
+        };
+        if end.status != END_COMPLETE {
+            let w = format!(
+                "{}: {}",
+                src.abs_path.display(),
+                if end.status == END_SOURCE_CHANGED {
+                    "changed while being read; archived as read"
+                } else {
+                    "read error; archived content is incomplete"
+                }
+            );
+            tracing::warn!("{w}");
+            p.warnings.push(w);
+        }
+        framer.push_record(RecordType::EntryEnd, 0, &[&to_cbor(&end)], &mut emit)?;
+        let mut listed = super::list::catalog_entry_of(&entry, position);
+        listed.blake3 = end.blake3;
+        listed.status = end.status;
+        spill.push(&listed)?;
+        p.entries += 1;
+        match kind {
+            EntryKind::File => p.files += 1,
+            EntryKind::Dir => p.dirs += 1,
+            _ => {}
+        }
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        since_checkpoint_bytes += end.stored_bytes;
+        if since_checkpoint_bytes >= ctx.opts.checkpoint_bytes
+            || last_checkpoint.elapsed() >= ctx.opts.checkpoint_interval
+        {
+            let cp = Checkpoint {
+                entries: p.entries,
+                bytes: p.bytes_stored,
+                at: Timestamp::now(),
+            };
+            framer.push_record(RecordType::Checkpoint, 0, &[&to_cbor(&cp)], &mut emit)?;
+            framer.seal_early(&mut emit)?;
+            chan.send(ToDrive::Flush)?;
+            p.checkpoints += 1;
+            since_checkpoint_bytes = 0;
+            last_checkpoint = Instant::now();
+        }
+    }
+
+    let summary = SessionEnd {
+        entries: p.entries,
+        stored_bytes: p.bytes_stored,
+        ended: Timestamp::now(),
+        warnings: p.warnings.len() as u64,
+        status: if p.warnings.is_empty() {
+            SESSION_OK
+        } else {
+            SESSION_WITH_WARNINGS
+        },
+        skipped: p.skipped,
+    };
+    framer.push_record(RecordType::SessionEnd, 0, &[&to_cbor(&summary)], &mut emit)?;
+    let last = framer.finish();
+    let fresh = emit(last)?;
+    // Structure uses an immediate filemark; durability comes at the end.
+    chan.send(ToDrive::Filemark { immediate: true })?;
+
+    let mut cat = StreamFramer::new(
+        StreamIdentity {
+            kind: BlockKind::SessionCatalog,
+            set_uuid: ctx.membership.set_uuid,
+            volume_seq: ctx.membership.volume_seq,
+            tape_file: ctx.data_file + 1,
+            session: ctx.session,
+        },
+        ctx.block_size,
+        fresh,
+    );
+    let header = CatalogHeader {
+        session_uuid: start.session_uuid,
+        session: ctx.session,
+        data_tape_file: ctx.data_file,
+        entries: spill.count,
+    };
+    cat.push_record(
+        RecordType::CatalogHeader,
+        0,
+        &[&to_cbor(&header)],
+        &mut emit,
+    )?;
+    let mut digest = blake3::Hasher::new();
+    let count = spill.count;
+    let mut rd = spill.into_reader()?;
+    let mut body = Vec::new();
+    for _ in 0..count {
+        let mut len = [0u8; 4];
+        rd.read_exact(&mut len)
+            .map_err(|e| Error::io("reading the catalog spill file", e))?;
+        body.resize(u32::from_le_bytes(len) as usize, 0);
+        rd.read_exact(&mut body)
+            .map_err(|e| Error::io("reading the catalog spill file", e))?;
+        digest.update(&body);
+        cat.push_record(RecordType::CatalogEntry, 0, &[&body], &mut emit)?;
+    }
+    let end = CatalogEnd {
+        entries: count,
+        digest: *digest.finalize().as_bytes(),
+        summary,
+    };
+    cat.push_record(RecordType::CatalogEnd, 0, &[&to_cbor(&end)], &mut emit)?;
+    let last = cat.finish();
+    progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
+    chan.send(ToDrive::Block(last))?;
+    // Synchronous: when this returns the whole session is on the medium.
+    chan.send(ToDrive::Filemark { immediate: false })?;
+    tracing::debug!("session {} of {} produced", ctx.session, ctx.label_name);
+    Ok(p)
+}
+
+/// Read a file's content (data extents only for sparse files), hash it with
+/// holes as zeros, and frame it as `Data` records.
+fn write_content(
+    file: &File,
+    entry: &Entry,
+    framer: &mut StreamFramer,
+    cw: &mut ContentWriter,
+    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
+    p: &mut Produced,
+    progress: &WriteProgress,
+) -> Result<EntryEnd> {
+    let mut hasher = blake3::Hasher::new();
+    let mut hashed_to = 0u64;
+    let mut stored = 0u64;
+    let extents: Vec<(u64, u64)> = match &entry.sparse {
+        Some(ex) => ex.iter().map(|e| (e.offset, e.len)).collect(),
+        None => vec![(0, entry.size)],
+    };
+    let mut status = END_COMPLETE;
+    'extents: for (start, len) in extents {
+        let end = start.saturating_add(len).min(entry.size);
+        let mut off = start;
+        while off < end {
+            let want = ((end - off) as usize).min(DATA_CHUNK_LEN);
+            let got = match read_full_at(file, &mut cw.chunk[..want], off) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("read error at offset {off}: {e}");
+                    status = END_SOURCE_READ_ERROR;
+                    break 'extents;
+                }
+            };
+            if got == 0 {
+                status = END_SOURCE_CHANGED;
+                break 'extents;
+            }
+            let data = &cw.chunk[..got];
+            super::hash_zeros(&mut hasher, off - hashed_to);
+            hasher.update(data);
+            hashed_to = off + got as u64;
+            let (codec, body): (Codec, &[u8]) = match cw.compress.as_mut() {
+                Some(c) => {
+                    cw.packed.clear();
+                    cw.packed.reserve(zstd::zstd_safe::compress_bound(got));
+                    match c.compress_to_buffer(data, &mut cw.packed) {
+                        Ok(n) if n < got - got / 32 => (Codec::Zstd, &cw.packed[..n]),
+                        _ => (Codec::Stored, data),
+                    }
+                }
+                None => (Codec::Stored, data),
+            };
+            let prefix = DataPrefix {
+                offset: off,
+                raw_len: got as u32,
+                codec,
+            };
+            framer.push_record(RecordType::Data, 0, &[&prefix.encode(), body], emit)?;
+            stored += got as u64;
+            p.bytes_read += got as u64;
+            p.bytes_stored += body.len() as u64;
+            progress.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+            off += got as u64;
+            if got < want {
+                status = END_SOURCE_CHANGED;
+                break 'extents;
+            }
+        }
+    }
+    if status == END_COMPLETE {
+        super::hash_zeros(&mut hasher, entry.size - hashed_to.min(entry.size));
+    }
+    Ok(EntryEnd {
+        blake3: Some(*hasher.finalize().as_bytes()),
+        stored_bytes: stored,
+        status,
+    })
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
