@@ -149,6 +149,7 @@ fn paths_that_escape_the_target_are_refused() {
                 EntryKind::HardLink,
                 &[&outside_abs[..], b"/secret"].concat(),
             ),
+            link(b"hl-missing", EntryKind::HardLink, b"no/such/file"),
             file(b"fine.txt", b"this one is fine"),
         ],
         None,
@@ -169,6 +170,10 @@ fn paths_that_escape_the_target_are_refused() {
             "{what} refused: {report}"
         );
     }
+    assert!(
+        report.contains("FAILED hl-missing"),
+        "a dangling hard link fails alone: {report}"
+    );
     // Nothing appeared outside the target, and the secret is untouched.
     let mut names: Vec<_> = fs::read_dir(&outside)
         .unwrap()

@@ -46,6 +46,8 @@ pub struct RestoreSummary {
     pub damaged: Vec<NotRestored>,
     /// Entries refused for safety (unsafe paths, links leaving the target).
     pub refused: Vec<NotRestored>,
+    /// Entries that could not be created or given their metadata.
+    pub failed: Vec<NotRestored>,
     pub warnings: Vec<String>,
     pub lost_blocks: Vec<LostBlocks>,
     pub patterns_without_match: Vec<String>,
@@ -55,10 +57,13 @@ pub struct RestoreSummary {
 impl RestoreSummary {
     pub fn exit_status(&self) -> crate::exit::ExitStatus {
         use crate::exit::ExitStatus;
-        if !self.damaged.is_empty() || !self.lost_blocks.is_empty() {
+        if !self.damaged.is_empty()
+            || !self.lost_blocks.is_empty()
+            || !self.refused.is_empty()
+            || !self.failed.is_empty()
+        {
             ExitStatus::DataDamage
-        } else if !self.refused.is_empty()
-            || !self.skipped_existing.is_empty()
+        } else if !self.skipped_existing.is_empty()
             || !self.warnings.is_empty()
             || !self.patterns_without_match.is_empty()
         {
@@ -241,6 +246,14 @@ fn lost_covering(lost: &[LostBlocks], pos: StreamPosition) -> Option<String> {
         })
 }
 
+/// Errors after which no further entry can be restored into the target.
+fn target_unusable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT | libc::EIO)
+    )
+}
+
 fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
@@ -262,25 +275,34 @@ struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
+    /// Record why an entry could not be restored, and go on with the rest,
+    /// unless the target itself is unusable (full, read-only).
     fn refuse(&mut self, path: &[u8], e: TargetError) -> Result<bool> {
+        let not = |reason: String| NotRestored {
+            path: show(path),
+            session: self.session,
+            reason,
+        };
         match e {
-            TargetError::Io { .. } => Err(Error::Target(e)),
+            TargetError::Io { ref source, .. } if target_unusable(source) => Err(Error::Target(e)),
+            TargetError::Io { .. } => {
+                self.summary.failed.push(not(e.to_string()));
+                Ok(false)
+            }
             other => {
-                self.summary.refused.push(NotRestored {
-                    path: show(path),
-                    session: self.session,
-                    reason: other.to_string(),
-                });
+                self.summary.refused.push(not(other.to_string()));
                 Ok(false)
             }
         }
     }
 
     fn metadata(&mut self, entry: &Entry) -> Result<()> {
-        let warnings = self
-            .target
-            .apply_metadata(&entry.path, entry, self.policy)?;
-        self.summary.warnings.extend(warnings);
+        match self.target.apply_metadata(&entry.path, entry, self.policy) {
+            Ok(warnings) => self.summary.warnings.extend(warnings),
+            Err(e) => {
+                self.refuse(&entry.path, e)?;
+            }
+        }
         Ok(())
     }
 
@@ -393,7 +415,10 @@ impl EntryVisitor for Restorer<'_> {
             EntryOutcome::Complete { .. } => {}
         }
         if let Some(f) = &cur.file {
-            finish_file(&path, f, cur.entry.size)?;
+            if let Err(e) = finish_file(&path, f, cur.entry.size) {
+                self.refuse(&path, e)?;
+                return Ok(());
+            }
         }
         if cur.entry.kind != EntryKind::HardLink.code() {
             self.metadata(&cur.entry)?;

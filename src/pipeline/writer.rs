@@ -507,6 +507,8 @@ fn produce(
     };
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
+    // Files left out as unreadable: later hard links to them are left out too.
+    let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
     for item in Walker::new(ctx.opts.sources.iter(), ctx.opts.walk.clone()) {
         let src = match item {
@@ -536,12 +538,26 @@ fn produce(
                     let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
                     tracing::warn!("{w}");
                     p.warnings.push(w);
+                    left_out.insert(entry.path.clone());
                     continue;
                 }
             }
         } else {
             None
         };
+        if kind == EntryKind::HardLink
+            && entry
+                .link_target
+                .as_ref()
+                .is_some_and(|t| left_out.contains(t))
+        {
+            let w = format!(
+                "{}: hard link to a file that could not be read, not archived",
+                src.abs_path.display()
+            );
+            p.warnings.push(w);
+            continue;
+        }
         if kind == EntryKind::File {
             // A file shrunk since the walk: archive what is there now.
             if let Some(f) = &file {
