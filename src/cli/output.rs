@@ -367,6 +367,9 @@ pub fn restored(json: bool, s: &RestoreSummary) {
             d.path, d.session, d.reason
         );
     }
+    for d in &s.failed {
+        println!("  FAILED {} (session {}): {}", d.path, d.session, d.reason);
+    }
     for lb in &s.lost_blocks {
         println!(
             "  bad blocks: tape file {} blocks {}..={}: {}",

@@ -207,18 +207,12 @@ fn choose_versions(
         }
         // A hard link needs the file it links to, from the same session.
         for t in links {
-            if !set.contains(&t) && !taken.contains(t.as_slice()) {
-                set.insert(t);
+            if !taken.contains(t.as_slice()) {
+                if let Some(e) = s.entries.iter().find(|e| e.path == t) {
+                    taken.insert(&e.path);
+                    set.insert(t);
+                }
             }
-        }
-        for p in set.iter() {
-            taken.insert(
-                s.entries
-                    .iter()
-                    .find(|e| &e.path == p)
-                    .map(|e| e.path.as_slice())
-                    .unwrap_or(&[]),
-            );
         }
     }
     chosen.retain(|_, v| !v.is_empty());
