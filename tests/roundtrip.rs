@@ -171,6 +171,29 @@ fn build_tree(root: &Path) {
         )
         .unwrap();
     }
+    // Inode flags last: append-only forbids setting times. nodump, and
+    // append-only where root may set it.
+    let st = Command::new("chattr")
+        .arg(inode_flags())
+        .arg(root.join("dir/sub/deep.bin"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn inode_flags() -> &'static str {
+    if is_root() {
+        "+da"
+    } else {
+        "+d"
+    }
+}
+
+/// Clear append-only so the temporary directory can be removed.
+fn clear_flags(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = Command::new("chattr").arg("-a").arg(p).status();
+    }
 }
 
 #[test]
@@ -238,6 +261,14 @@ fn every_entry_type_round_trips_field_by_field() {
     let a = fs::metadata(out.join("tree/hard-a")).unwrap();
     let b = fs::metadata(out.join("tree/dir/hard-b")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hard link restored as a link");
+    let flags_of = |p: &Path| tapir::device::inode_flags::get(fs::File::open(p).unwrap()).unwrap();
+    let src_flags = flags_of(&src.join("tree/dir/sub/deep.bin"));
+    assert_ne!(src_flags, 0);
+    assert_eq!(
+        flags_of(&out.join("tree/dir/sub/deep.bin")),
+        src_flags,
+        "inode flags restored"
+    );
     let sparse = fs::metadata(out.join("tree/sparse.img")).unwrap();
     assert!(
         sparse.blocks() * 512 < 1 << 20,
@@ -252,6 +283,10 @@ fn every_entry_type_round_trips_field_by_field() {
     );
 
     let v = lab.tapir(["verify"]);
+    clear_flags(&[
+        src.join("tree/dir/sub/deep.bin"),
+        out.join("tree/dir/sub/deep.bin"),
+    ]);
     assert_ok(&v);
     assert!(text(&v.stdout).contains("all data verified"));
 }
