@@ -76,6 +76,9 @@ enum Command {
         /// Size of the buffer between the reader and the drive.
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         buffer: u64,
+        /// Start the drive when the buffer is this full (percent), like mbuffer -P.
+        #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u8).range(0..=100))]
+        start_at: u8,
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
@@ -122,6 +125,25 @@ enum VtapeCommand {
         #[arg(long, default_value = "4G", value_parser = parse_size)]
         capacity: u64,
     },
+    /// Make the library's drive emulate a real drive's speed and count its backhitches.
+    Simulate {
+        dir: PathBuf,
+        #[command(flatten)]
+        model: SpeedModel,
+        /// Remove the model: the drive runs as fast as the disk.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Act as a simulated drive at the end of a pipe: read stdin into FILE
+    /// and report backhitches as JSON (to measure other tools the same way).
+    Sink {
+        file: PathBuf,
+        #[command(flatten)]
+        model: SpeedModel,
+        /// Size of each read from stdin.
+        #[arg(long, default_value = "256K", value_parser = parse_size)]
+        block: u64,
+    },
     /// Set or clear a cartridge's write-protect tab.
     Protect {
         dir: PathBuf,
@@ -130,6 +152,35 @@ enum VtapeCommand {
         #[arg(long)]
         off: bool,
     },
+}
+
+/// A drive's speed: defaults are an LTO-9.
+#[derive(clap::Args, Debug, Clone)]
+struct SpeedModel {
+    /// Native (on-tape) speed in bytes/s (decimal units: 400M = 400,000,000).
+    #[arg(long, default_value = "400M", value_parser = parse_rate)]
+    rate: f64,
+    /// Slowest speed the drive can match before it stops and backhitches.
+    #[arg(long, default_value = "120M", value_parser = parse_rate)]
+    floor: f64,
+    /// The drive's own buffer.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    drive_buffer: u64,
+    /// The drive's compression ratio on this data (host bytes per tape byte).
+    #[arg(long, default_value_t = 1.0)]
+    compression: f64,
+}
+
+impl SpeedModel {
+    fn config(&self) -> tapir::device::drivesim::DriveSimConfig {
+        tapir::device::drivesim::DriveSimConfig {
+            rate: self.rate,
+            floor: self.floor,
+            buffer: self.drive_buffer,
+            compression: self.compression,
+            backhitch_seconds: 2.0,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +224,24 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size (examples: 4096, 256K, 4G)"))?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parse rates like 400M or 1.5G (decimal units, bytes per second).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (examples: 400M, 1.2G)"))?;
+    if n <= 0.0 || !n.is_finite() {
+        return Err(format!("{s:?}: a rate must be positive"));
+    }
+    Ok(n * mult)
 }
 
 /// Run the command line and return the process exit code.
@@ -250,6 +319,30 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 output::library_created(cli.json, dir, &inv, *capacity);
                 Ok(ExitStatus::Success)
             }
+            VtapeCommand::Simulate { dir, model, off } => {
+                let lib = VirtualLibrary::open(dir).map_err(Error::from)?;
+                let cfg = (!off).then(|| model.config());
+                lib.set_speed_model(cfg).map_err(Error::from)?;
+                if !cli.json {
+                    match cfg {
+                        Some(c) => println!(
+                            "drive of {} now emulates {:.0} MB/s native (floor {:.0} MB/s), {} byte buffer, {:.1}:1 compression",
+                            dir.display(),
+                            c.rate / 1e6,
+                            c.floor / 1e6,
+                            c.buffer,
+                            c.compression
+                        ),
+                        None => println!("drive of {} runs at disk speed", dir.display()),
+                    }
+                }
+                Ok(ExitStatus::Success)
+            }
+            VtapeCommand::Sink { file, model, block } => {
+                let stats = output::sink(file, model.config(), *block as usize)?;
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                Ok(ExitStatus::Success)
+            }
             VtapeCommand::Protect { dir, barcode, off } => {
                 let lib = VirtualLibrary::open(dir).map_err(Error::from)?;
                 tapir::device::vtape::VirtualTape::set_write_protected(
@@ -306,6 +399,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             compress,
             buffer,
             checkpoint_every,
+            start_at,
             paths,
         } => {
             let mut drive = open(cli)?;
@@ -319,6 +413,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 compress: *compress == Compress::Zstd,
                 buffer_bytes: *buffer as usize,
                 checkpoint_bytes: *checkpoint_every,
+                start_fill_percent: *start_at,
                 ..Default::default()
             };
             let summary = output::with_write_progress(cli.json, |progress| {

@@ -130,6 +130,35 @@ pub fn with_write_progress<T>(json: bool, job: impl FnOnce(&WriteProgress) -> T)
     })
 }
 
+/// Copy stdin to `file` through a simulated drive; return what it went through.
+pub fn sink(
+    file: &Path,
+    cfg: tapir::device::drivesim::DriveSimConfig,
+    block: usize,
+) -> anyhow::Result<tapir::device::drivesim::StreamingStats> {
+    use std::io::{Read, Write};
+    let mut sim = tapir::device::drivesim::DriveSim::new(cfg);
+    let mut out = std::fs::File::create(file)?;
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; block.max(1)];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match input.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        out.write_all(&buf[..filled])?;
+        sim.write(filled);
+    }
+    // End of the job: the last data goes to tape; not a backhitch.
+    Ok(sim.stats())
+}
+
 pub fn written(json: bool, s: &WriteSummary) {
     if json {
         print_json(s);
@@ -158,6 +187,12 @@ pub fn written(json: bool, s: &WriteSummary) {
         s.compression_ratio,
         s.checkpoints
     );
+    if let Some(d) = &s.drive_streaming {
+        println!(
+            "  drive: {} backhitches ({} after flushes), {:.1} s lost repositioning, host waited {:.2} s for the drive",
+            d.backhitches, d.flush_backhitches, d.time_lost_seconds, d.host_wait_seconds
+        );
+    }
     if s.skipped_sockets > 0 {
         println!("  {} sockets ignored (as tar does)", s.skipped_sockets);
     }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use super::drivesim::DriveSimConfig;
 use super::vtape::{valid_barcode, VirtualTape, MAX_BLOCK_SIZE};
 use super::{describe, Changer, ChangerInventory, DeviceError, DeviceResult};
 
@@ -29,6 +30,8 @@ use super::{describe, Changer, ChangerInventory, DeviceError, DeviceResult};
 pub const LIBRARY_FILE: &str = "library.json";
 /// Name of the lock file in a library directory.
 pub const LOCK_FILE: &str = "lock";
+/// Optional speed model of the drive (see `drivesim`); absent: as fast as the disk.
+pub const SPEED_MODEL_FILE: &str = "drive-sim.json";
 /// Directory holding the cartridge images.
 pub const CARTRIDGE_DIR: &str = "cartridges";
 /// Extension of cartridge images.
@@ -325,8 +328,46 @@ impl VirtualLibrary {
                 ),
             });
         }
+        if let Some(cfg) = self.speed_model()? {
+            tape.set_speed_model(cfg);
+        }
         tape.attach_lock(lock);
         Ok(tape)
+    }
+
+    /// The drive's speed model (`drive-sim.json`), if one is set.
+    pub fn speed_model(&self) -> DeviceResult<Option<DriveSimConfig>> {
+        let path = self.dir.join(SPEED_MODEL_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| DeviceError::InvalidRequest {
+                        device: self.name.clone(),
+                        detail: format!("{}: {e}", path.display()),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DeviceError::io(
+                &self.name,
+                format!("reading {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// Make the drive emulate a real drive's speed (`None`: as fast as the disk).
+    pub fn set_speed_model(&self, cfg: Option<DriveSimConfig>) -> DeviceResult<()> {
+        let path = self.dir.join(SPEED_MODEL_FILE);
+        let io = |e| DeviceError::io(&self.name, format!("writing {}", path.display()), e);
+        match cfg {
+            Some(c) => std::fs::write(&path, serde_json::to_vec_pretty(&c).expect("serialises"))
+                .map_err(io),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                _ => Ok(()),
+            },
+        }
     }
 
     // ---- internals ----

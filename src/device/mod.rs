@@ -2,6 +2,7 @@
 //! with `unsafe` code. Everything above it sees these capability traits and
 //! the typed conditions in [`DeviceError`] and [`ReadOutcome`].
 
+pub mod drivesim;
 pub mod inode_flags;
 pub mod library;
 pub mod open;
@@ -147,6 +148,10 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn status(&mut self) -> DeviceResult<DriveStatus>;
     /// Largest block this drive can read or write.
     fn max_block_size(&self) -> usize;
+    /// Streaming figures from the drive (backhitches), when it can tell.
+    fn streaming_stats(&self) -> Option<drivesim::StreamingStats> {
+        None
+    }
 }
 
 /// A media changer: slots, a drive, and moves between them.

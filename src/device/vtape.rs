@@ -345,6 +345,8 @@ pub struct VirtualTape {
     read_faults_fired: u32,
     /// The last operation was a data write (st: `rw == ST_WRITING`).
     pending_write: bool,
+    /// Speed model of a real drive, when the library asks for one.
+    sim: Option<super::drivesim::DriveSim>,
     /// Held while the drive is open through a library; released on drop.
     /// Declared last so it is released after the image file is closed.
     lock: Option<Flock<File>>,
@@ -470,6 +472,7 @@ impl VirtualTape {
             faults,
             read_faults_fired: 0,
             pending_write: false,
+            sim: None,
             lock: None,
         })
     }
@@ -522,6 +525,11 @@ impl VirtualTape {
     }
 
     /// Replace the injected faults (and restart the read-fault counter).
+    /// Emulate a real drive's speed, buffer and backhitches.
+    pub fn set_speed_model(&mut self, cfg: super::drivesim::DriveSimConfig) {
+        self.sim = Some(super::drivesim::DriveSim::new(cfg));
+    }
+
     pub fn set_faults(&mut self, faults: Faults) {
         self.faults = faults;
         self.read_faults_fired = 0;
@@ -845,6 +853,9 @@ impl BlockWrite for VirtualTape {
         self.offsets.push(end);
         self.pos = p + 1;
         self.pending_write = true;
+        if let Some(sim) = self.sim.as_mut() {
+            sim.write(n);
+        }
         let threshold = self.header.capacity - self.header.early_warning_zone;
         let forced = self
             .faults
@@ -879,6 +890,9 @@ impl BlockWrite for VirtualTape {
         }
         if !immediate {
             self.sync()?;
+            if let Some(sim) = self.sim.as_mut() {
+                sim.flush();
+            }
         }
         Ok(())
     }
@@ -888,6 +902,9 @@ impl BlockWrite for VirtualTape {
         if self.write_protected {
             return Ok(());
         }
+        if let Some(sim) = self.sim.as_mut() {
+            sim.flush();
+        }
         self.sync()
     }
 }
@@ -895,6 +912,10 @@ impl BlockWrite for VirtualTape {
 impl TapeDrive for VirtualTape {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn streaming_stats(&self) -> Option<super::drivesim::StreamingStats> {
+        self.sim.as_ref().map(|s| s.stats())
     }
 
     fn rewind(&mut self) -> DeviceResult<()> {

@@ -81,8 +81,10 @@ fn describe_foreign(block: &[u8]) -> String {
 }
 
 /// Write tape files 0 (label) and 1 (rescue kit) from the beginning of tape.
-/// Everything after them on the cartridge is gone afterwards.
-pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<()> {
+/// Everything after them on the cartridge is gone afterwards. `durable`
+/// makes the closing filemark synchronous; a session that follows at once
+/// leaves it immediate and makes everything durable at its own end.
+pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool) -> Result<()> {
     drive.rewind()?;
     drive.write_block(&LabelBlock::encode(label))?;
     drive.write_filemarks(1, true)?;
@@ -94,8 +96,7 @@ pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<()>
     } else {
         drive.write_block(b"TAPIR RESCUE KIT: left out on this cartridge.\n")?;
     }
-    // Synchronous: the label must be on the medium before anything relies on it.
-    drive.write_filemarks(1, false)?;
+    drive.write_filemarks(1, !durable)?;
     Ok(())
 }
 
@@ -414,7 +415,8 @@ pub fn label_cartridge(
         tracing::warn!("{}: --force: destroying {what}", drive.name());
     }
     let label = new_label(name, pool, block_size as u32);
-    write_label(drive, &label)?;
+    // Synchronous: the label must be on the medium before anything relies on it.
+    write_label(drive, &label, true)?;
     Ok(Labelled {
         label: label.label.clone(),
         pool: label.pool.clone(),

@@ -2,6 +2,7 @@
 //! and one writer thread that owns the drive, joined by a bounded pool of
 //! block buffers. This is the only way tapir writes sessions.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -40,6 +41,9 @@ pub struct WriteOptions {
     pub checkpoint_bytes: u64,
     /// ...or this much time, whichever comes first.
     pub checkpoint_interval: Duration,
+    /// Start the drive only when the buffer is this full (percent), and
+    /// refill to it after running dry, like mbuffer's `-P`.
+    pub start_fill_percent: u8,
 }
 
 impl Default for WriteOptions {
@@ -52,6 +56,7 @@ impl Default for WriteOptions {
             buffer_bytes: 256 * 1024 * 1024,
             checkpoint_bytes: 8 << 30,
             checkpoint_interval: Duration::from_secs(300),
+            start_fill_percent: 75,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct WriteSummary {
     pub checkpoints: u64,
     pub early_warning: bool,
     pub new_set: bool,
+    /// What the drive reports of its streaming (simulated drives, for now).
+    pub drive_streaming: Option<crate::device::drivesim::StreamingStats>,
 }
 
 enum ToDrive {
@@ -145,6 +152,8 @@ pub fn write_session(
     let block_size = map.label.block_size as usize;
     let n_buffers = (opts.buffer_bytes / block_size).max(4);
     progress.buffers_total.store(n_buffers, Ordering::Relaxed);
+    // The producer always holds one buffer while it fills it.
+    let start_blocks = ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1);
     let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
     let (to_pool, pool) = sync_channel::<Vec<u8>>(n_buffers);
     for _ in 0..n_buffers {
@@ -162,13 +171,23 @@ pub fn write_session(
         block_size: map.label.block_size,
         progress,
     };
+    let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
     let (produced, drove) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || produce(ctx, to_drive, pool));
-        let writer = scope.spawn(move || drive_writer(drive, from_producer, to_pool, progress));
+        let writer = scope.spawn(move || {
+            drive_writer(
+                drive_for_writer,
+                from_producer,
+                to_pool,
+                progress,
+                start_blocks,
+            )
+        });
         (join(producer), join(writer))
     });
     // The drive's error explains a producer that stopped because the drive did.
     let drove = drove?;
+    let drive_streaming = drive.streaming_stats();
     let produced = produced?;
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -217,6 +236,7 @@ pub fn write_session(
         checkpoints: produced.checkpoints,
         early_warning: drove.early_warning,
         new_set,
+        drive_streaming,
     })
 }
 
@@ -267,8 +287,9 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
         joined: Timestamp::now(),
         host: hostname(),
     });
-    // Safe: the cartridge holds only its label and rescue kit.
-    write_label(drive, &map.label)?;
+    // Safe: the cartridge holds only its label and rescue kit. The session's
+    // final synchronous filemark makes the new label durable with it.
+    write_label(drive, &map.label, false)?;
     Ok(true)
 }
 
@@ -294,11 +315,16 @@ fn position_for_append(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<u32> 
     Ok(expected)
 }
 
+/// The thread that owns the drive. Like mbuffer's `-P`, it starts writing
+/// only once `start_blocks` blocks are buffered (or the producer is done or
+/// asks for a filemark), and after running dry it refills to that level
+/// again, so the drive gets long runs instead of trickles.
 fn drive_writer(
     drive: &mut dyn TapeDrive,
     rx: Receiver<ToDrive>,
     pool: SyncSender<Vec<u8>>,
     progress: &WriteProgress,
+    start_blocks: usize,
 ) -> Result<DriveStats> {
     let mut st = DriveStats {
         blocks: 0,
@@ -310,26 +336,57 @@ fn drive_writer(
         early_warning: false,
     };
     let mut streaming = false;
+    let mut held: VecDeque<ToDrive> = VecDeque::new();
+    let mut held_blocks = 0usize;
+    let mut closed = false;
+    let hold = |m: ToDrive, held: &mut VecDeque<ToDrive>, held_blocks: &mut usize| -> bool {
+        let is_block = matches!(m, ToDrive::Block(_));
+        *held_blocks += usize::from(is_block);
+        held.push_back(m);
+        is_block
+    };
     loop {
-        let msg = match rx.try_recv() {
-            Ok(m) => m,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {
-                let t = Instant::now();
-                let m = match rx.recv() {
+        if held.is_empty() && !closed {
+            let t = Instant::now();
+            let mut waited = false;
+            while held_blocks < start_blocks {
+                let m = match rx.try_recv() {
                     Ok(m) => m,
-                    Err(_) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => {
+                        waited = true;
+                        match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
                 };
-                if streaming {
-                    st.underruns += 1;
-                    progress.underruns.fetch_add(1, Ordering::Relaxed);
-                    st.wait += t.elapsed();
+                // A filemark or flush is written now, whatever the fill.
+                if !hold(m, &mut held, &mut held_blocks) {
+                    break;
                 }
-                m
             }
+            if streaming && waited {
+                st.underruns += 1;
+                progress.underruns.fetch_add(1, Ordering::Relaxed);
+                st.wait += t.elapsed();
+            }
+        }
+        let Some(msg) = held.pop_front() else {
+            if closed {
+                break;
+            }
+            continue;
         };
         match msg {
             ToDrive::Block(buf) => {
+                held_blocks -= 1;
                 let in_flight = progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
                 st.fill_samples += 1;
                 st.fill_sum += in_flight as u64;
@@ -345,8 +402,25 @@ fn drive_writer(
                 // The producer may be gone (it failed); the buffer is then dropped.
                 let _ = pool.send(buf);
             }
-            ToDrive::Filemark { immediate } => drive.write_filemarks(1, immediate)?,
-            ToDrive::Flush => drive.flush()?,
+            ToDrive::Filemark { immediate } => {
+                drive.write_filemarks(1, immediate)?;
+                // A synchronous filemark stops the tape: not the buffer's fault.
+                streaming &= immediate;
+            }
+            ToDrive::Flush => {
+                drive.flush()?;
+                streaming = false;
+            }
+        }
+        // Keep going while data is queued; an empty queue is an underrun.
+        while held.is_empty() && !closed {
+            match rx.try_recv() {
+                Ok(m) => {
+                    hold(m, &mut held, &mut held_blocks);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => closed = true,
+            }
         }
     }
     Ok(st)

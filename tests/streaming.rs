@@ -1,0 +1,84 @@
+//! The write path against a simulated drive: throughput is limited by the
+//! drive, flushes cost backhitches, and the summary says so.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn source(lab: &Lab, mib: usize) -> std::path::PathBuf {
+    let src = lab.path("src");
+    fs::create_dir_all(src.join("big")).unwrap();
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|i| (i as u32).wrapping_mul(2654435761) as u8)
+        .collect();
+    fs::write(src.join("big/file.bin"), data).unwrap();
+    src
+}
+
+#[test]
+fn a_fast_source_keeps_a_slow_drive_streaming() {
+    let lab = Lab::new(1, "1G");
+    let src = source(&lab, 48);
+    lab.label("TAP001L9");
+    let lib = lab.lib();
+    let sim = lab.tapir([
+        "vtape",
+        "simulate",
+        lib.to_str().unwrap(),
+        "--rate",
+        "80M",
+        "--floor",
+        "30M",
+        "--drive-buffer",
+        "8M",
+    ]);
+    assert_ok(&sim);
+    let w = lab.tapir_in(&src, ["--json", "write", "--buffer", "16M", "big"]);
+    assert_ok(&w);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    let d = &s["drive_streaming"];
+    assert_eq!(d["backhitches"], 0, "{s}");
+    // The drive, not tapir, set the pace: the host waited for it.
+    assert!(d["host_wait_seconds"].as_f64().unwrap() > 0.2, "{s}");
+    assert!(s["throughput_mb_s"].as_f64().unwrap() < 90.0, "{s}");
+}
+
+#[test]
+fn every_checkpoint_flush_costs_the_drive_a_backhitch() {
+    let lab = Lab::new(1, "1G");
+    let src = source(&lab, 24);
+    lab.label("TAP001L9");
+    let lib = lab.lib();
+    assert_ok(&lab.tapir([
+        "vtape",
+        "simulate",
+        lib.to_str().unwrap(),
+        "--rate",
+        "2G",
+        "--floor",
+        "1M",
+        "--drive-buffer",
+        "4M",
+    ]));
+    // Three files of 8 MiB each: checkpoints after each file but the last.
+    for i in 0..3 {
+        fs::write(src.join(format!("big/part{i}")), vec![i as u8 + 1; 8 << 20]).unwrap();
+    }
+    fs::remove_file(src.join("big/file.bin")).unwrap();
+    let w = lab.tapir_in(&src, ["--json", "write", "--checkpoint-every", "8M", "big"]);
+    assert_ok(&w);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    let checkpoints = s["checkpoints"].as_u64().unwrap();
+    assert!(checkpoints >= 2, "{s}");
+    // Each checkpoint stops the tape; it backhitches when data follows
+    // (after the last one, too little may follow to restart it).
+    let flush_stops = s["drive_streaming"]["flush_backhitches"].as_u64().unwrap();
+    assert!(flush_stops >= 2 && flush_stops <= checkpoints, "{s}");
+    // Without checkpoints, no flush stops the tape mid-session.
+    let w = lab.tapir_in(&src, ["--json", "write", "big"]);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(s["checkpoints"], 0);
+    assert_eq!(s["drive_streaming"]["flush_backhitches"], 0, "{s}");
+}
