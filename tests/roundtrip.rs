@@ -228,8 +228,13 @@ fn every_entry_type_round_trips_field_by_field() {
     assert!(listing.contains("-rwsr-xr-x"), "{listing}");
 
     let out = lab.path("out");
-    let r = lab.tapir(["restore", "--to", out.to_str().unwrap()]);
+    let r = lab.tapir(["--json", "restore", "--to", out.to_str().unwrap()]);
     assert_ok(&r);
+    let rs: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        rs["restored"], rs["selected"],
+        "every selected entry counted as restored: {rs}"
+    );
     let mut after = snapshot(&out.join("tree"), true);
     let contents: BTreeMap<_, _> = after
         .iter_mut()

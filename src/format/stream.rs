@@ -31,6 +31,10 @@ pub struct StreamFramer {
 
 impl StreamFramer {
     pub fn new(id: StreamIdentity, block_size: u32, buffer: Vec<u8>) -> Self {
+        assert!(
+            block_size as usize > BLOCK_HEADER_LEN,
+            "block size {block_size} leaves no room for records"
+        );
         let mut f = StreamFramer {
             id,
             block_size: block_size as usize,

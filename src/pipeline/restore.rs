@@ -306,7 +306,9 @@ impl Restorer<'_> {
         let existed = match kind {
             EntryKind::Dir => {
                 self.target.create_dir(path, self.overwrite)?;
+                // Applied at the end, after the directory's contents.
                 self.target.defer_dir_metadata(path, entry.clone())?;
+                self.summary.restored += 1;
                 return Ok(false);
             }
             EntryKind::File => match self.target.create_file(path, self.overwrite)? {

@@ -393,6 +393,11 @@ pub fn label_cartridge(
             "label {name:?} must be 1 to 32 printable ASCII characters without spaces"
         )));
     }
+    if pool.is_empty() || pool.len() > 64 || !pool.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Usage(format!(
+            "pool {pool:?} must be 1 to 64 printable ASCII characters without spaces"
+        )));
+    }
     if drive.status()?.write_protected {
         return Err(DeviceError::WriteProtected {
             device: drive.name().to_string(),

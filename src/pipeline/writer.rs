@@ -279,6 +279,11 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
         .set_name
         .clone()
         .unwrap_or_else(|| map.label.pool.clone());
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::Usage(format!(
+            "set name {name:?} must be 1 to 64 characters without control characters"
+        )));
+    }
     map.label.set = Some(SetMembership {
         set_uuid: *uuid::Uuid::new_v4().as_bytes(),
         set_name: name,
