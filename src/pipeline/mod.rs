@@ -4,6 +4,7 @@
 pub mod assemble;
 pub mod glob;
 pub mod list;
+pub mod pool;
 pub mod reader;
 pub mod restore;
 pub mod source;

@@ -22,6 +22,7 @@ use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
 use crate::format::stream::{StreamFramer, StreamIdentity};
 use crate::format::BlockKind;
 
+use super::pool::BufferPool;
 use super::source::{open_source_file, WalkItem, WalkOptions, Walker};
 use super::volume::{hostname, map_tape, write_label, TapeMap};
 use super::{Error, Result};
@@ -155,12 +156,7 @@ pub fn write_session(
     // The producer always holds one buffer while it fills it.
     let start_blocks = ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1);
     let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
-    let (to_pool, pool) = sync_channel::<Vec<u8>>(n_buffers);
-    for _ in 0..n_buffers {
-        to_pool
-            .send(Vec::with_capacity(block_size))
-            .expect("pool has room for its buffers");
-    }
+    let pool = BufferPool::new(n_buffers, block_size);
 
     let ctx = ProducerContext {
         opts,
@@ -173,15 +169,19 @@ pub fn write_session(
     };
     let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
     let (produced, drove) = std::thread::scope(|scope| {
+        let pool = &pool;
         let producer = scope.spawn(move || produce(ctx, to_drive, pool));
         let writer = scope.spawn(move || {
-            drive_writer(
+            let r = drive_writer(
                 drive_for_writer,
                 from_producer,
-                to_pool,
+                pool,
                 progress,
                 start_blocks,
-            )
+            );
+            // Whatever happened, the producer must not wait for buffers any more.
+            pool.close();
+            r
         });
         (join(producer), join(writer))
     });
@@ -327,7 +327,7 @@ fn position_for_append(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<u32> 
 fn drive_writer(
     drive: &mut dyn TapeDrive,
     rx: Receiver<ToDrive>,
-    pool: SyncSender<Vec<u8>>,
+    pool: &BufferPool,
     progress: &WriteProgress,
     start_blocks: usize,
 ) -> Result<DriveStats> {
@@ -404,8 +404,7 @@ fn drive_writer(
                 progress
                     .bytes_written
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                // The producer may be gone (it failed); the buffer is then dropped.
-                let _ = pool.send(buf);
+                pool.give(buf);
             }
             ToDrive::Filemark { immediate } => {
                 drive.write_filemarks(1, immediate)?;
@@ -453,12 +452,12 @@ struct Produced {
 }
 
 /// Sends sealed blocks to the drive and takes empty ones from the pool.
-struct BlockChannel {
+struct BlockChannel<'p> {
     tx: SyncSender<ToDrive>,
-    pool: Receiver<Vec<u8>>,
+    pool: &'p BufferPool,
 }
 
-impl BlockChannel {
+impl BlockChannel<'_> {
     fn send(&self, msg: ToDrive) -> Result<()> {
         self.tx
             .send(msg)
@@ -467,9 +466,12 @@ impl BlockChannel {
     fn emit(&self, block: Vec<u8>, progress: &WriteProgress) -> Result<Vec<u8>> {
         progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
         self.send(ToDrive::Block(block))?;
+        self.take()
+    }
+    fn take(&self) -> Result<Vec<u8>> {
         self.pool
-            .recv()
-            .map_err(|_| Error::Panic("the drive writer stopped".into()))
+            .take()
+            .ok_or_else(|| Error::Panic("the drive writer stopped".into()))
     }
 }
 
@@ -518,15 +520,12 @@ struct ContentWriter {
 fn produce(
     ctx: ProducerContext<'_>,
     tx: SyncSender<ToDrive>,
-    pool: Receiver<Vec<u8>>,
+    pool: &BufferPool,
 ) -> Result<Produced> {
     let chan = BlockChannel { tx, pool };
     let progress = ctx.progress;
     let mut emit = |b: Vec<u8>| chan.emit(b, progress);
-    let first = chan
-        .pool
-        .recv()
-        .map_err(|_| Error::Panic("the drive writer stopped".into()))?;
+    let first = chan.take()?;
     let mut framer = StreamFramer::new(
         StreamIdentity {
             kind: BlockKind::SessionData,
