@@ -52,17 +52,19 @@ impl std::fmt::Display for SkipReason {
 }
 
 /// An object to archive: where to read it and its archive entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct SourceEntry {
     /// Where the object is on this system (absolute).
     pub abs_path: PathBuf,
     pub entry: Entry,
+    /// A regular file, already opened for its content (saves a second open).
+    pub file: Option<File>,
 }
 
 /// What the walk found.
 // Nearly every item is an entry, so boxing it would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum WalkItem {
     Entry(SourceEntry),
     /// Not archived, but counted (sockets, as tar does).
@@ -307,6 +309,7 @@ impl Walker {
                     self.pending.push_back(WalkItem::Entry(SourceEntry {
                         abs_path: abs,
                         entry,
+                        file: None,
                     }));
                     return;
                 }
@@ -343,14 +346,20 @@ impl Walker {
             Err(e) => warnings.push(format!("cannot read extended attributes: {e}")),
         }
 
+        let mut content = None;
         if kind == EntryKind::File || kind == EntryKind::Dir {
             // Only regular files and directories are opened: opening a FIFO
-            // or device could block or act on hardware.
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&abs)
-            {
+            // or device could block or act on hardware. A file stays open
+            // for its content to be read through the same descriptor.
+            let opened = if kind == EntryKind::File {
+                open_source_file(&abs)
+            } else {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&abs)
+            };
+            if let Ok(f) = opened {
                 match inode_flags::get(&f) {
                     Ok(flags) => entry.inode_flags = flags,
                     Err(e) => warnings.push(format!("cannot read inode flags: {e}")),
@@ -361,6 +370,9 @@ impl Walker {
                         Err(e) => warnings.push(format!("cannot map holes: {e}")),
                     }
                 }
+                if kind == EntryKind::File {
+                    content = Some(f);
+                }
             }
             // An unopenable file is reported when its content is read.
         }
@@ -368,6 +380,7 @@ impl Walker {
         self.pending.push_back(WalkItem::Entry(SourceEntry {
             abs_path: abs.clone(),
             entry,
+            file: content,
         }));
         for message in warnings {
             self.pending.push_back(WalkItem::Warning {

@@ -170,7 +170,20 @@ pub fn write_session(
     let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
     let (produced, drove) = std::thread::scope(|scope| {
         let pool = &pool;
-        let producer = scope.spawn(move || produce(ctx, to_drive, pool));
+        // Walking (lstat, xattrs, inode flags, opening) runs beside reading
+        // and hashing; the bounded queue also bounds open descriptors.
+        let (to_producer, walked) = sync_channel::<WalkItem>(256);
+        let sources = &opts.sources;
+        let walk = opts.walk.clone();
+        let walker = scope.spawn(move || {
+            for item in Walker::new(sources.iter(), walk) {
+                if to_producer.send(item).is_err() {
+                    break; // the producer stopped; its error explains why
+                }
+            }
+            Ok(())
+        });
+        let producer = scope.spawn(move || produce(ctx, walked, to_drive, pool));
         let writer = scope.spawn(move || {
             let r = drive_writer(
                 drive_for_writer,
@@ -183,7 +196,11 @@ pub fn write_session(
             pool.close();
             r
         });
-        (join(producer), join(writer))
+        let walked = join(walker);
+        (
+            join(producer).and_then(|p| walked.map(|()| p)),
+            join(writer),
+        )
     });
     // The drive's error explains a producer that stopped because the drive did.
     let drove = drove?;
@@ -519,6 +536,7 @@ struct ContentWriter {
 
 fn produce(
     ctx: ProducerContext<'_>,
+    walked: Receiver<WalkItem>,
     tx: SyncSender<ToDrive>,
     pool: &BufferPool,
 ) -> Result<Produced> {
@@ -588,7 +606,7 @@ fn produce(
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
-    for item in Walker::new(ctx.opts.sources.iter(), ctx.opts.walk.clone()) {
+    for item in walked {
         let src = match item {
             WalkItem::Entry(e) => e,
             WalkItem::Skipped { .. } => {
@@ -601,7 +619,7 @@ fn produce(
                 continue;
             }
         };
-        let mut entry = src.entry;
+        let entry = src.entry;
         let kind = entry.kind().expect("the walker makes known kinds");
         if let Ok(mut cur) = progress.current.lock() {
             cur.clear();
@@ -610,7 +628,7 @@ fn produce(
         // Open before announcing the entry, so an unreadable file is a
         // warning rather than a damaged entry on tape.
         let file = if kind == EntryKind::File {
-            match open_source_file(&src.abs_path) {
+            match src.file.map_or_else(|| open_source_file(&src.abs_path), Ok) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
@@ -635,16 +653,6 @@ fn produce(
             );
             p.warnings.push(w);
             continue;
-        }
-        if kind == EntryKind::File {
-            // A file shrunk since the walk: archive what is there now.
-            if let Some(f) = &file {
-                if let Ok(md) = f.metadata() {
-                    if md.len() < entry.size && entry.sparse.is_none() {
-                        entry.size = md.len();
-                    }
-                }
-            }
         }
         let position = framer.push_record(RecordType::Entry, 0, &[&to_cbor(&entry)], &mut emit)?;
         let end = match &file {
