@@ -83,7 +83,8 @@ mod tests {
         let _c = pool.take().unwrap();
         pool.give(b);
         pool.give(a);
-        assert_eq!(pool.take().unwrap().as_ptr(), a_ptr, "most recent first");
+        let again = pool.take().unwrap();
+        assert_eq!(again.as_ptr(), a_ptr, "most recent first");
     }
 
     #[test]
