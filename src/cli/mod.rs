@@ -77,7 +77,7 @@ enum Command {
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         buffer: u64,
         /// Start the drive when the buffer is this full (percent), like mbuffer -P.
-        #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u8).range(0..=100))]
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
         start_at: u8,
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]

@@ -57,7 +57,7 @@ impl Default for WriteOptions {
             buffer_bytes: 256 * 1024 * 1024,
             checkpoint_bytes: 8 << 30,
             checkpoint_interval: Duration::from_secs(300),
-            start_fill_percent: 75,
+            start_fill_percent: 25,
         }
     }
 }
@@ -183,7 +183,23 @@ pub fn write_session(
             }
             Ok(())
         });
-        let producer = scope.spawn(move || produce(ctx, walked, to_drive, pool));
+        // Compression, when asked for, runs on every core beside reading.
+        let workers = if opts.compress {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            0
+        };
+        let (compress_jobs, jobs) =
+            sync_channel::<CompressJob>(workers * COMPRESS_DEPTH_PER_WORKER);
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        let compressors: Vec<_> = (0..workers)
+            .map(|_| {
+                let jobs = jobs.clone();
+                scope.spawn(move || compress_worker(&jobs))
+            })
+            .collect();
+        let compress_jobs = (workers > 0).then_some(compress_jobs);
+        let producer = scope.spawn(move || produce(ctx, walked, compress_jobs, to_drive, pool));
         let writer = scope.spawn(move || {
             let r = drive_writer(
                 drive_for_writer,
@@ -197,8 +213,13 @@ pub fn write_session(
             r
         });
         let walked = join(walker);
+        let produced = join(producer);
+        let compressed = compressors
+            .into_iter()
+            .map(join)
+            .collect::<Result<Vec<()>>>();
         (
-            join(producer).and_then(|p| walked.map(|()| p)),
+            produced.and_then(|p| walked.and(compressed).map(|_| p)),
             join(writer),
         )
     });
@@ -529,14 +550,61 @@ impl CatalogSpill {
 }
 
 struct ContentWriter {
-    compress: Option<zstd::bulk::Compressor<'static>>,
+    compress: Option<SyncSender<CompressJob>>,
     chunk: Vec<u8>,
+    /// Chunks out for compression, in file order.
+    inflight: VecDeque<(u64, Receiver<Compressed>)>,
+    /// Spare chunk buffers for the compressed path.
+    spare: Vec<Vec<u8>>,
+}
+
+/// A chunk to compress, and where to send it back.
+struct CompressJob {
+    raw: Vec<u8>,
+    reply: SyncSender<Compressed>,
+}
+
+struct Compressed {
+    raw: Vec<u8>,
     packed: Vec<u8>,
+    codec: Codec,
+}
+
+/// How many chunks may be out for compression at once, per worker.
+const COMPRESS_DEPTH_PER_WORKER: usize = 2;
+
+/// A compression worker: zstd level 1; a chunk that does not shrink by at
+/// least 1/32 is stored as it is (incompressible data costs no space).
+fn compress_worker(jobs: &std::sync::Mutex<Receiver<CompressJob>>) -> Result<()> {
+    let mut z =
+        zstd::bulk::Compressor::new(1).map_err(|e| Error::io("starting the zstd compressor", e))?;
+    loop {
+        let job = match jobs.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+            Ok(j) => j,
+            Err(_) => return Ok(()), // the producer is done
+        };
+        let n = job.raw.len();
+        let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(n));
+        let codec = match z.compress_to_buffer(&job.raw, &mut packed) {
+            Ok(k) if k < n - n / 32 => Codec::Zstd,
+            _ => {
+                packed.clear();
+                Codec::Stored
+            }
+        };
+        // The producer may have stopped; then nobody needs the result.
+        let _ = job.reply.send(Compressed {
+            raw: job.raw,
+            packed,
+            codec,
+        });
+    }
 }
 
 fn produce(
     ctx: ProducerContext<'_>,
     walked: Receiver<WalkItem>,
+    compress_jobs: Option<SyncSender<CompressJob>>,
     tx: SyncSender<ToDrive>,
     pool: &BufferPool,
 ) -> Result<Produced> {
@@ -590,16 +658,10 @@ fn produce(
     };
     let mut spill = CatalogSpill::new()?;
     let mut content = ContentWriter {
-        compress: if ctx.opts.compress {
-            Some(
-                zstd::bulk::Compressor::new(1)
-                    .map_err(|e| Error::io("starting the zstd compressor", e))?,
-            )
-        } else {
-            None
-        },
+        compress: compress_jobs,
         chunk: vec![0u8; DATA_CHUNK_LEN],
-        packed: Vec::with_capacity(DATA_CHUNK_LEN + 1024),
+        inflight: VecDeque::new(),
+        spare: Vec::new(),
     };
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
@@ -808,49 +870,58 @@ fn write_content(
         let mut off = start;
         while off < end {
             let want = ((end - off) as usize).min(DATA_CHUNK_LEN);
-            let got = match read_full_at(file, &mut cw.chunk[..want], off) {
+            let mut buf = match cw.compress {
+                Some(_) => cw.spare.pop().unwrap_or_else(|| vec![0u8; DATA_CHUNK_LEN]),
+                None => std::mem::take(&mut cw.chunk),
+            };
+            buf.resize(DATA_CHUNK_LEN, 0);
+            let got = match read_full_at(file, &mut buf[..want], off) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!("read error at offset {off}: {e}");
                     status = END_SOURCE_READ_ERROR;
-                    break 'extents;
+                    0
                 }
             };
             if got == 0 {
-                status = END_SOURCE_CHANGED;
+                if status == END_COMPLETE {
+                    status = END_SOURCE_CHANGED;
+                }
+                give_back(cw, buf);
                 break 'extents;
             }
-            let data = &cw.chunk[..got];
+            buf.truncate(got);
             super::hash_zeros(&mut hasher, off - hashed_to);
-            hasher.update(data);
+            hasher.update(&buf);
             hashed_to = off + got as u64;
-            let (codec, body): (Codec, &[u8]) = match cw.compress.as_mut() {
-                Some(c) => {
-                    cw.packed.clear();
-                    cw.packed.reserve(zstd::zstd_safe::compress_bound(got));
-                    match c.compress_to_buffer(data, &mut cw.packed) {
-                        Ok(n) if n < got - got / 32 => (Codec::Zstd, &cw.packed[..n]),
-                        _ => (Codec::Stored, data),
+            p.bytes_read += got as u64;
+            progress.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+            stored += got as u64;
+            match &cw.compress {
+                Some(jobs) => {
+                    let (reply, result) = sync_channel(1);
+                    jobs.send(CompressJob { raw: buf, reply })
+                        .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
+                    cw.inflight.push_back((off, result));
+                    let depth = jobs_depth();
+                    while cw.inflight.len() > depth {
+                        frame_compressed(cw, framer, emit, p)?;
                     }
                 }
-                None => (Codec::Stored, data),
-            };
-            let prefix = DataPrefix {
-                offset: off,
-                raw_len: got as u32,
-                codec,
-            };
-            framer.push_record(RecordType::Data, 0, &[&prefix.encode(), body], emit)?;
-            stored += got as u64;
-            p.bytes_read += got as u64;
-            p.bytes_stored += body.len() as u64;
-            progress.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+                None => {
+                    frame_chunk(framer, emit, p, off, &buf, Codec::Stored, &buf)?;
+                    cw.chunk = buf;
+                }
+            }
             off += got as u64;
             if got < want {
                 status = END_SOURCE_CHANGED;
                 break 'extents;
             }
         }
+    }
+    while !cw.inflight.is_empty() {
+        frame_compressed(cw, framer, emit, p)?;
     }
     if status == END_COMPLETE {
         super::hash_zeros(&mut hasher, entry.size - hashed_to.min(entry.size));
@@ -860,6 +931,57 @@ fn write_content(
         stored_bytes: stored,
         status,
     })
+}
+
+fn jobs_depth() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * COMPRESS_DEPTH_PER_WORKER
+}
+
+fn give_back(cw: &mut ContentWriter, buf: Vec<u8>) {
+    if cw.compress.is_some() {
+        cw.spare.push(buf);
+    } else {
+        cw.chunk = buf;
+    }
+}
+
+/// Frame the oldest chunk out for compression, waiting for it if needed.
+fn frame_compressed(
+    cw: &mut ContentWriter,
+    framer: &mut StreamFramer,
+    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
+    p: &mut Produced,
+) -> Result<()> {
+    let (off, result) = cw.inflight.pop_front().expect("a chunk is in flight");
+    let c = result
+        .recv()
+        .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
+    let body = match c.codec {
+        Codec::Zstd => &c.packed[..],
+        Codec::Stored => &c.raw[..],
+    };
+    frame_chunk(framer, emit, p, off, &c.raw, c.codec, body)?;
+    cw.spare.push(c.raw);
+    Ok(())
+}
+
+fn frame_chunk(
+    framer: &mut StreamFramer,
+    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
+    p: &mut Produced,
+    offset: u64,
+    raw: &[u8],
+    codec: Codec,
+    body: &[u8],
+) -> Result<()> {
+    let prefix = DataPrefix {
+        offset,
+        raw_len: raw.len() as u32,
+        codec,
+    };
+    framer.push_record(RecordType::Data, 0, &[&prefix.encode(), body], emit)?;
+    p.bytes_stored += body.len() as u64;
+    Ok(())
 }
 
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
