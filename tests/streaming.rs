@@ -82,3 +82,93 @@ fn every_checkpoint_flush_costs_the_drive_a_backhitch() {
     assert_eq!(s["checkpoints"], 0);
     assert_eq!(s["drive_streaming"]["flush_backhitches"], 0, "{s}");
 }
+
+#[test]
+fn a_spooled_session_reaches_the_cartridge_intact_and_leaves_no_spool_files() {
+    let lab = Lab::new(1, "1G");
+    let src = source(&lab, 20);
+    lab.label("TAP001L9");
+    let spool = lab.path("spool");
+    let w = lab.tapir_in(
+        &src,
+        [
+            "--json",
+            "write",
+            "--spool",
+            spool.to_str().unwrap(),
+            "--spool-size",
+            "4M",
+            "big",
+        ],
+    );
+    assert_ok(&w);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(s["spool"]["used"], true, "{s}");
+    assert!(s["spool"]["spool_files"].as_u64().unwrap() >= 5, "{s}");
+    assert!(
+        s["spool"]["spooled_bytes"].as_u64().unwrap() >= 20 << 20,
+        "{s}"
+    );
+    assert_eq!(
+        fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spool files removed"
+    );
+    let (code, v) = lab.json(["verify"]);
+    assert_eq!(code, 0, "{v}");
+    let out = lab.path("out");
+    assert_ok(&lab.tapir(["restore", "--to", out.to_str().unwrap()]));
+    assert_eq!(
+        fs::read(out.join("big/file.bin")).unwrap(),
+        fs::read(src.join("big/file.bin")).unwrap()
+    );
+}
+
+#[test]
+fn the_spool_switches_itself_on_only_for_a_slow_source() {
+    let lab = Lab::new(1, "1G");
+    let src = source(&lab, 8);
+    lab.label("TAP001L9");
+    let spool = lab.path("spool");
+    let sp = spool.to_str().unwrap();
+    // No source reaches 1 TB/s: the spool switches on after the window.
+    let w = lab.tapir_in(
+        &src,
+        [
+            "--json",
+            "write",
+            "--spool",
+            sp,
+            "--spool-below",
+            "1000G",
+            "--spool-window",
+            "0",
+            "big",
+        ],
+    );
+    assert_ok(&w);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(s["spool"]["used"], true, "{s}");
+    assert!(s["spool"]["measured_source_mb_s"].as_f64().is_some(), "{s}");
+    // Every source beats 1 byte/s: no spooling.
+    let w = lab.tapir_in(
+        &src,
+        [
+            "--json",
+            "write",
+            "--spool",
+            sp,
+            "--spool-below",
+            "1",
+            "--spool-window",
+            "0",
+            "big",
+        ],
+    );
+    assert_ok(&w);
+    let s: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(s["spool"]["used"], false, "{s}");
+    assert_eq!(s["spool"]["spooled_bytes"], 0, "{s}");
+    let (code, v) = lab.json(["verify"]);
+    assert_eq!(code, 0, "{v}");
+}

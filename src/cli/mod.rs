@@ -79,6 +79,19 @@ enum Command {
         /// Start the drive when the buffer is this full (percent), like mbuffer -P.
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
         start_at: u8,
+        /// Stage the stream on disk in DIR and despool it at full speed
+        /// (for sources slower than the drive's streaming floor).
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// With --spool: spool only once the source delivers less than RATE
+        /// (e.g. 150M), measured over --spool-window seconds.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate, requires = "spool")]
+        spool_below: Option<f64>,
+        #[arg(long, default_value_t = 5.0, requires = "spool")]
+        spool_window: f64,
+        /// Size of each spool file (two exist at most).
+        #[arg(long, default_value = "1G", value_parser = parse_size, requires = "spool")]
+        spool_size: u64,
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
@@ -400,6 +413,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             buffer,
             checkpoint_every,
             start_at,
+            spool,
+            spool_below,
+            spool_window,
+            spool_size,
             paths,
         } => {
             let mut drive = open(cli)?;
@@ -414,6 +431,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 buffer_bytes: *buffer as usize,
                 checkpoint_bytes: *checkpoint_every,
                 start_fill_percent: *start_at,
+                spool: spool.as_ref().map(|dir| pipeline::spool::SpoolOptions {
+                    dir: dir.clone(),
+                    chunk_bytes: *spool_size,
+                    below_rate: *spool_below,
+                    window: std::time::Duration::from_secs_f64(spool_window.max(0.0)),
+                }),
                 ..Default::default()
             };
             let summary = output::with_write_progress(cli.json, |progress| {

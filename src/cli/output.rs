@@ -193,6 +193,19 @@ pub fn written(json: bool, s: &WriteSummary) {
             d.backhitches, d.flush_backhitches, d.time_lost_seconds, d.host_wait_seconds
         );
     }
+    if let Some(sp) = &s.spool {
+        match (sp.used, sp.measured_source_mb_s) {
+            (true, Some(r)) => println!(
+                "  spool: switched on (source {r:.0} MB/s); {} bytes through {} spool file(s)",
+                sp.spooled_bytes, sp.spool_files
+            ),
+            (true, None) => println!(
+                "  spool: {} bytes through {} spool file(s)",
+                sp.spooled_bytes, sp.spool_files
+            ),
+            (false, r) => println!("  spool: not needed (source {:.0} MB/s)", r.unwrap_or(0.0)),
+        }
+    }
     if s.skipped_sockets > 0 {
         println!("  {} sockets ignored (as tar does)", s.skipped_sockets);
     }

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod reader;
 pub mod restore;
 pub mod source;
+pub mod spool;
 pub mod target;
 pub mod verify;
 pub mod volume;

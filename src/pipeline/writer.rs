@@ -45,6 +45,8 @@ pub struct WriteOptions {
     /// Start the drive only when the buffer is this full (percent), and
     /// refill to it after running dry, like mbuffer's `-P`.
     pub start_fill_percent: u8,
+    /// Stage the stream on disk when the sources are too slow for the drive.
+    pub spool: Option<super::spool::SpoolOptions>,
 }
 
 impl Default for WriteOptions {
@@ -58,6 +60,7 @@ impl Default for WriteOptions {
             checkpoint_bytes: 8 << 30,
             checkpoint_interval: Duration::from_secs(300),
             start_fill_percent: 25,
+            spool: None,
         }
     }
 }
@@ -108,9 +111,10 @@ pub struct WriteSummary {
     pub new_set: bool,
     /// What the drive reports of its streaming (simulated drives, for now).
     pub drive_streaming: Option<crate::device::drivesim::StreamingStats>,
+    pub spool: Option<super::spool::SpoolStats>,
 }
 
-enum ToDrive {
+pub(super) enum ToDrive {
     Block(Vec<u8>),
     Filemark { immediate: bool },
     Flush,
@@ -168,7 +172,7 @@ pub fn write_session(
         progress,
     };
     let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
-    let (produced, drove) = std::thread::scope(|scope| {
+    let (produced, drove, spooled) = std::thread::scope(|scope| {
         let pool = &pool;
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
         // and hashing; the bounded queue also bounds open descriptors.
@@ -199,7 +203,18 @@ pub fn write_session(
             })
             .collect();
         let compress_jobs = (workers > 0).then_some(compress_jobs);
-        let producer = scope.spawn(move || produce(ctx, walked, compress_jobs, to_drive, pool));
+        // With a spool, it sits between the producer and the drive writer.
+        let (to_next, spool) = match &opts.spool {
+            Some(sp) => {
+                let (to_spool, spool_input) = sync_channel::<ToDrive>(n_buffers);
+                let h = scope.spawn(move || {
+                    super::spool::run_spool(sp, spool_input, to_drive, pool, progress)
+                });
+                (to_spool, Some(h))
+            }
+            None => (to_drive, None),
+        };
+        let producer = scope.spawn(move || produce(ctx, walked, compress_jobs, to_next, pool));
         let writer = scope.spawn(move || {
             let r = drive_writer(
                 drive_for_writer,
@@ -218,14 +233,17 @@ pub fn write_session(
             .into_iter()
             .map(join)
             .collect::<Result<Vec<()>>>();
+        let spooled = spool.map(join).transpose();
         (
             produced.and_then(|p| walked.and(compressed).map(|_| p)),
             join(writer),
+            spooled,
         )
     });
     // The drive's error explains a producer that stopped because the drive did.
     let drove = drove?;
     let drive_streaming = drive.streaming_stats();
+    let spool = spooled?;
     let produced = produced?;
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -275,6 +293,7 @@ pub fn write_session(
         early_warning: drove.early_warning,
         new_set,
         drive_streaming,
+        spool,
     })
 }
 
