@@ -3,10 +3,11 @@
 //! RAM cannot keep a drive streaming when the sources are slower than its
 //! speed-matching floor (1 GiB lasts 2.5 s at 400 MB/s). The spool stages
 //! the stream in files of `chunk_bytes` on disk and despools each one at
-//! full speed while the next fills. It starts in pass-through mode and
-//! switches itself on when the source rate measured over a window falls
-//! below a threshold (or at once, with no threshold). Spooled data is not
-//! written data: the summary counts bytes only when the drive takes them.
+//! full speed while the next fills. With a threshold, it measures the
+//! source over a window while spooling (so the drive never sees the slow
+//! start), then either stays on or despools what it has and passes the
+//! rest straight through. Spooled data is not written data: the summary
+//! counts bytes only when the drive takes them.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -34,7 +35,7 @@ pub struct SpoolOptions {
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SpoolStats {
-    /// The spool was used (from the start, or switched on by itself).
+    /// The spool stayed on for the session (always, or the source was slow).
     pub used: bool,
     /// Bytes that went through the spool files.
     pub spooled_bytes: u64,
@@ -65,29 +66,39 @@ pub(super) fn run_spool(
     let mut stats = SpoolStats::default();
     let (to_despool, spooled) = sync_channel::<PathBuf>(1);
     let mut to_despool = Some(to_despool);
-    let result = std::thread::scope(|scope| {
+    let phase = std::thread::scope(|scope| {
         let out = output.clone();
         let despooler = scope.spawn(move || despool(spooled, out, pool, progress));
-        let r = spool_loop(
-            opts,
-            &input,
-            &output,
-            &mut to_despool,
-            pool,
-            progress,
-            &mut stats,
-        );
+        let r = spool_loop(opts, &input, &mut to_despool, pool, progress, &mut stats);
         // No more spool files: the despooler finishes what it has.
         drop(to_despool.take());
         let d = despooler
             .join()
             .unwrap_or_else(|_| Err(Error::Panic("the despooler panicked".into())));
-        r.and(d)
+        r.and_then(|phase| d.map(|()| phase))
     });
-    if result.is_err() {
-        remove_leftovers(&opts.dir);
+    let phase = match phase {
+        Ok(p) => p,
+        Err(e) => {
+            remove_leftovers(&opts.dir);
+            return Err(e);
+        }
+    };
+    if phase == Phase::PassThrough {
+        // Everything spooled so far is on its way: the rest follows in order.
+        for m in input.iter() {
+            send(&output, m)?;
+        }
     }
-    result.map(|()| stats)
+    Ok(stats)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The input ended while spooling.
+    Done,
+    /// The source is fast enough: pass the rest straight through.
+    PassThrough,
 }
 
 fn send(output: &SyncSender<ToDrive>, m: ToDrive) -> Result<()> {
@@ -99,44 +110,16 @@ fn send(output: &SyncSender<ToDrive>, m: ToDrive) -> Result<()> {
 fn spool_loop(
     opts: &SpoolOptions,
     input: &Receiver<ToDrive>,
-    output: &SyncSender<ToDrive>,
     to_despool: &mut Option<SyncSender<PathBuf>>,
     pool: &BufferPool,
     progress: &WriteProgress,
     stats: &mut SpoolStats,
-) -> Result<()> {
+) -> Result<Phase> {
     let started = Instant::now();
-    let mut passed = 0u64;
-    let mut spooling = opts.below_rate.is_none();
+    let mut decided = opts.below_rate.is_none();
+    stats.used = decided;
     let mut current: Option<(PathBuf, BufWriter<File>, u64)> = None;
     for m in input.iter() {
-        if !spooling {
-            if let ToDrive::Block(b) = &m {
-                passed += b.len() as u64;
-            }
-            send(output, m)?;
-            let elapsed = started.elapsed();
-            if elapsed >= opts.window {
-                let rate = passed as f64 / elapsed.as_secs_f64();
-                stats.measured_source_mb_s = Some(rate / 1e6);
-                if opts.below_rate.is_some_and(|limit| rate < limit) {
-                    tracing::info!(
-                        "source delivers {:.0} MB/s: spooling to {}",
-                        rate / 1e6,
-                        opts.dir.display()
-                    );
-                    spooling = true;
-                } else {
-                    // Fast enough: decided for this session.
-                    for m in input.iter() {
-                        send(output, m)?;
-                    }
-                    return Ok(());
-                }
-            }
-            continue;
-        }
-        stats.used = true;
         if current.is_none() {
             let path = opts.dir.join(format!(
                 "tapir-spool-{}-{}.spool",
@@ -160,19 +143,31 @@ fn spool_loop(
                 progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
                 pool.give(b);
             }
-            ToDrive::Filemark { immediate: true } => {
-                w.write_all(&[TAG_FILEMARK_IMMEDIATE]).map_err(io)?
-            }
-            ToDrive::Filemark { immediate: false } => {
-                w.write_all(&[TAG_FILEMARK_SYNC]).map_err(io)?
-            }
+            ToDrive::Filemark { immediate: true } => w.write_all(&[TAG_FILEMARK_IMMEDIATE]).map_err(io)?,
+            ToDrive::Filemark { immediate: false } => w.write_all(&[TAG_FILEMARK_SYNC]).map_err(io)?,
             ToDrive::Flush => w.write_all(&[TAG_FLUSH]).map_err(io)?,
         }
         if *size >= opts.chunk_bytes {
             hand_over(&mut current, to_despool)?;
         }
+        if !decided && started.elapsed() >= opts.window {
+            decided = true;
+            let rate = stats.spooled_bytes as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            stats.measured_source_mb_s = Some(rate / 1e6);
+            if opts.below_rate.is_some_and(|limit| rate >= limit) {
+                hand_over(&mut current, to_despool)?;
+                return Ok(Phase::PassThrough);
+            }
+            tracing::info!(
+                "source delivers {:.0} MB/s: spooling to {}",
+                rate / 1e6,
+                opts.dir.display()
+            );
+            stats.used = true;
+        }
     }
-    hand_over(&mut current, to_despool)
+    hand_over(&mut current, to_despool)?;
+    Ok(Phase::Done)
 }
 
 fn hand_over(
