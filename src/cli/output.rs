@@ -88,14 +88,17 @@ pub fn labelled(json: bool, l: &Labelled) {
 /// Run a write with a live progress bar on a terminal (none otherwise).
 pub fn with_write_progress<T>(json: bool, job: impl FnOnce(&WriteProgress) -> T) -> T {
     let progress = WriteProgress::default();
-    if json || !std::io::stderr().is_terminal() {
-        return job(&progress);
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-            .expect("static template"),
-    );
+    // On a terminal a live line; otherwise a log line (shown with -v) now and then.
+    let (bar, tick) = if !json && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("static template"),
+        );
+        (Some(bar), Duration::from_millis(250))
+    } else {
+        (None, Duration::from_secs(10))
+    };
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         let p = &progress;
@@ -104,28 +107,36 @@ pub fn with_write_progress<T>(json: bool, job: impl FnOnce(&WriteProgress) -> T)
             let mut last = 0u64;
             let started = std::time::Instant::now();
             // The tick is the display rate, not synchronisation.
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(250)) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
                 let written = p.bytes_written.load(Ordering::Relaxed);
-                let now_rate = (written - last) as f64 * 4.0 / 1e6;
+                let now_rate = (written - last) as f64 / tick.as_secs_f64() / 1e6;
                 last = written;
                 let avg = written as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6;
                 let total = p.buffers_total.load(Ordering::Relaxed).max(1);
                 let fill = p.buffers_in_flight.load(Ordering::Relaxed) * 100 / total;
                 let state = if fill == 0 && written > 0 { "starved" } else { "streaming" };
                 let current = p.current.lock().map(|c| c.clone()).unwrap_or_default();
-                b.set_message(format!(
+                let line = format!(
                     "{} files, {:.1} MB, {now_rate:.0} MB/s (avg {avg:.0}), buffer {fill}%, drive {state}, underruns {} | {}",
                     p.files_done.load(Ordering::Relaxed),
                     written as f64 / 1e6,
                     p.underruns.load(Ordering::Relaxed),
                     display_path(current.as_bytes())
-                ));
-                b.tick();
+                );
+                match &b {
+                    Some(b) => {
+                        b.set_message(line);
+                        b.tick();
+                    }
+                    None => tracing::info!("{line}"),
+                }
             }
         });
         let out = job(&progress);
         let _ = stop.send(());
-        bar.finish_and_clear();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         out
     })
 }

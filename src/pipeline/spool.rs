@@ -143,8 +143,12 @@ fn spool_loop(
                 progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
                 pool.give(b);
             }
-            ToDrive::Filemark { immediate: true } => w.write_all(&[TAG_FILEMARK_IMMEDIATE]).map_err(io)?,
-            ToDrive::Filemark { immediate: false } => w.write_all(&[TAG_FILEMARK_SYNC]).map_err(io)?,
+            ToDrive::Filemark { immediate: true } => {
+                w.write_all(&[TAG_FILEMARK_IMMEDIATE]).map_err(io)?
+            }
+            ToDrive::Filemark { immediate: false } => {
+                w.write_all(&[TAG_FILEMARK_SYNC]).map_err(io)?
+            }
             ToDrive::Flush => w.write_all(&[TAG_FLUSH]).map_err(io)?,
         }
         if *size >= opts.chunk_bytes {

@@ -176,14 +176,23 @@ pub fn write_session(
         let pool = &pool;
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
         // and hashing; the bounded queue also bounds open descriptors.
-        let (to_producer, walked) = sync_channel::<WalkItem>(256);
+        // Items travel in batches: one thread handoff per batch, not per file.
+        let (to_producer, walked) = sync_channel::<Vec<WalkItem>>(WALK_QUEUE_BATCHES);
         let sources = &opts.sources;
         let walk = opts.walk.clone();
         let walker = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(WALK_BATCH);
             for item in Walker::new(sources.iter(), walk) {
-                if to_producer.send(item).is_err() {
-                    break; // the producer stopped; its error explains why
+                batch.push(item);
+                if batch.len() == WALK_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
+                    if to_producer.send(full).is_err() {
+                        return Ok(()); // the producer stopped; its error explains why
+                    }
                 }
+            }
+            if !batch.is_empty() {
+                let _ = to_producer.send(batch);
             }
             Ok(())
         });
@@ -589,6 +598,11 @@ struct Compressed {
     codec: Codec,
 }
 
+/// Walked items per handoff to the producer, and batches queued: together
+/// they bound the files held open ahead of the reader.
+const WALK_BATCH: usize = 32;
+const WALK_QUEUE_BATCHES: usize = 8;
+
 /// How many chunks may be out for compression at once, per worker.
 const COMPRESS_DEPTH_PER_WORKER: usize = 2;
 
@@ -622,7 +636,7 @@ fn compress_worker(jobs: &std::sync::Mutex<Receiver<CompressJob>>) -> Result<()>
 
 fn produce(
     ctx: ProducerContext<'_>,
-    walked: Receiver<WalkItem>,
+    walked: Receiver<Vec<WalkItem>>,
     compress_jobs: Option<SyncSender<CompressJob>>,
     tx: SyncSender<ToDrive>,
     pool: &BufferPool,
@@ -687,7 +701,7 @@ fn produce(
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
-    for item in walked {
+    for item in walked.into_iter().flatten() {
         let src = match item {
             WalkItem::Entry(e) => e,
             WalkItem::Skipped { .. } => {
