@@ -17,6 +17,9 @@ pub enum ExitStatus {
     Unavailable = 5,
     /// Device or system error.
     DeviceError = 6,
+    /// Interrupted (Ctrl-C, SIGTERM): the session was closed early with its
+    /// catalog, and what it holds is restorable; not every source was written.
+    Interrupted = 7,
 }
 
 impl ExitStatus {

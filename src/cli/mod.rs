@@ -420,7 +420,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             paths,
         } => {
             let mut drive = open(cli)?;
+            // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
+            let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register_conditional_shutdown(
+                    sig,
+                    ExitStatus::Interrupted.code(),
+                    interrupt.clone(),
+                )?;
+                signal_hook::flag::register(sig, interrupt.clone())?;
+            }
             let opts = pipeline::writer::WriteOptions {
+                interrupt: Some(interrupt),
                 sources: paths.clone(),
                 set_name: set.clone(),
                 walk: pipeline::source::WalkOptions {
@@ -443,7 +454,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 pipeline::writer::write_session(drive.as_mut(), &opts, progress)
             })?;
             output::written(cli.json, &summary);
-            Ok(if summary.warnings.is_empty() {
+            Ok(if summary.interrupted {
+                ExitStatus::Interrupted
+            } else if summary.warnings.is_empty() {
                 ExitStatus::Success
             } else {
                 ExitStatus::Warnings

@@ -223,7 +223,9 @@ pub fn written(json: bool, s: &WriteSummary) {
     for w in &s.warnings {
         println!("  warning: {w}");
     }
-    if !s.warnings.is_empty() {
+    if s.interrupted {
+        println!("INTERRUPTED: the session was closed early with its catalog; what it lists is restorable, the rest was not written");
+    } else if !s.warnings.is_empty() {
         println!("completed with {} warning(s)", s.warnings.len());
     }
 }

@@ -187,6 +187,9 @@ pub const END_COMPLETE: u8 = 0;
 pub const END_SOURCE_READ_ERROR: u8 = 1;
 /// The source changed size while it was read; content is what was read.
 pub const END_SOURCE_CHANGED: u8 = 2;
+/// The job was interrupted (Ctrl-C, SIGTERM) while this entry's content
+/// was being written; content is what was written before.
+pub const END_INTERRUPTED: u8 = 3;
 
 /// Closes an entry's content: its hash and whether it is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -244,6 +247,9 @@ pub struct Checkpoint {
 /// Session outcome flags.
 pub const SESSION_OK: u8 = 0;
 pub const SESSION_WITH_WARNINGS: u8 = 1;
+/// The job was interrupted and closed early: the session holds what was
+/// written until then, complete and with its catalog.
+pub const SESSION_INTERRUPTED: u8 = 2;
 
 /// Closes a session's data stream; repeated at the end of its catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -15,8 +15,8 @@ use crate::device::{TapeDrive, WriteOutcome};
 use crate::format::label::SetMembership;
 use crate::format::meta::{
     to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
-    SessionEnd, SessionStart, Timestamp, END_COMPLETE, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR,
-    SESSION_OK, SESSION_WITH_WARNINGS,
+    SessionEnd, SessionStart, Timestamp, END_COMPLETE, END_INTERRUPTED, END_SOURCE_CHANGED,
+    END_SOURCE_READ_ERROR, SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
 };
 use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
 use crate::format::stream::{StreamFramer, StreamIdentity};
@@ -47,6 +47,8 @@ pub struct WriteOptions {
     pub start_fill_percent: u8,
     /// Stage the stream on disk when the sources are too slow for the drive.
     pub spool: Option<super::spool::SpoolOptions>,
+    /// Set (by a signal handler) to close the session early and cleanly.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for WriteOptions {
@@ -61,6 +63,7 @@ impl Default for WriteOptions {
             checkpoint_interval: Duration::from_secs(300),
             start_fill_percent: 25,
             spool: None,
+            interrupt: None,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct WriteSummary {
     /// What the drive reports of its streaming (simulated drives, for now).
     pub drive_streaming: Option<crate::device::drivesim::StreamingStats>,
     pub spool: Option<super::spool::SpoolStats>,
+    /// The job was interrupted and the session closed early.
+    pub interrupted: bool,
 }
 
 pub(super) enum ToDrive {
@@ -303,6 +308,7 @@ pub fn write_session(
         new_set,
         drive_streaming,
         spool,
+        interrupted: produced.interrupted,
     })
 }
 
@@ -507,6 +513,7 @@ struct ProducerContext<'a> {
 }
 
 struct Produced {
+    interrupted: bool,
     entries: u64,
     files: u64,
     dirs: u64,
@@ -680,6 +687,7 @@ fn produce(
     framer.push_record(RecordType::SessionStart, 0, &[&to_cbor(&start)], &mut emit)?;
 
     let mut p = Produced {
+        interrupted: false,
         entries: 0,
         files: 0,
         dirs: 0,
@@ -701,7 +709,13 @@ fn produce(
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
+    let stop = ctx.opts.interrupt.clone();
+    let stopping = || stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
     for item in walked.into_iter().flatten() {
+        if stopping() {
+            p.interrupted = true;
+            break;
+        }
         let src = match item {
             WalkItem::Entry(e) => e,
             WalkItem::Skipped { .. } => {
@@ -759,6 +773,7 @@ fn produce(
                 &mut emit,
                 &mut p,
                 progress,
+                &stopping,
             )?,
             None => EntryEnd {
                 blake3: None,
@@ -766,7 +781,13 @@ fn produce(
                 status: END_COMPLETE,
             },
         };
-        if end.status != END_COMPLETE {
+        if end.status == END_INTERRUPTED {
+            p.interrupted = true;
+            p.warnings.push(format!(
+                "{}: interrupted while being written; archived content is incomplete",
+                src.abs_path.display()
+            ));
+        } else if end.status != END_COMPLETE {
             let w = format!(
                 "{}: {}",
                 src.abs_path.display(),
@@ -814,7 +835,9 @@ fn produce(
         stored_bytes: p.bytes_stored,
         ended: Timestamp::now(),
         warnings: p.warnings.len() as u64,
-        status: if p.warnings.is_empty() {
+        status: if p.interrupted {
+            SESSION_INTERRUPTED
+        } else if p.warnings.is_empty() {
             SESSION_OK
         } else {
             SESSION_WITH_WARNINGS
@@ -889,6 +912,7 @@ fn write_content(
     emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
     p: &mut Produced,
     progress: &WriteProgress,
+    stopping: &dyn Fn() -> bool,
 ) -> Result<EntryEnd> {
     let mut hasher = blake3::Hasher::new();
     let mut hashed_to = 0u64;
@@ -902,6 +926,10 @@ fn write_content(
         let end = start.saturating_add(len).min(entry.size);
         let mut off = start;
         while off < end {
+            if stopping() {
+                status = END_INTERRUPTED;
+                break 'extents;
+            }
             let want = ((end - off) as usize).min(DATA_CHUNK_LEN);
             let mut buf = match cw.compress {
                 Some(_) => cw.spare.pop().unwrap_or_else(|| vec![0u8; DATA_CHUNK_LEN]),
