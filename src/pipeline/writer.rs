@@ -591,6 +591,16 @@ struct ContentWriter {
     inflight: VecDeque<(u64, Receiver<Compressed>)>,
     /// Spare chunk buffers for the compressed path.
     spare: Vec<Vec<u8>>,
+    /// Raised by a signal: stop between chunks.
+    interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ContentWriter {
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 /// A chunk to compress, and where to send it back.
@@ -703,16 +713,15 @@ fn produce(
         chunk: vec![0u8; DATA_CHUNK_LEN],
         inflight: VecDeque::new(),
         spare: Vec::new(),
+        interrupt: ctx.opts.interrupt.clone(),
     };
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
-    let stop = ctx.opts.interrupt.clone();
-    let stopping = || stop.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
     for item in walked.into_iter().flatten() {
-        if stopping() {
+        if content.interrupted() {
             p.interrupted = true;
             break;
         }
@@ -773,7 +782,6 @@ fn produce(
                 &mut emit,
                 &mut p,
                 progress,
-                &stopping,
             )?,
             None => EntryEnd {
                 blake3: None,
@@ -912,7 +920,6 @@ fn write_content(
     emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
     p: &mut Produced,
     progress: &WriteProgress,
-    stopping: &dyn Fn() -> bool,
 ) -> Result<EntryEnd> {
     let mut hasher = blake3::Hasher::new();
     let mut hashed_to = 0u64;
@@ -926,7 +933,7 @@ fn write_content(
         let end = start.saturating_add(len).min(entry.size);
         let mut off = start;
         while off < end {
-            if stopping() {
+            if cw.interrupted() {
                 status = END_INTERRUPTED;
                 break 'extents;
             }
