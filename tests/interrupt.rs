@@ -85,7 +85,9 @@ fn an_interrupted_write_closes_the_session_with_a_catalog() {
     let flag = Arc::new(AtomicBool::new(false));
     let mut drive = InterruptAfter {
         inner: VirtualTape::open(lab.image("TAP001L9"), "test").unwrap(),
-        after: 20, // about 5 MiB in: during the second file
+        // Each file is 12 blocks; the 1 MiB buffer lets the producer run at
+        // most 5 blocks ahead, so at block 16 it is inside the second file.
+        after: 16,
         written: 0,
         flag: flag.clone(),
     };

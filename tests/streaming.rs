@@ -41,8 +41,8 @@ fn a_fast_source_keeps_a_slow_drive_streaming() {
     let d = &s["drive_streaming"];
     assert_eq!(d["backhitches"], 0, "{s}");
     // The drive, not tapir, set the pace: the host waited for it.
-    assert!(d["host_wait_seconds"].as_f64().unwrap() > 0.2, "{s}");
-    assert!(s["throughput_mb_s"].as_f64().unwrap() < 90.0, "{s}");
+    assert!(d["host_wait_seconds"].as_f64().unwrap() > 0.3, "{s}");
+    assert!(s["throughput_mb_s"].as_f64().unwrap() < 20.0, "{s}");
 }
 
 #[test]
