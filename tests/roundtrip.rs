@@ -358,3 +358,50 @@ fn compressed_sessions_append_and_restore_the_latest_version_by_default() {
     ]));
     assert_eq!(fs::read(out.join("data/version")).unwrap(), b"two");
 }
+
+#[test]
+fn restoring_one_file_seeks_to_it_and_reads_only_its_blocks() {
+    let lab = Lab::new(1, "1G");
+    let src = lab.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("d/big{i}")), vec![i as u8; 4 << 20]).unwrap();
+    }
+    fs::write(src.join("d/big4-needle"), b"the one we want").unwrap();
+    lab.label("TAP001L9");
+    assert_ok(&lab.tapir_in(&src, ["write", "d"]));
+    let out = lab.path("out");
+    let r = lab.tapir([
+        "--json",
+        "restore",
+        "--to",
+        out.to_str().unwrap(),
+        "d/big4-needle",
+    ]);
+    assert_ok(&r);
+    let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(s["restored"], 1, "{s}");
+    assert_eq!(s["seeks"], 1, "{s}");
+    // 32 MiB of data precede it; a couple of blocks are all that is read.
+    assert!(s["blocks_read"].as_u64().unwrap() <= 2, "{s}");
+    assert_eq!(
+        fs::read(out.join("d/big4-needle")).unwrap(),
+        b"the one we want"
+    );
+
+    // Two far-apart files: one seek each, still no reading through the rest.
+    let out2 = lab.path("out2");
+    let r = lab.tapir([
+        "--json",
+        "restore",
+        "--to",
+        out2.to_str().unwrap(),
+        "d/big0",
+        "d/big7",
+    ]);
+    assert_ok(&r);
+    let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(s["seeks"], 2, "{s}");
+    assert!(s["blocks_read"].as_u64().unwrap() <= 2 * 18, "{s}");
+    assert_eq!(fs::read(out2.join("d/big7")).unwrap(), vec![7u8; 4 << 20]);
+}

@@ -416,6 +416,10 @@ pub fn restored(json: bool, s: &RestoreSummary) {
         "restored {} of {} selected entries ({} bytes) from {} into {}",
         s.restored, s.selected, s.bytes, s.cartridge, s.target
     );
+    println!(
+        "  read {} blocks ({} bytes) with {} positioning operation(s) in {:.2} s",
+        s.blocks_read, s.bytes_read, s.seeks, s.seconds
+    );
     for p in &s.skipped_existing {
         println!("  skipped (exists; --overwrite replaces): {p}");
     }

@@ -220,6 +220,8 @@ pub struct StreamDeframer {
     partial: Option<Partial>,
     /// After a loss, skip bytes until a block's `first_record`.
     resync: bool,
+    /// Starting mid-stream: where in the first block a record starts.
+    start_offset: Option<u32>,
 }
 
 impl Default for StreamDeframer {
@@ -236,7 +238,18 @@ impl StreamDeframer {
             header_pos: None,
             partial: None,
             resync: false,
+            start_offset: None,
         }
+    }
+
+    /// Start mid-stream at `block`, parsing from byte `offset` of its
+    /// payload: a record start known from a catalog.
+    pub fn starting_at(block: u64, offset: u32) -> Self {
+        let mut d = Self::new();
+        d.next_block = block;
+        d.resync = true;
+        d.start_offset = Some(offset);
+        d
     }
 
     /// The block sequence number expected next.
@@ -253,6 +266,7 @@ impl StreamDeframer {
 
     fn drop_partial(&mut self) -> Option<StreamPosition> {
         self.resync = true;
+        self.start_offset = None;
         self.header_bytes.clear();
         let hp = self.header_pos.take();
         self.partial.take().map(|p| p.position).or(hp)
@@ -285,10 +299,12 @@ impl StreamDeframer {
         self.next_block = header.block_seq + 1;
         let mut at = 0usize;
         if self.resync {
-            if header.first_record == NO_RECORD_START {
-                return Ok(continuity);
-            }
-            at = header.first_record as usize;
+            let start = match self.start_offset.take() {
+                Some(o) if (o as usize) < payload.len() => o as usize,
+                _ if header.first_record == NO_RECORD_START => return Ok(continuity),
+                _ => header.first_record as usize,
+            };
+            at = start;
             self.resync = false;
         }
         while at < payload.len() {
@@ -436,6 +452,23 @@ mod tests {
         }
         assert!(out.len() < records.len());
         assert!(out.len() >= records.len() - 7);
+    }
+
+    #[test]
+    fn reading_can_start_at_a_record_in_the_middle_of_the_stream() {
+        let records: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 45]).collect();
+        let (blocks, positions) = frame(&records, 160);
+        let k = 23;
+        let p = positions[k];
+        let mut d = StreamDeframer::starting_at(p.block, p.offset);
+        let mut out = Vec::new();
+        for b in &blocks[p.block as usize..] {
+            let (h, pl) = BlockHeader::decode(b).unwrap();
+            d.push_block(&h, pl, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), records.len() - k);
+        assert_eq!(out[0].position, p);
+        assert_eq!(out[0].body, records[k]);
     }
 
     #[test]

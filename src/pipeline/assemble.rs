@@ -44,6 +44,10 @@ pub trait EntryVisitor {
     fn problem(&mut self, _position: StreamPosition, _message: String) -> Result<()> {
         Ok(())
     }
+    /// Asked between entries: stop reading here (the caller may seek on).
+    fn keep_reading(&self) -> bool {
+        true
+    }
 }
 
 /// What reading a session's data stream found.
@@ -79,15 +83,30 @@ pub fn read_session_data(
     session: u32,
     visitor: &mut dyn EntryVisitor,
 ) -> Result<DataReadReport> {
-    let mut reader = StreamReader::new(
-        drive,
-        StreamExpect {
-            kind: BlockKind::SessionData,
-            set_uuid,
-            tape_file,
-            session,
-        },
-    );
+    read_session_data_from(drive, set_uuid, tape_file, session, None, visitor)
+}
+
+/// Like [`read_session_data`], but starting at the record at `start` (the
+/// drive positioned at its block) and stopping between entries when the
+/// visitor says so.
+pub fn read_session_data_from(
+    drive: &mut dyn TapeDrive,
+    set_uuid: [u8; 16],
+    tape_file: u32,
+    session: u32,
+    start: Option<StreamPosition>,
+    visitor: &mut dyn EntryVisitor,
+) -> Result<DataReadReport> {
+    let expect = StreamExpect {
+        kind: BlockKind::SessionData,
+        set_uuid,
+        tape_file,
+        session,
+    };
+    let mut reader = match start {
+        Some(at) => StreamReader::starting_at(drive, expect, at),
+        None => StreamReader::new(drive, expect),
+    };
     let mut report = DataReadReport::default();
     let mut current: Option<Current> = None;
     let mut content = Vec::with_capacity(DATA_CHUNK_LEN);
@@ -216,6 +235,9 @@ pub fn read_session_data(
                     }
                 };
                 visitor.entry_end(outcome)?;
+                if !visitor.keep_reading() {
+                    break;
+                }
             }
             RecordType::Checkpoint => {
                 if let Ok(cp) = from_cbor::<Checkpoint>(&rec.body) {

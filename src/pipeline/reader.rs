@@ -68,12 +68,33 @@ pub struct StreamReader<'d> {
 impl<'d> StreamReader<'d> {
     /// Start reading at the current position, which must be block 0 of the tape file.
     pub fn new(drive: &'d mut dyn TapeDrive, expect: StreamExpect) -> Self {
+        Self::with_deframer(drive, expect, StreamDeframer::new())
+    }
+
+    /// Start reading at the record at `at`; the drive must be positioned at its block.
+    pub fn starting_at(
+        drive: &'d mut dyn TapeDrive,
+        expect: StreamExpect,
+        at: StreamPosition,
+    ) -> Self {
+        Self::with_deframer(
+            drive,
+            expect,
+            StreamDeframer::starting_at(at.block, at.offset),
+        )
+    }
+
+    fn with_deframer(
+        drive: &'d mut dyn TapeDrive,
+        expect: StreamExpect,
+        deframer: StreamDeframer,
+    ) -> Self {
         let buf_len = drive.max_block_size().min(MAX_BLOCK_SIZE as usize);
         StreamReader {
             drive,
             expect,
             buf: vec![0u8; buf_len],
-            deframer: StreamDeframer::new(),
+            deframer,
             pending: VecDeque::new(),
             end: None,
             saw_last: false,

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use crate::device::TapeDrive;
 use crate::format::meta::{CatalogEntry, Entry, EntryKind, StreamPosition};
 
-use super::assemble::{read_session_data, EntryOutcome, EntryVisitor};
-use super::list::{list_cartridge, SessionEntries};
+use super::assemble::{read_session_data_from, EntryOutcome, EntryVisitor};
+use super::list::{list_cartridge, ListSource, SessionEntries};
 use super::reader::LostBlocks;
 use super::target::{finish_file, Created, OwnershipPolicy, RestoreTarget, TargetError};
 use super::{Error, Result};
@@ -52,7 +52,15 @@ pub struct RestoreSummary {
     pub lost_blocks: Vec<LostBlocks>,
     pub patterns_without_match: Vec<String>,
     pub ownership_left_as_user: bool,
+    /// Reading done: blocks and bytes read, positioning operations, time.
+    pub blocks_read: u64,
+    pub bytes_read: u64,
+    pub seeks: u64,
+    pub seconds: f64,
 }
+
+/// Read on rather than seek when the next wanted entry is this close.
+const SEEK_GAP_BLOCKS: u64 = 8;
 
 impl RestoreSummary {
     pub fn exit_status(&self) -> crate::exit::ExitStatus {
@@ -123,11 +131,22 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
     };
     summary.ownership_left_as_user = !super::target::is_root();
     let mut target = RestoreTarget::open(&opts.target)?;
+    let started = std::time::Instant::now();
     for s in &listing.sessions {
         let Some(paths) = chosen.get(&s.session.number) else {
             continue;
         };
-        drive.locate(s.session.data_file, 0)?;
+        // With an intact catalog, seek to each wanted entry (in tape order)
+        // instead of reading the whole session.
+        let starts: Vec<StreamPosition> = if s.source == ListSource::Catalog {
+            s.entries
+                .iter()
+                .filter(|e| paths.contains(&e.path))
+                .map(|e| e.position)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut v = Restorer {
             target: &mut target,
             policy: &policy,
@@ -136,15 +155,37 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
             session: s.session.number,
             current: None,
             seen: HashSet::new(),
+            starts: &starts,
+            tried: HashSet::new(),
+            last_start: None,
             summary: &mut summary,
         };
-        let report = read_session_data(
-            drive,
-            set_uuid,
-            s.session.data_file,
-            s.session.number,
-            &mut v,
-        )?;
+        let mut lost = Vec::new();
+        let mut read = |v: &mut Restorer, at: Option<StreamPosition>| -> Result<()> {
+            drive.locate(s.session.data_file, at.map_or(0, |p| p.block))?;
+            let report = read_session_data_from(
+                drive,
+                set_uuid,
+                s.session.data_file,
+                s.session.number,
+                at,
+                v,
+            )?;
+            v.summary.seeks += 1;
+            v.summary.blocks_read += report.blocks_read;
+            v.summary.bytes_read += report.bytes_read;
+            lost.extend(report.lost);
+            Ok(())
+        };
+        if starts.is_empty() {
+            read(&mut v, None)?;
+        } else {
+            while let Some(&next) = starts.iter().find(|p| !v.tried.contains(*p)) {
+                // Marked first: an entry whose blocks are lost is tried once.
+                v.tried.insert(next);
+                read(&mut v, Some(next))?;
+            }
+        }
         let seen = std::mem::take(&mut v.seen);
         // Entries chosen from the catalog whose start record was never read.
         let by_path: HashMap<&[u8], &CatalogEntry> =
@@ -152,7 +193,7 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         for p in paths.difference(&seen) {
             let reason = by_path
                 .get(p.as_slice())
-                .and_then(|e| lost_covering(&report.lost, e.position))
+                .and_then(|e| lost_covering(&lost, e.position))
                 .unwrap_or_else(|| "its records were not found in the session data".into());
             summary.damaged.push(NotRestored {
                 path: show(p),
@@ -160,8 +201,9 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
                 reason,
             });
         }
-        summary.lost_blocks.extend(report.lost);
+        summary.lost_blocks.extend(lost);
     }
+    summary.seconds = started.elapsed().as_secs_f64();
     summary.warnings.extend(target.finish(&policy)?);
     if summary.ownership_left_as_user {
         summary.warnings.push(
@@ -259,6 +301,12 @@ struct CurrentFile {
 
 struct Restorer<'a> {
     target: &'a mut RestoreTarget,
+    /// Where the wanted entries start, in tape order (empty: read it all).
+    starts: &'a [StreamPosition],
+    /// Starts already read or attempted.
+    tried: HashSet<StreamPosition>,
+    /// Start of the last entry met in the stream.
+    last_start: Option<StreamPosition>,
     policy: &'a OwnershipPolicy,
     overwrite: bool,
     wanted: &'a HashSet<Vec<u8>>,
@@ -359,15 +407,33 @@ impl Restorer<'_> {
 }
 
 impl EntryVisitor for Restorer<'_> {
-    fn entry(&mut self, entry: &Entry, _position: StreamPosition) -> Result<bool> {
+    fn entry(&mut self, entry: &Entry, position: StreamPosition) -> Result<bool> {
+        self.last_start = Some(position);
         if !self.wanted.contains(&entry.path) {
             return Ok(false);
         }
+        self.tried.insert(position);
         self.seen.insert(entry.path.clone());
         let kind = entry.kind().expect("assembler passes known kinds only");
         match self.create(entry, kind) {
             Ok(content) => Ok(content),
             Err(e) => self.refuse(&entry.path, e),
+        }
+    }
+
+    /// Between entries: go on reading only while the next wanted entry is
+    /// close; past the last one, stop (the rest of the session is not needed).
+    fn keep_reading(&self) -> bool {
+        if self.starts.is_empty() {
+            return true;
+        }
+        let Some(here) = self.last_start else {
+            return true;
+        };
+        let next = self.starts.partition_point(|p| *p <= here);
+        match self.starts.get(next) {
+            Some(p) => p.block <= here.block + SEEK_GAP_BLOCKS,
+            None => false,
         }
     }
 

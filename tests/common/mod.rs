@@ -65,13 +65,7 @@ impl Lab {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Command::new(TAPIR)
-            .arg("--device")
-            .arg(self.device())
-            .args(args)
-            .env_remove("TAPE")
-            .output()
-            .unwrap()
+        self.tapir_in(self.dir.path(), args)
     }
 
     /// Run tapir in `cwd` (archive paths are the sources as given).
