@@ -201,3 +201,35 @@ fn unreadable_sources_are_warnings_not_failures() {
     assert!(text(&r.stdout).contains("ownership left as the restoring user's"));
     assert_eq!(fs::read(target.join("d/readable")).unwrap(), b"yes");
 }
+
+/// Something other than tapir appended after the last session: tapir
+/// reads the last block back before writing and refuses to append.
+#[test]
+fn appending_after_a_block_that_is_not_ours_is_refused() {
+    let lab = Lab::new(1, "64M");
+    lab.label("TAP001L9");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    assert_ok(&lab.tapir_in(&src, ["write", "f"]));
+    {
+        use tapir::device::{BlockWrite, TapeDrive};
+        let mut t = tapir::device::vtape::VirtualTape::open(lab.image("TAP001L9"), "t").unwrap();
+        t.seek_end_of_data().unwrap();
+        t.write_block(&vec![0x55u8; 4096]).unwrap();
+        t.write_filemarks(1, false).unwrap();
+    }
+    let before = fs::read(lab.image("TAP001L9")).unwrap();
+    let w = lab.tapir_in(&src, ["write", "f"]);
+    assert_code(&w, 3);
+    assert!(
+        text(&w.stderr).contains("not appending"),
+        "{}",
+        text(&w.stderr)
+    );
+    assert_eq!(
+        fs::read(lab.image("TAP001L9")).unwrap(),
+        before,
+        "nothing written"
+    );
+}

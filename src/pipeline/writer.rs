@@ -373,6 +373,7 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
 /// Go to end of data, close an interrupted tape file, and confirm the drive
 /// is where the map says the next session belongs.
 fn position_for_append(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<u32> {
+    confirm_last_block(drive, map)?;
     drive.seek_end_of_data()?;
     if map.open_last_file {
         drive.write_filemarks(1, false)?;
@@ -390,6 +391,52 @@ fn position_for_append(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<u32> 
         )));
     }
     Ok(expected)
+}
+
+/// Read back the last block before end of data and check it is the one the
+/// map says ends the cartridge: this set, the last tape file. Appending
+/// anywhere else (a drive that lost its place, a cartridge changed behind
+/// tapir's back, data written by something else) is refused.
+fn confirm_last_block(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<()> {
+    let last_file = match (map.closed_files, map.open_last_file) {
+        (n, true) => n,
+        (n, false) if n > super::volume::FIRST_SESSION_FILE => n - 1,
+        _ => return Ok(()), // only the label and rescue kit, read just now
+    };
+    drive.seek_end_of_data()?;
+    if !map.open_last_file {
+        drive.space_filemarks(-1)?;
+    }
+    drive.space_blocks(-1)?;
+    let mut buf = vec![0u8; drive.max_block_size()];
+    let device = drive.name().to_string();
+    let refuse = |what: String| {
+        Error::Refused(format!(
+            "{device}: the last block on cartridge {} is {what}, not the end of tape file {last_file} of its set; not appending",
+            map.label.label
+        ))
+    };
+    let n = match drive.read_block(&mut buf)? {
+        crate::device::ReadOutcome::Block(n) => n,
+        other => return Err(refuse(format!("{other:?}"))),
+    };
+    let set_uuid = map
+        .label
+        .set
+        .as_ref()
+        .map(|m| m.set_uuid)
+        .unwrap_or([0; 16]);
+    match crate::format::BlockHeader::decode(&buf[..n]) {
+        Ok((h, _)) if h.tape_file == last_file && h.set_uuid == set_uuid => Ok(()),
+        Ok((h, _)) => Err(refuse(format!(
+            "from tape file {} of set {}",
+            h.tape_file,
+            crate::format::label::uuid_text(&h.set_uuid)
+        ))),
+        // A torn last block of an interrupted session is expected there.
+        Err(_) if map.open_last_file => Ok(()),
+        Err(e) => Err(refuse(format!("unreadable ({e})"))),
+    }
 }
 
 /// The thread that owns the drive. Like mbuffer's `-P`, it starts writing
