@@ -989,7 +989,8 @@ fn write_content(
                 Some(_) => cw.spare.pop().unwrap_or_else(|| vec![0u8; DATA_CHUNK_LEN]),
                 None => std::mem::take(&mut cw.chunk),
             };
-            buf.resize(DATA_CHUNK_LEN, 0);
+            // Only as long as this read: zero-filling a whole chunk per small file costs more than reading it.
+            buf.resize(want, 0);
             let got = match read_full_at(file, &mut buf[..want], off) {
                 Ok(n) => n,
                 Err(e) => {
