@@ -107,6 +107,12 @@ pub fn archive_path_of(source: &Path) -> Result<Vec<u8>, String> {
 /// symlink, without updating its atime where permitted, and never blocking
 /// (a file swapped for a FIFO since the walk is refused, not waited on).
 pub fn open_source_file(abs: &Path) -> io::Result<File> {
+    open_source_file_with_metadata(abs).map(|(f, _)| f)
+}
+
+/// [`open_source_file`], also returning the opened file's metadata: one
+/// `fstat` serves both the regular-file check and the archive entry.
+pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)> {
     let open = |noatime: bool| {
         let extra = if noatime { libc::O_NOATIME } else { 0 };
         std::fs::OpenOptions::new()
@@ -119,13 +125,14 @@ pub fn open_source_file(abs: &Path) -> io::Result<File> {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(false)?,
         other => other?,
     };
-    if !file.metadata()?.file_type().is_file() {
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is no longer a regular file", abs.display()),
         ));
     }
-    Ok(file)
+    Ok((file, md))
 }
 
 fn excluded(patterns: &[Vec<u8>], archive_path: &[u8]) -> bool {
@@ -264,7 +271,7 @@ impl Walker {
     }
 
     /// Queue the items for one object: its entry (or skip), then warnings.
-    fn describe(&mut self, abs: PathBuf, archive: Vec<u8>, md: &Metadata) {
+    fn describe(&mut self, abs: PathBuf, archive: Vec<u8>, md: &Metadata, opened: Option<File>) {
         let ft = md.file_type();
         let kind = if ft.is_file() {
             EntryKind::File
@@ -341,24 +348,27 @@ impl Walker {
             _ => {}
         }
 
-        match read_xattrs(&abs) {
-            Ok(x) => entry.xattrs = x,
-            Err(e) => warnings.push(format!("cannot read extended attributes: {e}")),
-        }
-
         let mut content = None;
+        let mut xattrs_read = false;
         if kind == EntryKind::File || kind == EntryKind::Dir {
             // Only regular files and directories are opened: opening a FIFO
             // or device could block or act on hardware. A file stays open
             // for its content to be read through the same descriptor.
             let opened = if kind == EntryKind::File {
-                open_source_file(&abs)
+                opened.map_or_else(|| open_source_file(&abs), Ok)
             } else {
                 std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                     .open(&abs)
             };
+            if let Ok(f) = &opened {
+                xattrs_read = true;
+                match read_xattrs(&abs, Some(f)) {
+                    Ok(x) => entry.xattrs = x,
+                    Err(e) => warnings.push(format!("cannot read extended attributes: {e}")),
+                }
+            }
             if let Ok(f) = opened {
                 match inode_flags::get(&f) {
                     Ok(flags) => entry.inode_flags = flags,
@@ -375,6 +385,13 @@ impl Walker {
                 }
             }
             // An unopenable file is reported when its content is read.
+        }
+        if !xattrs_read {
+            // Links, FIFOs, devices: by path, never following a symlink.
+            match read_xattrs(&abs, None) {
+                Ok(x) => entry.xattrs = x,
+                Err(e) => warnings.push(format!("cannot read extended attributes: {e}")),
+            }
         }
 
         self.pending.push_back(WalkItem::Entry(SourceEntry {
@@ -393,8 +410,13 @@ impl Walker {
 
 /// Extended attributes, sorted by name (POSIX ACLs come along as
 /// `system.posix_acl_*`). Filesystems without xattrs have none.
-fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
-    let names = match xattr::list(path) {
+fn read_xattrs(path: &Path, file: Option<&File>) -> io::Result<Vec<Xattr>> {
+    use xattr::FileExt;
+    let listed = match file {
+        Some(f) => f.list_xattr(),
+        None => xattr::list(path),
+    };
+    let names = match listed {
         Ok(n) => n,
         Err(e)
             if matches!(
@@ -409,7 +431,11 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
     let mut out = Vec::new();
     for name in names {
         // An attribute removed since listing is simply gone.
-        if let Some(value) = xattr::get(path, &name)? {
+        let value = match file {
+            Some(f) => f.get_xattr(&name)?,
+            None => xattr::get(path, &name)?,
+        };
+        if let Some(value) = value {
             out.push(Xattr {
                 name: name.into_vec(),
                 value,
@@ -481,8 +507,16 @@ impl Iterator for Walker {
                         continue;
                     }
                     let abs = dent.path().to_path_buf();
+                    // A regular file (by its directory entry) is opened first and
+                    // described from its descriptor: one stat instead of two.
+                    if dent.file_type().is_file() {
+                        if let Ok((f, md)) = open_source_file_with_metadata(&abs) {
+                            self.describe(abs, archive, &md, Some(f));
+                            continue;
+                        }
+                    }
                     match std::fs::symlink_metadata(&abs) {
-                        Ok(md) => self.describe(abs, archive, &md),
+                        Ok(md) => self.describe(abs, archive, &md, None),
                         Err(e) => self.pending.push_back(WalkItem::Warning {
                             path: abs,
                             message: format!("cannot read metadata: {e}"),
