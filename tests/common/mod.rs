@@ -95,9 +95,18 @@ impl Lab {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.json_in(self.dir.path(), args)
+    }
+
+    /// `tapir --json ARGS` run in `cwd`, parsed.
+    pub fn json_in<I, S>(&self, cwd: &Path, args: I) -> (i32, serde_json::Value)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut all: Vec<std::ffi::OsString> = vec!["--json".into()];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        let out = self.tapir(all);
+        let out = self.tapir_in(cwd, all);
         let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "not JSON ({e}): stdout {} stderr {}",
