@@ -4,6 +4,7 @@
 //! on-media format, pure), [`pipeline`] (walk, write, read, restore, verify),
 //! and the thin `cli` in the binary's `src/cli/`.
 
+pub mod catalog;
 pub mod device;
 pub mod exit;
 pub mod format;

@@ -2,10 +2,14 @@
 //! with `unsafe` code. Everything above it sees these capability traits and
 //! the typed conditions in [`DeviceError`] and [`ReadOutcome`].
 
+pub mod discover;
 pub mod drivesim;
 pub mod inode_flags;
 pub mod library;
 pub mod open;
+pub mod sense;
+pub mod sg;
+pub mod st;
 pub mod vtape;
 
 /// A position on tape as the drive reports it.

@@ -166,13 +166,7 @@ impl std::str::FromStr for DeviceSpec {
 pub fn open_drive(spec: &str) -> Result<Box<dyn TapeDrive>, DeviceError> {
     match DeviceSpec::parse(spec)? {
         DeviceSpec::VirtualLibrary(dir) => Ok(Box::new(VirtualLibrary::open(dir)?.open_drive()?)),
-        DeviceSpec::St(_) => Err(DeviceError::Unsupported {
-            device: spec.to_string(),
-            what:
-                "driving a Linux st tape (the st backend is not built yet; a later version adds it \
-                   — use vtape:DIR meanwhile)"
-                    .to_string(),
-        }),
+        DeviceSpec::St(path) => Ok(Box::new(super::st::StDrive::open(&path, spec)?)),
     }
 }
 
@@ -300,9 +294,11 @@ mod tests {
         assert_eq!(drive.name(), spec);
         assert_eq!(drive.status().unwrap().barcode.as_deref(), Some("TAP001L9"));
         drop(drive);
+        // A non-rewinding node is opened as an st drive (none exists here).
+        let missing_nst = tmp.path().join("nst9");
         assert!(matches!(
-            open_drive("/dev/nst0"),
-            Err(DeviceError::Unsupported { .. })
+            open_drive(missing_nst.to_str().unwrap()),
+            Err(DeviceError::Io { .. })
         ));
         assert!(matches!(
             open_drive("/dev/st0"),

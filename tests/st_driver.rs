@@ -1,0 +1,572 @@
+//! The st backend against a real Linux st driver.
+//!
+//! These tests need a tape drive they may overwrite, named by the
+//! environment variable `TAPIR_TEST_ST_DEVICE` (e.g. `/dev/nst0`). Without
+//! it every test passes at once, doing nothing. `scripts/vm/run-tests` runs
+//! them in a virtual machine against the kernel's scsi_debug tape
+//! (`scsi_debug ptype=1`): 10,000 blocks, early warning near block 9,980,
+//! block sizes 512 B to 1 MiB, and only the first 4 bytes of each block kept.
+//! So blocks are told apart by a 4-byte tag at their start.
+//!
+//! The tests share one cartridge and must run one at a time, in name order
+//! (`--test-threads=1`); each starts by rewinding and writing what it needs.
+
+use tapir::device::sg::SgError;
+use tapir::device::st::{StDrive, LOGICAL_UNKNOWN};
+use tapir::device::{
+    BlockRead, BlockWrite, DeviceError, ReadOutcome, TapeDrive, TapePosition, WriteOutcome,
+};
+
+const ENV: &str = "TAPIR_TEST_ST_DEVICE";
+
+fn device() -> Option<String> {
+    let d = std::env::var(ENV).ok().filter(|d| !d.is_empty());
+    if d.is_none() {
+        eprintln!("{ENV} is not set: skipped (scripts/vm/run-tests runs this in a VM)");
+    }
+    d
+}
+
+fn open(dev: &str) -> StDrive {
+    StDrive::open(dev, dev).unwrap_or_else(|e| panic!("opening {dev}: {e}"))
+}
+
+/// A block of `len` bytes whose first 4 bytes are `tag`.
+fn block(tag: u32, len: usize) -> Vec<u8> {
+    let mut b = vec![0xA5u8; len];
+    b[..4].copy_from_slice(&tag.to_be_bytes());
+    b
+}
+
+fn tag(buf: &[u8]) -> u32 {
+    u32::from_be_bytes(buf[..4].try_into().unwrap())
+}
+
+fn pos(d: &mut StDrive) -> (u32, u64) {
+    let p = d.position().unwrap();
+    (p.file, p.block)
+}
+
+/// What reading on finds, as (tag, length) for blocks and markers.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    B(u32, usize),
+    Fm,
+    Eod,
+}
+
+fn read_one(d: &mut StDrive, buf: &mut [u8]) -> Seen {
+    match d.read_block(buf).unwrap() {
+        ReadOutcome::Block(n) => Seen::B(tag(buf), n),
+        ReadOutcome::Filemark => Seen::Fm,
+        ReadOutcome::EndOfData => Seen::Eod,
+    }
+}
+
+fn read_to_eod(d: &mut StDrive) -> Vec<Seen> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    loop {
+        let s = read_one(d, &mut buf);
+        let end = s == Seen::Eod;
+        out.push(s);
+        if end || out.len() > 100 {
+            return out;
+        }
+    }
+}
+
+/// Three tape files: (tag 0x100.., 3 blocks) FM (0x200.., 2 blocks) FM
+/// (0x300.., 3 blocks) FM, written from BOT.
+fn three_files(d: &mut StDrive) {
+    d.rewind().unwrap();
+    for (f, n) in [(1u32, 3u32), (2, 2), (3, 3)] {
+        for b in 0..n {
+            let len = 512 * (1 + b as usize);
+            assert_eq!(
+                d.write_block(&block(f << 8 | b, len)).unwrap(),
+                WriteOutcome::Written
+            );
+        }
+        d.write_filemarks(1, f != 3).unwrap();
+    }
+}
+
+#[test]
+fn t01_blank_tape_reads_as_end_of_data() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    // scsi_debug starts blank; reading it is end of data, twice.
+    assert_eq!(read_one(&mut d, &mut buf), Seen::Eod);
+    assert_eq!(read_one(&mut d, &mut buf), Seen::Eod);
+    assert_eq!(pos(&mut d), (0, 0));
+    d.seek_end_of_data().unwrap();
+    assert_eq!(pos(&mut d), (0, 0));
+    let s = d.status().unwrap();
+    assert!(s.online && s.at_bot && !s.write_protected, "{s:?}");
+    assert!(matches!(
+        d.space_filemarks(1),
+        Err(DeviceError::EndOfData {
+            file: 0,
+            block: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn t02_identity_limits_and_position_through_sg() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    let scsi = d.scsi();
+    let inq = scsi.inquiry().unwrap();
+    eprintln!("INQUIRY: {inq:?}");
+    assert_eq!(
+        inq.peripheral_type,
+        tapir::device::sg::PERIPHERAL_SEQUENTIAL
+    );
+    assert!(!inq.vendor.is_empty() && !inq.product.is_empty());
+    match scsi.unit_serial_number() {
+        Ok(s) => eprintln!("serial: {s}"),
+        Err(e) => assert!(e.is_not_supported(), "{e}"),
+    }
+    let limits = scsi.read_block_limits().unwrap();
+    eprintln!("READ BLOCK LIMITS: {limits:?}");
+    assert!(limits.max >= 1 << 20 && limits.min >= 1, "{limits:?}");
+    assert_eq!(d.max_block_size(), limits.max as usize);
+    let p = scsi.read_position_short().unwrap();
+    eprintln!("READ POSITION at BOT: {p:?}");
+    // (scsi_debug leaves the BOP bit clear.)
+    assert!(!p.position_unknown, "{p:?}");
+    assert_eq!(p.first_object, 0);
+    // Pages and commands scsi_debug lacks are "not supported", never errors.
+    let optional: [(&str, Result<String, SgError>); 6] = [
+        (
+            "long READ POSITION",
+            scsi.read_position_long().map(|p| format!("{p:?}")),
+        ),
+        ("compression", scsi.compression().map(|c| format!("{c:?}"))),
+        (
+            "medium configuration",
+            scsi.medium_configuration().map(|c| format!("{c:?}")),
+        ),
+        ("TapeAlert", scsi.tape_alert().map(|t| format!("{t:?}"))),
+        (
+            "volume statistics",
+            scsi.volume_statistics().map(|v| format!("{v:?}")),
+        ),
+        (
+            "cartridge memory",
+            scsi.read_attributes().map(|a| format!("{a:?}")),
+        ),
+    ];
+    for (what, r) in optional {
+        match r {
+            Ok(v) => eprintln!("{what}: {v}"),
+            Err(e) => assert!(e.is_not_supported(), "{what}: {e}"),
+        }
+    }
+    match scsi.report_density_support(true) {
+        Ok(v) => eprintln!("densities: {v:?}"),
+        Err(e) => assert!(e.is_not_supported(), "densities: {e}"),
+    }
+    let mode = scsi.mode_sense(0x3F).unwrap();
+    assert!(!mode.write_protected);
+    // MTIOCPOS and READ POSITION agree.
+    assert_eq!(d.tell().unwrap(), 0);
+    assert_eq!(d.position().unwrap().logical, 0);
+}
+
+#[test]
+fn t03_write_read_back_filemarks_and_end_of_data() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    three_files(&mut d);
+    assert_eq!(pos(&mut d), (3, 0));
+    let s = d.status().unwrap();
+    assert!(!s.at_bot && !s.early_warning, "{s:?}");
+    d.rewind().unwrap();
+    use Seen::*;
+    assert_eq!(
+        read_to_eod(&mut d),
+        vec![
+            B(0x100, 512),
+            B(0x101, 1024),
+            B(0x102, 1536),
+            Fm,
+            B(0x200, 512),
+            B(0x201, 1024),
+            Fm,
+            B(0x300, 512),
+            B(0x301, 1024),
+            B(0x302, 1536),
+            Fm,
+            Eod,
+        ]
+    );
+    assert_eq!(pos(&mut d), (3, 0));
+    // Reading again at end of data stays there.
+    assert_eq!(read_to_eod(&mut d), vec![Eod]);
+    assert_eq!(pos(&mut d), (3, 0));
+    let p = d.position().unwrap();
+    assert_eq!(p.logical, 11, "8 blocks and 3 filemarks");
+    assert_eq!(d.tell().unwrap(), 11);
+    // Large blocks: 1 MiB round-trips its size.
+    d.seek_end_of_data().unwrap();
+    assert_eq!(pos(&mut d), (3, 0));
+    d.write_block(&block(0x400, 1 << 20)).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.locate(3, 0).unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![B(0x400, 1 << 20), Fm, Eod]);
+}
+
+#[test]
+fn t04_data_without_a_filemark_ends_in_end_of_data() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    three_files(&mut d);
+    // A fourth file with two blocks and no filemark: backward block spacing
+    // after a write adds no filemark.
+    d.write_block(&block(0x400, 512)).unwrap();
+    d.write_block(&block(0x401, 512)).unwrap();
+    assert_eq!(pos(&mut d), (3, 2));
+    d.space_blocks(-2).unwrap();
+    assert_eq!(pos(&mut d), (3, 0));
+    use Seen::*;
+    assert_eq!(read_to_eod(&mut d), vec![B(0x400, 512), B(0x401, 512), Eod]);
+    assert_eq!(pos(&mut d), (3, 2));
+    // End of data in the middle of a file, from BOT.
+    d.rewind().unwrap();
+    d.seek_end_of_data().unwrap();
+    assert_eq!(pos(&mut d), (3, 2), "MTEOM into an unterminated file");
+    assert!(d.status().unwrap().at_eod);
+    // Forward file spacing into that end of data.
+    d.locate(2, 1).unwrap();
+    let e = d.space_filemarks(2).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DeviceError::EndOfData {
+                file: 3,
+                block: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(pos(&mut d), (3, 2));
+    // Appending closes the file the way the writer does.
+    d.write_filemarks(1, false).unwrap();
+    assert_eq!(pos(&mut d), (4, 0));
+    d.locate(3, 1).unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![B(0x401, 512), Fm, Eod]);
+}
+
+#[test]
+fn t05_spacing_and_locate() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    three_files(&mut d);
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    use Seen::*;
+    d.space_filemarks(1).unwrap();
+    assert_eq!(pos(&mut d), (1, 0));
+    assert_eq!(read_one(&mut d, &mut buf), B(0x200, 512));
+    d.space_filemarks(1).unwrap();
+    assert_eq!(pos(&mut d), (2, 0));
+    // Backward over one filemark: before it, at the end of file 1.
+    d.space_filemarks(-1).unwrap();
+    assert_eq!(pos(&mut d), (1, 2));
+    assert_eq!(read_one(&mut d, &mut buf), Fm);
+    assert_eq!(pos(&mut d), (2, 0));
+    d.space_blocks(2).unwrap();
+    assert_eq!(pos(&mut d), (2, 2));
+    d.space_filemarks(-2).unwrap();
+    assert_eq!(pos(&mut d), (0, 3));
+    d.space_filemarks(2).unwrap();
+    assert_eq!(pos(&mut d), (2, 0));
+    // Blocks: forward past the end of a file stops before its filemark.
+    d.rewind().unwrap();
+    let e = d.space_blocks(5).unwrap_err();
+    assert!(e.to_string().contains("filemark"), "{e}");
+    assert_eq!(pos(&mut d), (0, 3));
+    assert_eq!(read_one(&mut d, &mut buf), Fm);
+    // Backward past the start of a file stops after its filemark.
+    d.space_blocks(1).unwrap();
+    assert_eq!(pos(&mut d), (1, 1));
+    let e = d.space_blocks(-3).unwrap_err();
+    assert!(e.to_string().contains("filemark"), "{e}");
+    assert_eq!(pos(&mut d), (1, 0));
+    assert_eq!(read_one(&mut d, &mut buf), B(0x200, 512));
+    // Backward past BOT.
+    d.locate(0, 1).unwrap();
+    assert!(d.space_blocks(-2).is_err());
+    assert_eq!(pos(&mut d), (0, 0));
+    assert!(d.status().unwrap().at_bot);
+    assert!(d.space_filemarks(-1).is_err());
+    assert_eq!(pos(&mut d), (0, 0));
+    // Forward into end of data.
+    d.locate(2, 1).unwrap();
+    assert!(matches!(
+        d.space_filemarks(2),
+        Err(DeviceError::EndOfData {
+            file: 3,
+            block: 0,
+            ..
+        })
+    ));
+    // Locate everywhere, from everywhere.
+    for (f, b, expect) in [
+        (2, 2, B(0x302, 1536)),
+        (0, 0, B(0x100, 512)),
+        (1, 1, B(0x201, 1024)),
+        (0, 3, Fm),
+        (2, 0, B(0x300, 512)),
+        (1, 2, Fm),
+        (1, 0, B(0x200, 512)),
+        (3, 0, Eod),
+        (0, 2, B(0x102, 1536)),
+    ] {
+        d.locate(f, b).unwrap();
+        assert_eq!(pos(&mut d), (f, b), "locate {f}/{b}");
+        assert_eq!(read_one(&mut d, &mut buf), expect, "locate {f}/{b}");
+    }
+    assert!(d.locate(5, 0).is_err());
+    assert!(d.locate(1, 3).is_err());
+    // The reader's retry: back one block and read again.
+    d.locate(2, 1).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x301, 1024));
+    d.space_blocks(-1).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x301, 1024));
+    assert_eq!(pos(&mut d), (2, 2));
+}
+
+#[test]
+fn t06_block_larger_than_the_buffer() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    d.write_block(&block(0x1, 8192)).unwrap();
+    d.write_block(&block(0x2, 512)).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.rewind().unwrap();
+    let mut small = vec![0u8; 4096];
+    match d.read_block(&mut small) {
+        Err(DeviceError::BlockTooLarge {
+            needed,
+            buffer,
+            file,
+            block,
+            ..
+        }) => {
+            assert_eq!((needed, buffer, file, block), (8192, 4096, 0, 0));
+        }
+        other => panic!("expected BlockTooLarge, got {other:?}"),
+    }
+    // The position moved past the block, as st does.
+    assert_eq!(pos(&mut d), (0, 1));
+    assert_eq!(read_one(&mut d, &mut small), Seen::B(0x2, 512));
+    // Back over it and read it with a buffer that fits.
+    d.space_blocks(-2).unwrap();
+    let mut big = vec![0u8; 8192];
+    assert_eq!(read_one(&mut d, &mut big), Seen::B(0x1, 8192));
+}
+
+#[test]
+fn t07_implicit_filemark_on_close_and_rewind() {
+    let Some(dev) = device() else { return };
+    {
+        let mut d = open(&dev);
+        d.rewind().unwrap();
+        d.write_block(&block(0x10, 512)).unwrap();
+        // Dropped right after a write: st writes a filemark on close.
+    }
+    let mut d = open(&dev);
+    assert_eq!(
+        pos(&mut d),
+        (1, 0),
+        "the driver kept the position across opens"
+    );
+    d.write_block(&block(0x20, 512)).unwrap();
+    d.rewind().unwrap(); // after a write: another filemark
+    use Seen::*;
+    assert_eq!(
+        read_to_eod(&mut d),
+        vec![B(0x10, 512), Fm, B(0x20, 512), Fm, Eod]
+    );
+    // Backward file spacing right after a write counts st's filemark.
+    d.seek_end_of_data().unwrap();
+    d.write_block(&block(0x30, 512)).unwrap();
+    d.space_filemarks(-1).unwrap();
+    assert_eq!(pos(&mut d), (1, 1));
+    d.rewind().unwrap();
+    assert_eq!(
+        read_to_eod(&mut d),
+        vec![B(0x10, 512), Fm, B(0x20, 512), Fm, B(0x30, 512), Fm, Eod]
+    );
+    // A write in the middle truncates what follows.
+    d.locate(1, 0).unwrap();
+    d.write_block(&block(0x21, 512)).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.rewind().unwrap();
+    assert_eq!(
+        read_to_eod(&mut d),
+        vec![B(0x10, 512), Fm, B(0x21, 512), Fm, Eod]
+    );
+    d.close().unwrap();
+}
+
+#[test]
+fn t08_block_limits_are_enforced_before_the_drive() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    let too_big = vec![0u8; d.max_block_size() + 1];
+    assert!(matches!(
+        d.write_block(&too_big),
+        Err(DeviceError::InvalidRequest { .. })
+    ));
+    if d.min_block_size() > 1 {
+        assert!(matches!(
+            d.write_block(&[1, 2, 3]),
+            Err(DeviceError::InvalidRequest { .. })
+        ));
+    }
+    assert_eq!(pos(&mut d), (0, 0));
+}
+
+#[test]
+fn t09_write_protected_cartridge() {
+    let Some(dev) = device() else { return };
+    // scsi_debug's write-protect switch; skip on other drives.
+    let Some(wp) = [
+        "/sys/bus/pseudo/drivers/scsi_debug/wp",
+        "/sys/module/scsi_debug/parameters/wp",
+    ]
+    .iter()
+    .map(std::path::Path::new)
+    .find(|p| p.exists()) else {
+        eprintln!("no scsi_debug write-protect switch: skipped");
+        return;
+    };
+    std::fs::write(wp, "1").unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let mut d = open(&dev);
+        d.rewind().unwrap();
+        let reported = d.scsi().mode_sense(0x3F).unwrap().write_protected;
+        let write = d.write_block(&block(1, 512));
+        if !reported || write.is_ok() {
+            eprintln!(
+                "this emulator ignores its write-protect switch (MODE SENSE WP {reported}, \
+                 write {write:?}): skipped"
+            );
+            return;
+        }
+        d.rewind().unwrap();
+        // st checks protection when a cartridge is loaded; flipping the
+        // switch under a loaded cartridge shows up at the first write.
+        let r = d.write_block(&block(1, 512));
+        assert!(
+            matches!(r, Err(DeviceError::WriteProtected { .. })),
+            "{r:?}"
+        );
+        assert!(d.is_write_protected());
+        assert!(d.status().unwrap().write_protected);
+        assert!(matches!(
+            d.write_filemarks(1, false),
+            Err(DeviceError::WriteProtected { .. })
+        ));
+        // Reading still works.
+        let mut buf = vec![0u8; 1 << 20];
+        assert!(d.read_block(&mut buf).is_ok());
+    });
+    std::fs::write(wp, "0").unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+#[test]
+fn t10_early_warning_and_end_of_medium_lose_no_block() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    d.write_block(&block(0xFFFF_0000, 512)).unwrap();
+    d.write_filemarks(1, true).unwrap();
+    // Write file 1 until early warning, close it with a filemark (which
+    // must still fit), then fill file 2 until the medium is full.
+    let mut written = [0u64; 2];
+    let mut file = 0usize;
+    let mut first_warning: Option<u64> = None;
+    let end = loop {
+        let tag = (file as u32 + 1) << 24 | written[file] as u32;
+        match d.write_block(&block(tag, 512)) {
+            Ok(WriteOutcome::Written) => {
+                assert!(first_warning.is_none(), "Written after early warning");
+                written[file] += 1;
+            }
+            Ok(WriteOutcome::EarlyWarning) => {
+                written[file] += 1;
+                if first_warning.is_none() {
+                    first_warning = Some(written[0]);
+                    assert!(d.status().unwrap().early_warning);
+                    d.write_filemarks(1, true).unwrap();
+                    assert_eq!(pos(&mut d), (2, 0));
+                    file = 1;
+                }
+            }
+            Err(e) => break e,
+        }
+        assert!(written[0] + written[1] < 20_000, "no end of medium");
+    };
+    eprintln!(
+        "early warning after {first_warning:?} blocks of file 1; {} more blocks fit in file 2; \
+         then: {end}",
+        written[1]
+    );
+    let first_warning = first_warning.expect("early warning before the end");
+    assert!(
+        (9_000..10_000).contains(&first_warning),
+        "early warning at {first_warning}"
+    );
+    assert!(
+        matches!(end, DeviceError::EndOfMedium { file: 2, block, .. } if block == written[1]),
+        "{end}"
+    );
+    // Every write that returned Ok is on tape, and nothing else: the
+    // drive's own position agrees.
+    let p = d.position().unwrap();
+    assert_eq!((p.file, p.block), (2, written[1]));
+    assert_eq!(d.tell().unwrap(), 3 + written[0] + written[1]);
+    assert!(d.status().unwrap().early_warning);
+    // Read both files back: tags in order, none missing or doubled.
+    d.locate(1, 0).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for (f, &count) in written.iter().enumerate() {
+        for i in 0..count {
+            match d.read_block(&mut buf).unwrap() {
+                ReadOutcome::Block(512) => {
+                    assert_eq!(
+                        tag(&buf),
+                        (f as u32 + 1) << 24 | i as u32,
+                        "file {f} block {i}"
+                    )
+                }
+                other => panic!("file {} block {i}: {other:?}", f + 1),
+            }
+        }
+        let next = d.read_block(&mut buf).unwrap();
+        if f == 0 {
+            assert_eq!(next, ReadOutcome::Filemark);
+        } else {
+            assert_eq!(next, ReadOutcome::EndOfData);
+        }
+    }
+    let p: TapePosition = d.position().unwrap();
+    assert_eq!((p.file, p.block), (2, written[1]));
+    assert_ne!(p.logical, LOGICAL_UNKNOWN);
+}
