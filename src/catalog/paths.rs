@@ -170,7 +170,7 @@ impl PathCache {
 }
 
 fn paths_insert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO paths (id, parent, name) VALUES ");
+    let mut sql = String::from("INSERT OR FAIL INTO paths (id, parent, name) VALUES ");
     for r in 0..rows {
         if r > 0 {
             sql.push(',');

@@ -924,6 +924,15 @@ impl Catalog {
         })
     }
 
+    /// tapir itself saw a cartridge at `loc` (a changer put it in a slot, a
+    /// drive read it): recorded only when that is not already where the
+    /// catalog has it, so repeating it changes nothing. False when unchanged.
+    pub fn note_seen(&mut self, key: &str, loc: &Location, who: &str, why: &str) -> Result<bool> {
+        let id = self.resolve_cartridge(key)?;
+        location::note_seen_tx(self.conn(), id, loc, who, why)
+            .map_err(self.err("recording a location"))
+    }
+
     /// Mark a cartridge's state (`media retire|damaged`); returns (label, previous state).
     pub fn set_media_state(
         &mut self,
@@ -1264,6 +1273,15 @@ mod tests {
             cat.move_media("NOPE", &vault, "x", None),
             Err(Error::NotFound(_))
         ));
+        // A changer reporting it in slot 4: recorded once, not twice.
+        let slot: Location = "slot:4".parse().unwrap();
+        assert!(cat
+            .note_seen("TPR001L9", &slot, "changer", "inventory")
+            .unwrap());
+        assert!(!cat
+            .note_seen("TPR001L9", &slot, "changer", "inventory")
+            .unwrap());
+        assert_eq!(cat.media_show("TPR001L9").unwrap().history.len(), 3);
     }
 
     #[test]

@@ -327,13 +327,16 @@ pub(crate) fn mark_overwritten(conn: &Connection, session_id: i64) -> rusqlite::
 }
 
 /// Rows per multi-row INSERT (statement overhead is paid once per group).
+/// `OR FAIL`: a failing row ends the statement without undoing the rows
+/// before it, so SQLite keeps no statement journal; every caller rolls the
+/// whole transaction back on error anyway.
 const ROWS_PER_INSERT: usize = 32;
 /// Columns of `entries` bound per row.
 const ENTRY_COLUMNS: usize = 15;
 
 fn entries_insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO entries (id, path, kind, status, mode, uid, gid, mtime, mtime_ns,
+        "INSERT OR FAIL INTO entries (id, path, kind, status, mode, uid, gid, mtime, mtime_ns,
              size, hash, tape_file, block, offset, link) VALUES ",
     );
     for r in 0..rows {
@@ -611,6 +614,63 @@ mod tests {
         assert_eq!(loc.by, "ops");
         assert_eq!(m.sessions[0].drive_serial.as_deref(), Some("HU1234"));
         assert_eq!(m.sessions[0].drive_firmware.as_deref(), Some("J4D1"));
+    }
+
+    #[test]
+    fn two_writers_record_into_one_catalog_at_once() {
+        // Two drives, two jobs, one catalog file: interleaved batches from
+        // two threads with their own connections.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("catalog.db");
+        drop(Catalog::open(&p).unwrap());
+        let job = |n: u8| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut cat = Catalog::open(&p).unwrap();
+                let l = label(&format!("TPR00{n}L9"), n, Some((n, "nightly", 1)));
+                let mut rec = cat
+                    .begin_session(
+                        &l,
+                        &start(&l, 100 + n, 1, 1_700_000_000),
+                        2,
+                        &WriterInfo::default(),
+                    )
+                    .unwrap();
+                for i in 0..(3 * BATCH) {
+                    rec.add(&entry(
+                        &format!("shared/d{}/f{i}", i % 7),
+                        1,
+                        1,
+                        2,
+                        i as u64,
+                    ))
+                    .unwrap();
+                }
+                rec.commit(
+                    &end((3 * BATCH) as u64, 1_700_000_100),
+                    &WriteDone::default(),
+                )
+                .unwrap();
+            })
+        };
+        let (a, b) = (job(1), job(2));
+        a.join().unwrap();
+        b.join().unwrap();
+        let cat = Catalog::open_existing(&p).unwrap();
+        let v = cat.find(&FindQuery::new("shared/d3/f10")).unwrap().versions;
+        let mut labels: Vec<&str> = v.iter().map(|v| v.cartridge.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, vec!["TPR001L9", "TPR002L9"]);
+        assert_eq!(
+            count(&cat, "SELECT count(*) FROM entries"),
+            6 * BATCH as i64
+        );
+        // The shared paths were stored once.
+        assert_eq!(
+            count(&cat, "SELECT count(*) FROM paths"),
+            (3 * BATCH + 7 + 1) as i64
+        );
+        assert!(cat.check(true).unwrap().problems.is_empty());
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// larger ones get the cheap probe only (`tapir catalog check` does the rest).
 pub const QUICK_CHECK_LIMIT: u64 = 64 << 20;
 
+/// How long a writer waits for another (an import holds the write lock for
+/// one session at a time: about 5 s per 2.5 million entries).
+const BUSY_SECS: u64 = 120;
+
 /// Page cache per connection (negative: KiB).
 const CACHE_KIB: i64 = 64 * 1024;
 
@@ -349,7 +353,7 @@ fn connect(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
         Connection::open_with_flags(path, flags).map_err(|e| Error::sql(path, "opening", e))?;
-    conn.busy_timeout(Duration::from_secs(10))
+    conn.busy_timeout(Duration::from_secs(BUSY_SECS))
         .map_err(|e| Error::sql(path, "setting the busy timeout", e))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -519,7 +523,7 @@ fn build(tmp: &Path) -> Result<()> {
         path: tmp.to_path_buf(),
     };
     cat.conn
-        .execute_batch("PRAGMA page_size = 4096;")
+        .execute_batch("PRAGMA page_size = 8192;")
         .map_err(cat.err("setting the page size"))?;
     let _: String = cat
         .conn
@@ -547,6 +551,11 @@ fn io(path: &Path, context: &str, source: std::io::Error) -> Error {
 mod tests {
     use super::*;
     use crate::catalog::testutil::*;
+
+    fn page_size_of(p: &Path) -> u64 {
+        let h = std::fs::read(p).unwrap();
+        u16::from_be_bytes([h[16], h[17]]) as u64
+    }
 
     fn fill(cat: &mut Catalog, n: usize) {
         let l = label("TPR001L9", 1, Some((9, "nightly", 1)));
@@ -641,10 +650,11 @@ mod tests {
         fill(&mut cat, 3000);
         drop(cat);
         let len = std::fs::metadata(&p).unwrap().len();
-        assert!(len > 20 * 4096, "test database too small: {len}");
+        let ps = page_size_of(&p);
+        assert!(len > 20 * ps, "test database too small: {len}");
         // At a page boundary: the header's page count gives it away.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
-        f.set_len((len / 2) / 4096 * 4096).unwrap();
+        f.set_len((len / 2) / ps * ps).unwrap();
         drop(f);
         assert!(assert_damaged_and_untouched(&p).contains("truncated"));
         // In the middle of a page.
@@ -662,11 +672,12 @@ mod tests {
         fill(&mut cat, 3000);
         drop(cat);
         let len = std::fs::metadata(&p).unwrap().len();
+        let ps = page_size_of(&p);
         // Overwrite a page in the middle (not page 1) with garbage.
         use std::os::unix::fs::FileExt;
         let f = OpenOptions::new().write(true).open(&p).unwrap();
-        let page = (len / 4096 / 2) * 4096;
-        f.write_all_at(&[0xA5u8; 4096], page).unwrap();
+        let page = (len / ps / 2) * ps;
+        f.write_all_at(&vec![0xA5u8; ps as usize], page).unwrap();
         drop(f);
         assert_damaged_and_untouched(&p);
     }

@@ -840,7 +840,8 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
     let report = cat.import_listing(
         &listing,
         &ImportOptions {
-            drive_name: Some(spec.to_string()),
+            // The drive's own name, as `tapir write` records it.
+            drive_name: Some(drive.name().to_string()),
             who: invoking_user(),
         },
     )?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use tapir::device::library::VirtualLibrary;
-use tapir::device::open::open_drive;
+use tapir::device::open::open_drive_waiting;
 use tapir::device::{Changer, TapeDrive};
 use tapir::exit::ExitStatus;
 use tapir::pipeline::{self, Error};
@@ -26,6 +26,10 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Wait up to SECONDS for a drive that is becoming ready (loading; a new
+    /// LTO-9 cartridge's first-load calibration takes 40 minutes to 2 hours).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    wait_ready: u64,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,6 +39,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// List the tape drives on this system (st devices, from sysfs).
+    Drives,
     /// Virtual tape libraries (file-backed cartridges).
     Vtape {
         #[command(subcommand)]
@@ -305,7 +311,15 @@ fn device_spec(cli: &Cli) -> anyhow::Result<&str> {
 }
 
 fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
-    Ok(open_drive(device_spec(cli)?).map_err(Error::from)?)
+    let timeout = std::time::Duration::from_secs(cli.wait_ready);
+    let mut said = String::new();
+    let mut on_wait = |what: &str| {
+        if what != said {
+            eprintln!("tapir: waiting for the drive: {what}");
+            said = what.to_string();
+        }
+    };
+    Ok(open_drive_waiting(device_spec(cli)?, timeout, &mut on_wait).map_err(Error::from)?)
 }
 
 fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
@@ -321,6 +335,10 @@ fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
 
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     match &cli.command {
+        Command::Drives => {
+            output::drives(cli.json, &tapir::device::discover::discover());
+            Ok(ExitStatus::Success)
+        }
         Command::Vtape { command } => match command {
             VtapeCommand::Create {
                 dir,

@@ -57,6 +57,29 @@ pub fn library_created(json: bool, dir: &Path, inv: &ChangerInventory, capacity:
     println!("use it with: --device vtape:{}", dir.display());
 }
 
+pub fn drives(json: bool, drives: &[tapir::device::discover::DriveInfo]) {
+    if json {
+        print_json(&drives);
+        return;
+    }
+    if drives.is_empty() {
+        println!("no tape drives found (no st devices in /sys/class/scsi_tape)");
+    }
+    for d in drives {
+        println!(
+            "{}  {} {} {}  serial {}{}",
+            d.preferred_path().display(),
+            d.vendor,
+            d.model,
+            d.revision,
+            d.serial.as_deref().unwrap_or("unknown"),
+            d.sg.as_ref()
+                .map(|p| format!("  (SCSI generic {})", p.display()))
+                .unwrap_or_default()
+        );
+    }
+}
+
 pub fn changer_status(json: bool, inv: &ChangerInventory) {
     if json {
         print_json(inv);

@@ -164,9 +164,25 @@ impl std::str::FromStr for DeviceSpec {
 
 /// Open the drive named by `spec` (see [`DeviceSpec::parse`]).
 pub fn open_drive(spec: &str) -> Result<Box<dyn TapeDrive>, DeviceError> {
+    open_drive_waiting(spec, std::time::Duration::ZERO, &mut |_| {})
+}
+
+/// Open the drive named by `spec`, waiting up to `timeout` for a drive that
+/// is becoming ready (loading, or an LTO-9 cartridge's first-load
+/// calibration); `on_wait` is told what it is waiting for.
+pub fn open_drive_waiting(
+    spec: &str,
+    timeout: std::time::Duration,
+    on_wait: &mut dyn FnMut(&str),
+) -> Result<Box<dyn TapeDrive>, DeviceError> {
     match DeviceSpec::parse(spec)? {
         DeviceSpec::VirtualLibrary(dir) => Ok(Box::new(VirtualLibrary::open(dir)?.open_drive()?)),
-        DeviceSpec::St(path) => Ok(Box::new(super::st::StDrive::open(&path, spec)?)),
+        DeviceSpec::St(path) if timeout.is_zero() => {
+            Ok(Box::new(super::st::StDrive::open(&path, spec)?))
+        }
+        DeviceSpec::St(path) => Ok(Box::new(super::st::StDrive::open_when_ready(
+            &path, spec, timeout, on_wait,
+        )?)),
     }
 }
 

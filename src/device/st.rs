@@ -26,6 +26,17 @@
 //! - The driver writes a filemark on close, rewind and backward file spacing
 //!   when the last operation was a write, as the virtual tape does.
 //!
+//! Drives without READ POSITION (tgt's tape emulation, some old drives) get
+//! extra care, because the one such device tested misreports end of data:
+//! it answers BLANK CHECK *with the EOM bit* and no residue, which st takes
+//! for early warning and turns into a "block" of stale buffer bytes. On
+//! these drives a read that returns exactly the largest block is checked
+//! (MTIOCGET, then a second, shorter read), a known end of data is answered
+//! without reading, forward file spacing goes one filemark at a time, a
+//! failed single-filemark space is end of data, and MTEOM is replaced by
+//! spacing file by file. Model-specific misbehaviour found by INQUIRY is in
+//! [`Quirks`].
+//!
 //! The driver's own file/block counters become unknown (-1) after some
 //! operations (spacing into end of data, MTEOM into an unterminated file,
 //! read errors) and miss blocks in the scsi_debug early-warning case, so
@@ -265,6 +276,27 @@ pub struct StDrive {
     eod: bool,
     /// MTIOCGET taken after the last operation, if nothing happened since.
     last_status: Option<StStatus>,
+    /// Known misbehaviour of this drive model.
+    quirks: Quirks,
+}
+
+/// Misbehaviour of particular drive models, worked around here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Backward filemark spacing stops one block too far back, before the
+    /// last block of the file instead of just before the filemark (tgt's
+    /// tape emulation).
+    pub bsf_one_block_early: bool,
+}
+
+impl Quirks {
+    /// The quirks of a drive, from its INQUIRY vendor and product.
+    pub fn for_drive(vendor: &str, product: &str) -> Quirks {
+        let tgt = vendor == "IET" && product.starts_with("VIRTUAL-TAPE");
+        Quirks {
+            bsf_one_block_early: tgt,
+        }
+    }
 }
 
 impl std::fmt::Debug for StDrive {
@@ -295,6 +327,79 @@ impl StDrive {
             });
         }
         Ok(drive)
+    }
+
+    /// Open the drive, waiting up to `timeout` for it to become ready: a
+    /// cartridge being loaded, or a new LTO cartridge's first-load
+    /// calibration (40 minutes to 2 hours). `on_wait` is told, about once a
+    /// minute and at the start, what the drive is doing. An empty drive is
+    /// [`DeviceError::NoMedium`] at once; still not ready at the deadline is
+    /// an error that says what the drive reported.
+    pub fn open_when_ready(
+        path: impl AsRef<Path>,
+        name: &str,
+        timeout: std::time::Duration,
+        on_wait: &mut dyn FnMut(&str),
+    ) -> DeviceResult<StDrive> {
+        use super::sense::{Condition, SenseKey};
+        use super::sg::SgError;
+        let path = path.as_ref();
+        let start = std::time::Instant::now();
+        let mut last_report: Option<std::time::Instant> = None;
+        loop {
+            // The driver decides readiness when the node is opened.
+            let drive = Self::open_drive_only(path, name)?;
+            let st = drive.st_status()?;
+            if st.online() && !st.door_open() {
+                return Ok(drive);
+            }
+            let state = match drive.scsi().test_unit_ready() {
+                Ok(()) => "ready".to_string(),
+                Err(SgError::CheckCondition { sense, .. }) => {
+                    if sense.condition() == Condition::MediumNotPresent {
+                        return Err(DeviceError::NoMedium {
+                            device: name.to_string(),
+                        });
+                    }
+                    if sense.key == SenseKey::NotReady
+                        && sense.condition() == Condition::InitializingCommandRequired
+                    {
+                        return Err(DeviceError::InvalidRequest {
+                            device: name.to_string(),
+                            detail: "the cartridge is not loaded into the drive                                      (it needs a load command: tapir drive load)"
+                                .into(),
+                        });
+                    }
+                    sense.condition().describe()
+                }
+                Err(e) => e.to_string(),
+            };
+            if st.door_open() && state != "ready" {
+                return Err(DeviceError::NoMedium {
+                    device: name.to_string(),
+                });
+            }
+            drop(drive);
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(DeviceError::InvalidRequest {
+                    device: name.to_string(),
+                    detail: format!(
+                        "the drive is still not ready after {} s: {state}",
+                        waited.as_secs()
+                    ),
+                });
+            }
+            if last_report.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                on_wait(&format!(
+                    "waiting for {name} to become ready ({state}; {} s so far, giving up after {} s)",
+                    waited.as_secs(),
+                    timeout.as_secs()
+                ));
+                last_report = Some(std::time::Instant::now());
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2).min(timeout - waited));
+        }
     }
 
     /// Open the drive whether or not a cartridge is loaded (for load,
@@ -338,6 +443,7 @@ impl StDrive {
             early_warning: false,
             eod: false,
             last_status: None,
+            quirks: Quirks::default(),
         };
         let st = drive.st_status()?;
         if !st.door_open() && st.online() {
@@ -377,20 +483,38 @@ impl StDrive {
             self.min_block = (limits.min as usize).max(1);
             self.limits = Some(limits);
         }
+        if let Ok(inq) = self.scsi().inquiry() {
+            self.quirks = Quirks::for_drive(&inq.vendor, &inq.product);
+            if self.quirks != Quirks::default() {
+                tracing::debug!(device = %self.name, vendor = %inq.vendor, product = %inq.product, quirks = ?self.quirks, "working around known misbehaviour");
+            }
+        }
         let st = self.st_status()?;
         self.pos = Pos {
             file: st.file,
             block: st.file.and(st.block),
             lba: None,
         };
-        if self.pos.file == Some(0) && self.pos.block == Some(0) {
-            self.pos.lba = Some(0);
-        }
+        // Whether the drive has READ POSITION decides how end of data is found.
+        self.pos.lba = self.read_lba();
         Ok(())
+    }
+
+    /// The drive cannot report its position (no READ POSITION; tgt's tape
+    /// emulation is one). Such drives are also the ones seen to misreport
+    /// end of data, so this module double-checks it there: see
+    /// [`Self::confirm_phantom`] and [`TapeDrive::seek_end_of_data`].
+    fn no_read_position(&self) -> bool {
+        self.lba_support == Some(false)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Known misbehaviour of this drive that is being worked around.
+    pub fn quirks(&self) -> Quirks {
+        self.quirks
     }
 
     /// The drive's block limits (READ BLOCK LIMITS), when it could be asked.
@@ -777,6 +901,108 @@ impl StDrive {
         Err(self.medium_error(before, "unrecoverable read error"))
     }
 
+    /// A read on a drive without READ POSITION returned exactly the
+    /// largest block. At end of data tgt's emulation answers BLANK CHECK with
+    /// the EOM bit set and no residue; st then takes the EOM bit for early
+    /// warning (or end of data after a filemark) and returns its whole buffer
+    /// of stale bytes as a block, without the tape moving. MTIOCGET shows
+    /// that state; failing that, a second read with one byte less tells: a
+    /// made-up block again has exactly the size asked for. Otherwise the
+    /// first block was real and the second read is undone.
+    fn confirm_phantom(&mut self, before: Pos, len: usize) -> DeviceResult<ReadOutcome> {
+        let real = Ok(ReadOutcome::Block(len));
+        // The drive reported BLANK CHECK with the EOM bit; st took the EOM
+        // bit for early warning (or, after a filemark, for end of data) and
+        // handed out its whole buffer.
+        let st = self.status_now()?;
+        if st.at_eod() || st.at_eot() {
+            return self.phantom_end_of_data(before);
+        }
+        let mut probe = vec![0u8; len - 1];
+        match read_once(&self.file, &mut probe) {
+            Ok(m) if m == len - 1 => self.phantom_end_of_data(before),
+            Ok(0) => {
+                // The first block was real and the probe crossed the
+                // filemark after it: back over that filemark.
+                self.mt(MtOpCode::Bsf, 1)
+                    .map_err(|e| self.errno_error(e, "spacing back over a probed filemark"))?;
+                if self.quirks.bsf_one_block_early {
+                    self.mt(MtOpCode::Fsr, 1)
+                        .map_err(|e| self.errno_error(e, "spacing to just before the filemark"))?;
+                }
+                self.pos = before.next_block();
+                self.pos.lba = None;
+                real
+            }
+            Ok(_) => {
+                self.mt(MtOpCode::Bsr, 1)
+                    .map_err(|e| self.errno_error(e, "spacing back over a probed block"))?;
+                self.pos = before.next_block();
+                real
+            }
+            Err(e) if errno_of(&e) == Errno::ENOMEM => {
+                self.mt(MtOpCode::Bsr, 1)
+                    .map_err(|e| self.errno_error(e, "spacing back over a probed block"))?;
+                self.pos = before.next_block();
+                real
+            }
+            // End of data (or an error) right after a real block: no motion.
+            Err(_) => {
+                self.pos = before.next_block();
+                real
+            }
+        }
+    }
+
+    /// A made-up block was read at end of data: the tape did not move. The
+    /// driver's end-of-medium state from it would turn the next write into
+    /// an early-warning refusal; a zero-count space clears it.
+    fn phantom_end_of_data(&mut self, before: Pos) -> DeviceResult<ReadOutcome> {
+        tracing::debug!(device = %self.name, "a read at end of data returned a made-up block; end of data");
+        self.mt(MtOpCode::Fsr, 0)
+            .map_err(|e| self.errno_error(e, "clearing the driver's end-of-medium state"))?;
+        self.pos = before;
+        self.eod = true;
+        Ok(ReadOutcome::EndOfData)
+    }
+
+    /// End of data on a drive without READ POSITION: space file by file,
+    /// looking at the first block of each (with the phantom check), until a
+    /// file turns out to be empty at end of data or spacing runs into it.
+    fn seek_end_of_data_by_files(&mut self) -> DeviceResult<()> {
+        if self.pos.file.is_none() {
+            self.rewind()?;
+        }
+        if self.pos.block != Some(0) {
+            match self.space_filemarks(1) {
+                Ok(()) => {}
+                Err(DeviceError::EndOfData { .. }) => return self.unterminated_end(),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut buf = vec![0u8; self.max_block];
+        loop {
+            match self.read_block(&mut buf)? {
+                ReadOutcome::EndOfData => return Ok(()),
+                ReadOutcome::Filemark => continue,
+                ReadOutcome::Block(_) => match self.space_filemarks(1) {
+                    Ok(()) => continue,
+                    Err(DeviceError::EndOfData { .. }) => return self.unterminated_end(),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// End of data inside a file that has no filemark, on a drive that
+    /// cannot say where: the file is known, the block is not.
+    fn unterminated_end(&mut self) -> DeviceResult<()> {
+        self.pos.block = None;
+        self.pos.lba = None;
+        self.eod = true;
+        Ok(())
+    }
+
     // ---- writing ----
 
     /// After ENOSPC: was the block written? `None` if it cannot be told.
@@ -966,12 +1192,19 @@ fn write_once(mut file: &File, buf: &[u8]) -> io::Result<usize> {
 impl BlockRead for StDrive {
     fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<ReadOutcome> {
         self.writing = false;
-        self.eod = false;
         self.last_status = None;
         // st refuses reads larger than the drive's maximum block (EINVAL).
         let len = buf.len().min(self.max_block);
         let before = self.pos;
+        if std::mem::take(&mut self.eod) && self.no_read_position() {
+            // Known to be at end of data; such drives may invent a block here.
+            self.eod = true;
+            return Ok(ReadOutcome::EndOfData);
+        }
         match read_once(&self.file, &mut buf[..len]) {
+            Ok(n) if n == len && len == self.max_block && self.no_read_position() => {
+                self.confirm_phantom(before, len)
+            }
             Ok(0) => {
                 let st = self.status_now()?;
                 if st.at_eod() {
@@ -1052,6 +1285,9 @@ impl BlockWrite for StDrive {
                     self.eod = true;
                     let st = self.status_now()?;
                     if st.at_eot() || self.early_warning {
+                        if !self.early_warning {
+                            tracing::debug!(device = %self.name, status = ?st, "early warning reported by the driver");
+                        }
                         self.early_warning = true;
                         return Ok(WriteOutcome::EarlyWarning);
                     }
@@ -1066,6 +1302,7 @@ impl BlockWrite for StDrive {
                 }
                 Err(e) => match errno_of(&e) {
                     Errno::ENOSPC => {
+                        tracing::debug!(device = %self.name, "write returned ENOSPC");
                         self.early_warning = true;
                         match self.was_written(before, st_before) {
                             Some(true) => {
@@ -1176,6 +1413,7 @@ impl TapeDrive for StDrive {
 
     fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
         let was_writing = std::mem::replace(&mut self.writing, false);
+        let was_eod = self.eod;
         self.early_warning = false;
         if count == 0 {
             return Ok(());
@@ -1188,6 +1426,14 @@ impl TapeDrive for StDrive {
                 device: self.name.clone(),
                 detail: format!("cannot space over {count} filemarks at once"),
             })?;
+        if count > 1 && self.no_read_position() {
+            // Such drives give no residue: space one at a time to know where
+            // spacing stopped.
+            for _ in 0..count {
+                self.space_filemarks(1)?;
+            }
+            return Ok(());
+        }
         if count > 0 {
             match self.mt(MtOpCode::Fsf, n) {
                 Ok(()) => {
@@ -1200,6 +1446,19 @@ impl TapeDrive for StDrive {
                 }
                 Err(Errno::EIO) => {
                     let st = self.status_now()?;
+                    if !st.at_eod() && n == 1 && self.no_read_position() {
+                        // tgt reports end of data on spacing as NO SENSE with
+                        // "end of data" and no residue, which st does not
+                        // flag; spacing only stops there.
+                        self.pos = Pos {
+                            file: start.file,
+                            // Known to be at end of data already: no motion.
+                            block: if was_eod { start.block } else { None },
+                            lba: None,
+                        };
+                        self.eod = true;
+                        return Err(self.end_of_data());
+                    }
                     if !st.at_eod() {
                         return Err(self.errno_error(Errno::EIO, "spacing forward over filemarks"));
                     }
@@ -1228,6 +1487,22 @@ impl TapeDrive for StDrive {
             }
         } else {
             match self.mt(MtOpCode::Bsf, n) {
+                Ok(()) if self.quirks.bsf_one_block_early => {
+                    // Forward over the block it stopped before, to just
+                    // before the filemark.
+                    self.mt(MtOpCode::Fsr, 1)
+                        .map_err(|e| self.errno_error(e, "spacing to just before the filemark"))?;
+                    let expected = start
+                        .file
+                        .map(|f| f + was_writing as u32)
+                        .and_then(|f| f.checked_sub(n as u32));
+                    self.pos = Pos {
+                        file: expected,
+                        block: None,
+                        lba: None,
+                    };
+                    Ok(())
+                }
                 Ok(()) => {
                     let st = self.status_now()?;
                     // The driver wrote a filemark first if the last operation
@@ -1362,6 +1637,9 @@ impl TapeDrive for StDrive {
     fn seek_end_of_data(&mut self) -> DeviceResult<()> {
         self.writing = false;
         self.early_warning = false;
+        if self.no_read_position() {
+            return self.seek_end_of_data_by_files();
+        }
         self.mt(MtOpCode::Eom, 1)
             .map_err(|e| self.errno_error(e, "going to end of data (MTEOM)"))?;
         let st = self.sync_from_driver()?;
