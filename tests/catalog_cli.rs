@@ -50,7 +50,6 @@ fn hash_hex(data: &[u8]) -> String {
 }
 
 #[test]
-#[ignore = "needs CLI wiring: see src/cli/catalog.rs"]
 fn import_then_find_move_and_recall() {
     let (lab, cat) = two_nights();
 
@@ -184,7 +183,6 @@ fn import_then_find_move_and_recall() {
 }
 
 #[test]
-#[ignore = "needs CLI wiring: see src/cli/catalog.rs"]
 fn importing_twice_changes_nothing_and_a_scan_agrees_with_the_catalog() {
     let (lab, cat) = two_nights();
     assert_ok(&ctapir(&lab, &cat, &["catalog", "import"]));
@@ -218,7 +216,6 @@ fn importing_twice_changes_nothing_and_a_scan_agrees_with_the_catalog() {
 }
 
 #[test]
-#[ignore = "needs CLI wiring: see src/cli/catalog.rs"]
 fn a_damaged_catalog_is_reported_with_a_hint_and_never_recreated() {
     let (lab, cat) = two_nights();
     fs::write(&cat, vec![0x42u8; 8192]).unwrap();
@@ -261,7 +258,6 @@ fn a_damaged_catalog_is_reported_with_a_hint_and_never_recreated() {
 }
 
 #[test]
-#[ignore = "needs CLI wiring: see src/cli/catalog.rs"]
 fn prune_and_check_through_the_cli() {
     let (lab, cat) = two_nights();
     assert_ok(&ctapir(&lab, &cat, &["catalog", "import"]));
@@ -296,7 +292,6 @@ fn prune_and_check_through_the_cli() {
 }
 
 #[test]
-#[ignore = "needs CLI and writer wiring: see patches-for-lead/catalog-wiring.diff"]
 fn write_records_each_session_and_an_import_agrees() {
     // `tapir write` records into the lab's catalog ($TAPIR_CATALOG).
     let (lab, _) = two_nights();

@@ -185,6 +185,7 @@ fn unreadable_sources_are_warnings_not_failures() {
             .arg(lab.device())
             .args(args)
             .current_dir(&src)
+            .env("TAPIR_CATALOG", lab.catalog())
             .output()
             .unwrap()
     };

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each command parses, calls the
 //! library, and prints; `anyhow` is used only here, at the edge.
 
+mod catalog;
 mod output;
 
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ struct Cli {
     /// Tape device: /dev/nstN, a /dev/tape/by-id link, or vtape:DIR (a virtual library).
     #[arg(long, global = true, env = "TAPE")]
     device: Option<String>,
+    /// The host catalog (default /var/lib/tapir/catalog.db).
+    #[arg(long, global = true, env = "TAPIR_CATALOG", value_name = "PATH")]
+    catalog: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -98,6 +102,9 @@ enum Command {
         /// Size of each spool file (two exist at most).
         #[arg(long, default_value = "1G", value_parser = parse_size, requires = "spool")]
         spool_size: u64,
+        /// Do not record this session in the host catalog.
+        #[arg(long)]
+        no_catalog: bool,
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
@@ -131,6 +138,8 @@ enum Command {
         #[arg(long)]
         session: Option<u32>,
     },
+    #[command(flatten)]
+    Catalog(catalog::CatalogCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -435,6 +444,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             spool_below,
             spool_window,
             spool_size,
+            no_catalog,
             paths,
         } => {
             let mut drive = open(cli)?;
@@ -450,6 +460,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             }
             let opts = pipeline::writer::WriteOptions {
                 interrupt: Some(interrupt),
+                catalog: (!no_catalog)
+                    .then(|| tapir::catalog::resolve_path(cli.catalog.as_deref())),
                 sources: paths.clone(),
                 set_name: set.clone(),
                 walk: pipeline::source::WalkOptions {
@@ -516,6 +528,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             output::restored(cli.json, &summary);
             Ok(summary.exit_status())
         }
+        Command::Catalog(c) => catalog::run(
+            c,
+            &catalog::Globals {
+                catalog: cli.catalog.as_deref(),
+                device: cli.device.as_deref(),
+                json: cli.json,
+            },
+        ),
         Command::Verify { session } => {
             let mut drive = open(cli)?;
             let summary = pipeline::verify::verify(drive.as_mut(), *session)?;

@@ -26,6 +26,11 @@ use super::pool::BufferPool;
 use super::source::{open_source_file, WalkItem, WalkOptions, Walker};
 use super::volume::{hostname, map_tape, write_label, TapeMap};
 use super::{Error, Result};
+use crate::catalog::record::WriteDone;
+use crate::catalog::{Catalog, WriterInfo};
+
+/// Catalog entries queued between the producer and the catalog recorder.
+const CATALOG_QUEUE: usize = 16 * 1024;
 
 /// What to write and how.
 #[derive(Debug, Clone)]
@@ -49,6 +54,8 @@ pub struct WriteOptions {
     pub spool: Option<super::spool::SpoolOptions>,
     /// Set (by a signal handler) to close the session early and cleanly.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Record the session in this host catalog (None: do not record).
+    pub catalog: Option<PathBuf>,
 }
 
 impl Default for WriteOptions {
@@ -64,6 +71,7 @@ impl Default for WriteOptions {
             start_fill_percent: 25,
             spool: None,
             interrupt: None,
+            catalog: None,
         }
     }
 }
@@ -167,8 +175,41 @@ pub fn write_session(
     let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
     let pool = BufferPool::new(n_buffers, block_size);
 
+    let start = session_start(opts, &membership, session, map.label.block_size);
+    // The host catalog: a problem with it never stops the backup; it is a
+    // warning, and `tapir catalog import` catalogues the cartridge later.
+    let mut catalog_warnings = Vec::new();
+    let mut catalog = match &opts.catalog {
+        Some(path) => match Catalog::open(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                catalog_warnings.push(format!("{e}; this session is not catalogued"));
+                None
+            }
+        },
+        None => None,
+    };
+    let writer_info = WriterInfo {
+        drive_name: Some(drive.name().to_string()),
+        drive: None,
+        who: String::new(),
+    };
+    let mut recorder = match catalog.as_mut() {
+        Some(c) => match c.begin_session(&map.label, &start, data_file, &writer_info) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                catalog_warnings.push(format!("{e}; this session is not catalogued"));
+                None
+            }
+        },
+        None => None,
+    };
+    let (to_catalog, catalog_queue) = sync_channel::<CatalogEntry>(CATALOG_QUEUE);
+
     let ctx = ProducerContext {
         opts,
+        start: &start,
+        to_catalog: recorder.is_some().then_some(to_catalog),
         membership: &membership,
         label_name: &map.label.label,
         session,
@@ -177,7 +218,7 @@ pub fn write_session(
         progress,
     };
     let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
-    let (produced, drove, spooled) = std::thread::scope(|scope| {
+    let (produced, drove, spooled, recorded) = std::thread::scope(|scope| {
         let pool = &pool;
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
         // and hashing; the bounded queue also bounds open descriptors.
@@ -228,6 +269,15 @@ pub fn write_session(
             }
             None => (to_drive, None),
         };
+        // Recording runs in its own thread, so the catalog never slows the drive.
+        let recording = recorder.as_mut().map(|r| {
+            scope.spawn(move || -> crate::catalog::Result<()> {
+                for e in catalog_queue {
+                    r.add(&e)?;
+                }
+                r.flush()
+            })
+        });
         let producer = scope.spawn(move || produce(ctx, walked, compress_jobs, to_next, pool));
         let writer = scope.spawn(move || {
             let r = drive_writer(
@@ -248,10 +298,18 @@ pub fn write_session(
             .map(join)
             .collect::<Result<Vec<()>>>();
         let spooled = spool.map(join).transpose();
+        let recorded = recording.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(crate::catalog::Error::Invalid(
+                    "the catalog recorder panicked".into(),
+                ))
+            })
+        });
         (
             produced.and_then(|p| walked.and(compressed).map(|_| p)),
             join(writer),
             spooled,
+            recorded,
         )
     });
     // The drive's error explains a producer that stopped because the drive did.
@@ -260,8 +318,33 @@ pub fn write_session(
     let spool = spooled?;
     let produced = produced?;
 
+    // Both threads succeeded, so the final synchronous filemark returned:
+    // the whole session is on the medium. Only now may the catalog show it.
+    // (On any error above, the recorder is dropped, which discards it.)
+    if let Some(r) = recorder {
+        let done = WriteDone {
+            catalog_tape_file: Some(data_file + 1),
+            bytes_written: drove.bytes,
+            cartridge_full: drove.early_warning,
+        };
+        let committed = match (recorded, &produced.summary) {
+            (Some(Err(e)), _) => {
+                let _ = r.abort();
+                Err(e)
+            }
+            (_, Some(end)) => r.commit(end, &done),
+            (_, None) => Ok(()),
+        };
+        if let Err(e) = committed {
+            catalog_warnings.push(format!(
+                "{e}; this session is not catalogued: run `tapir catalog import` with the cartridge loaded"
+            ));
+        }
+    }
+
     let elapsed = started.elapsed().as_secs_f64();
     let mut warnings = produced.warnings;
+    warnings.extend(catalog_warnings);
     if drove.early_warning {
         warnings.push(format!(
             "{}: the cartridge reached early warning; it is nearly full",
@@ -310,6 +393,35 @@ pub fn write_session(
         spool,
         interrupted: produced.interrupted,
     })
+}
+
+/// The `SessionStart` of the session about to be written.
+fn session_start(
+    opts: &WriteOptions,
+    membership: &SetMembership,
+    session: u32,
+    block_size: u32,
+) -> SessionStart {
+    SessionStart {
+        session_uuid: *uuid::Uuid::new_v4().as_bytes(),
+        session,
+        set_uuid: membership.set_uuid,
+        set_name: membership.set_name.clone(),
+        host: hostname(),
+        started: Timestamp::now(),
+        tapir_version: env!("CARGO_PKG_VERSION").to_string(),
+        sources: opts
+            .sources
+            .iter()
+            .map(|p| {
+                minicbor::bytes::ByteVec::from(
+                    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec(),
+                )
+            })
+            .collect(),
+        volume_seq: membership.volume_seq,
+        block_size,
+    }
 }
 
 fn join<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
@@ -551,6 +663,9 @@ fn drive_writer(
 
 struct ProducerContext<'a> {
     opts: &'a WriteOptions,
+    start: &'a SessionStart,
+    /// Each entry's catalog record, for the host catalog (if recording).
+    to_catalog: Option<SyncSender<CatalogEntry>>,
     membership: &'a SetMembership,
     label_name: &'a str,
     session: u32,
@@ -560,6 +675,7 @@ struct ProducerContext<'a> {
 }
 
 struct Produced {
+    summary: Option<SessionEnd>,
     interrupted: bool,
     entries: u64,
     files: u64,
@@ -720,30 +836,11 @@ fn produce(
         ctx.block_size,
         first,
     );
-    let start = SessionStart {
-        session_uuid: *uuid::Uuid::new_v4().as_bytes(),
-        session: ctx.session,
-        set_uuid: ctx.membership.set_uuid,
-        set_name: ctx.membership.set_name.clone(),
-        host: hostname(),
-        started: Timestamp::now(),
-        tapir_version: env!("CARGO_PKG_VERSION").to_string(),
-        sources: ctx
-            .opts
-            .sources
-            .iter()
-            .map(|p| {
-                minicbor::bytes::ByteVec::from(
-                    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec(),
-                )
-            })
-            .collect(),
-        volume_seq: ctx.membership.volume_seq,
-        block_size: ctx.block_size,
-    };
-    framer.push_record(RecordType::SessionStart, 0, &[&to_cbor(&start)], &mut emit)?;
+    let start = ctx.start;
+    framer.push_record(RecordType::SessionStart, 0, &[&to_cbor(start)], &mut emit)?;
 
     let mut p = Produced {
+        summary: None,
         interrupted: false,
         entries: 0,
         files: 0,
@@ -860,6 +957,10 @@ fn produce(
         listed.blake3 = end.blake3;
         listed.status = end.status;
         spill.push(&listed)?;
+        if let Some(tx) = &ctx.to_catalog {
+            // A recorder that failed has hung up; its error is reported at the end.
+            let _ = tx.send(listed.clone());
+        }
         p.entries += 1;
         match kind {
             EntryKind::File => p.files += 1,
@@ -900,6 +1001,7 @@ fn produce(
         skipped: p.skipped,
     };
     framer.push_record(RecordType::SessionEnd, 0, &[&to_cbor(&summary)], &mut emit)?;
+    p.summary = Some(summary.clone());
     let last = framer.finish();
     let fresh = emit(last)?;
     // Structure uses an immediate filemark; durability comes at the end.

@@ -34,6 +34,11 @@ impl Lab {
         self.dir.path().join(rel)
     }
 
+    /// The lab's own host catalog (every tapir run here uses it).
+    pub fn catalog(&self) -> PathBuf {
+        self.dir.path().join("catalog.db")
+    }
+
     pub fn lib(&self) -> PathBuf {
         self.dir.path().join("lib")
     }
@@ -55,7 +60,11 @@ impl Lab {
         rest: &[&str],
     ) -> Output {
         let mut c = Command::new(TAPIR);
-        c.args(cmd).args(paths).args(rest).env_remove("TAPE");
+        c.args(cmd)
+            .args(paths)
+            .args(rest)
+            .env_remove("TAPE")
+            .env("TAPIR_CATALOG", self.catalog());
         c.output().unwrap()
     }
 
@@ -80,6 +89,7 @@ impl Lab {
             .arg(self.device())
             .args(args)
             .env_remove("TAPE")
+            .env("TAPIR_CATALOG", self.catalog())
             .output()
             .unwrap()
     }
