@@ -29,8 +29,10 @@ use super::{Error, Result};
 use crate::catalog::record::WriteDone;
 use crate::catalog::{Catalog, WriterInfo};
 
-/// Catalog entries queued between the producer and the catalog recorder.
-const CATALOG_QUEUE: usize = 16 * 1024;
+/// Catalog entries go to the recorder in batches (one handoff per batch);
+/// at most this many batches wait.
+const CATALOG_BATCH: usize = 256;
+const CATALOG_QUEUE_BATCHES: usize = 64;
 
 /// What to write and how.
 #[derive(Debug, Clone)]
@@ -204,7 +206,7 @@ pub fn write_session(
         },
         None => None,
     };
-    let (to_catalog, catalog_queue) = sync_channel::<CatalogEntry>(CATALOG_QUEUE);
+    let (to_catalog, catalog_queue) = sync_channel::<Vec<CatalogEntry>>(CATALOG_QUEUE_BATCHES);
 
     let ctx = ProducerContext {
         opts,
@@ -272,7 +274,7 @@ pub fn write_session(
         // Recording runs in its own thread, so the catalog never slows the drive.
         let recording = recorder.as_mut().map(|r| {
             scope.spawn(move || -> crate::catalog::Result<()> {
-                for e in catalog_queue {
+                for e in catalog_queue.into_iter().flatten() {
                     r.add(&e)?;
                 }
                 r.flush()
@@ -665,7 +667,7 @@ struct ProducerContext<'a> {
     opts: &'a WriteOptions,
     start: &'a SessionStart,
     /// Each entry's catalog record, for the host catalog (if recording).
-    to_catalog: Option<SyncSender<CatalogEntry>>,
+    to_catalog: Option<SyncSender<Vec<CatalogEntry>>>,
     membership: &'a SetMembership,
     label_name: &'a str,
     session: u32,
@@ -861,6 +863,7 @@ fn produce(
     };
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
+    let mut catalog_batch = Vec::with_capacity(CATALOG_BATCH);
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
@@ -958,8 +961,14 @@ fn produce(
         listed.status = end.status;
         spill.push(&listed)?;
         if let Some(tx) = &ctx.to_catalog {
-            // A recorder that failed has hung up; its error is reported at the end.
-            let _ = tx.send(listed.clone());
+            catalog_batch.push(listed);
+            if catalog_batch.len() == CATALOG_BATCH {
+                // A recorder that failed has hung up; its error is reported at the end.
+                let _ = tx.send(std::mem::replace(
+                    &mut catalog_batch,
+                    Vec::with_capacity(CATALOG_BATCH),
+                ));
+            }
         }
         p.entries += 1;
         match kind {
@@ -986,6 +995,11 @@ fn produce(
         }
     }
 
+    if let Some(tx) = &ctx.to_catalog {
+        if !catalog_batch.is_empty() {
+            let _ = tx.send(std::mem::take(&mut catalog_batch));
+        }
+    }
     let summary = SessionEnd {
         entries: p.entries,
         stored_bytes: p.bytes_stored,
