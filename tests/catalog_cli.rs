@@ -353,3 +353,25 @@ fn write_records_each_session_and_an_import_agrees() {
 fn code_of(out: &std::process::Output) -> i32 {
     code(out)
 }
+
+/// `verify` and `restore` leave their mark on the cartridge's record.
+#[test]
+fn verify_and_restore_are_noted_on_the_cartridge() {
+    let lab = Lab::new(1, "64M");
+    lab.label("TAP001L9");
+    let src = lab.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    assert_ok(&lab.tapir_in(&src, ["write", "f"]));
+    assert_ok(&lab.tapir(["verify"]));
+    let out = lab.path("out");
+    assert_ok(&lab.tapir(["restore", "--to", out.to_str().unwrap()]));
+    let show = lab.tapir(["media", "show", "TAP001L9"]);
+    assert_ok(&show);
+    let text = text(&show.stdout);
+    assert!(text.contains("read 2 time(s)"), "{text}");
+    assert!(
+        text.contains("last verified") && text.contains(": ok"),
+        "{text}"
+    );
+}

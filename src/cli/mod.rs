@@ -331,6 +331,21 @@ fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
     Ok(open_drive_waiting(device_spec(cli)?, timeout, &mut on_wait).map_err(Error::from)?)
 }
 
+/// Note a read or verify in the host catalog, if there is one. Reading
+/// commands never create a catalog, and a catalog problem never fails them.
+fn note_in_catalog(
+    cli: &Cli,
+    note: impl FnOnce(&mut tapir::catalog::Catalog) -> tapir::catalog::Result<bool>,
+) {
+    let path = tapir::catalog::resolve_path(cli.catalog.as_deref());
+    if !path.exists() {
+        return;
+    }
+    if let Err(e) = tapir::catalog::Catalog::open_existing(&path).and_then(|mut c| note(&mut c)) {
+        eprintln!("tapir: warning: the host catalog was not updated: {e}");
+    }
+}
+
 fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     let spec = device_spec(cli)?;
     match spec.strip_prefix("vtape:") {
@@ -525,6 +540,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 numeric_owner: *numeric_owner,
             };
             let summary = pipeline::restore::restore(drive.as_mut(), &opts)?;
+            let errors = (summary.damaged.len() + summary.lost_blocks.len()) as u64;
+            note_in_catalog(cli, |c| c.record_read(&summary.volume_uuid, errors));
             output::restored(cli.json, &summary);
             Ok(summary.exit_status())
         }
@@ -539,6 +556,17 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Command::Verify { session } => {
             let mut drive = open(cli)?;
             let summary = pipeline::verify::verify(drive.as_mut(), *session)?;
+            let ok = summary.exit_status() == ExitStatus::Success;
+            let detail = format!(
+                "{} of {} entries intact, {} bad block run(s)",
+                summary.entries_ok,
+                summary.entries,
+                summary.bad_blocks.len()
+            );
+            // A verify counts as one read of the cartridge.
+            note_in_catalog(cli, |c| {
+                c.record_verify(&summary.volume_uuid, ok, Some(&detail))
+            });
             output::verified(cli.json, &summary);
             Ok(summary.exit_status())
         }

@@ -36,6 +36,9 @@ pub struct NotRestored {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreSummary {
     pub cartridge: String,
+    /// The cartridge's volume UUID, for the host catalog.
+    #[serde(skip)]
+    pub volume_uuid: [u8; 16],
     pub target: String,
     pub selected: u64,
     pub restored: u64,
@@ -106,6 +109,7 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         .collect();
     let mut summary = RestoreSummary {
         cartridge: label.label.clone(),
+        volume_uuid: label.volume_uuid,
         target: opts.target.display().to_string(),
         ..Default::default()
     };

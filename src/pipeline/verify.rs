@@ -24,6 +24,9 @@ pub struct BadBlocks {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifySummary {
     pub cartridge: String,
+    /// The cartridge's volume UUID, for the host catalog.
+    #[serde(skip)]
+    pub volume_uuid: [u8; 16],
     pub sessions: u64,
     pub entries: u64,
     pub entries_ok: u64,
@@ -115,6 +118,7 @@ pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySumm
         .unwrap_or([0; 16]);
     let mut sum = VerifySummary {
         cartridge: map.label.label.clone(),
+        volume_uuid: map.label.volume_uuid,
         ..Default::default()
     };
     for (file, why) in &map.unknown_files {
