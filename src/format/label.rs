@@ -81,6 +81,14 @@ pub struct VolumeLabel {
     pub tapir_version: String,
 }
 
+impl VolumeLabel {
+    /// The set identity every block of this cartridge carries: zeros for a
+    /// blank labelled cartridge that has joined no set yet.
+    pub fn set_uuid(&self) -> [u8; 16] {
+        self.set.as_ref().map(|s| s.set_uuid).unwrap_or([0; 16])
+    }
+}
+
 /// Encoding and decoding of the whole label block.
 pub struct LabelBlock;
 
@@ -155,7 +163,7 @@ impl LabelBlock {
             version: FORMAT_VERSION,
             kind: BlockKind::Label,
             flags: super::block::FLAG_LAST_IN_FILE,
-            set_uuid: label.set.as_ref().map(|s| s.set_uuid).unwrap_or([0; 16]),
+            set_uuid: label.set_uuid(),
             volume_seq: label.set.as_ref().map(|s| s.volume_seq).unwrap_or(0),
             tape_file: 0,
             block_seq: 0,

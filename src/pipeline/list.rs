@@ -126,7 +126,7 @@ pub fn scan_session(
             Ok(())
         }
     }
-    let set_uuid = label.set.as_ref().map(|m| m.set_uuid).unwrap_or([0; 16]);
+    let set_uuid = label.set_uuid();
     drive.locate(s.data_file, 0)?;
     let mut scan = Scan {
         entries: Vec::new(),

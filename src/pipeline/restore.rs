@@ -101,7 +101,7 @@ pub fn pattern_selects(pattern: &[u8], path: &[u8]) -> bool {
 pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let listing = list_cartridge(drive, opts.session)?;
     let label = listing.map.label.clone();
-    let set_uuid = label.set.as_ref().map(|m| m.set_uuid).unwrap_or([0; 16]);
+    let set_uuid = label.set_uuid();
     let patterns: Vec<Vec<u8>> = opts
         .patterns
         .iter()

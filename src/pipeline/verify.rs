@@ -110,12 +110,7 @@ impl EntryVisitor for Checker {
 /// Verify `only` (a session number) or every session on the loaded cartridge.
 pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySummary> {
     let map = map_tape(drive)?;
-    let set_uuid = map
-        .label
-        .set
-        .as_ref()
-        .map(|m| m.set_uuid)
-        .unwrap_or([0; 16]);
+    let set_uuid = map.label.set_uuid();
     let mut sum = VerifySummary {
         cartridge: map.label.label.clone(),
         volume_uuid: map.label.volume_uuid,

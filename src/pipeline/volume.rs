@@ -315,7 +315,7 @@ pub fn read_catalog(
         return Ok(None);
     };
     drive.locate(cat_file, 0)?;
-    let set_uuid = label.set.as_ref().map(|s| s.set_uuid).unwrap_or([0; 16]);
+    let set_uuid = label.set_uuid();
     let mut reader = StreamReader::new(
         drive,
         StreamExpect {

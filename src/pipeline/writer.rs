@@ -534,12 +534,7 @@ fn confirm_last_block(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<()> {
         crate::device::ReadOutcome::Block(n) => n,
         other => return Err(refuse(format!("{other:?}"))),
     };
-    let set_uuid = map
-        .label
-        .set
-        .as_ref()
-        .map(|m| m.set_uuid)
-        .unwrap_or([0; 16]);
+    let set_uuid = map.label.set_uuid();
     match crate::format::BlockHeader::decode(&buf[..n]) {
         Ok((h, _)) if h.tape_file == last_file && h.set_uuid == set_uuid => Ok(()),
         Ok((h, _)) => Err(refuse(format!(
