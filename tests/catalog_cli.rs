@@ -375,3 +375,45 @@ fn verify_and_restore_are_noted_on_the_cartridge() {
         "{text}"
     );
 }
+
+/// The catalog records which drive wrote a cartridge, and
+/// `verify --other-drive` refuses that drive and accepts another.
+#[test]
+fn verify_on_another_drive_than_the_writer() {
+    let lab = Lab::new(1, "64M");
+    lab.label("TAP001L9");
+    let src = lab.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    assert_ok(&lab.tapir_in(&src, ["write", "f"]));
+    let same = lab.tapir(["verify", "--other-drive"]);
+    assert_code(&same, 3);
+    assert!(
+        text(&same.stderr).contains("wrote cartridge TAP001L9"),
+        "{}",
+        text(&same.stderr)
+    );
+
+    // The same cartridge in a second library's drive.
+    let other = lab.path("other");
+    let created = std::process::Command::new(TAPIR)
+        .args(["vtape", "create"])
+        .arg(&other)
+        .args(["--slots", "1", "--capacity", "64M"])
+        .output()
+        .unwrap();
+    assert_ok(&created);
+    std::fs::copy(
+        lab.image("TAP001L9"),
+        other.join("cartridges/TAP001L9.vtape"),
+    )
+    .unwrap();
+    let elsewhere = std::process::Command::new(TAPIR)
+        .arg("--device")
+        .arg(format!("vtape:{}", other.display()))
+        .args(["verify", "--other-drive"])
+        .env("TAPIR_CATALOG", lab.catalog())
+        .output()
+        .unwrap();
+    assert_ok(&elsewhere);
+}

@@ -23,13 +23,7 @@ use super::{now_sec, u64_sql, Catalog, Error, Result};
 pub const BATCH: usize = 4096;
 
 /// The drive that writes, as far as it can tell.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DriveIdentity {
-    pub vendor: Option<String>,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    pub firmware: Option<String>,
-}
+pub use crate::device::DriveIdentity;
 
 /// Who and what is writing.
 #[derive(Debug, Clone, Default)]

@@ -137,6 +137,11 @@ enum Command {
     Verify {
         #[arg(long)]
         session: Option<u32>,
+        /// Refuse to verify in a drive that wrote any session of this
+        /// cartridge (per the host catalog): a drive reads back what it wrote
+        /// even when its heads are out of line.
+        #[arg(long)]
+        other_drive: bool,
     },
     #[command(flatten)]
     Catalog(catalog::CatalogCommand),
@@ -329,6 +334,48 @@ fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
         }
     };
     Ok(open_drive_waiting(device_spec(cli)?, timeout, &mut on_wait).map_err(Error::from)?)
+}
+
+/// `verify --other-drive`: the loaded drive must not be one that wrote this
+/// cartridge, as the host catalog records them.
+fn check_other_drive(cli: &Cli, drive: &mut dyn TapeDrive) -> anyhow::Result<()> {
+    let serial = drive.identity().and_then(|d| d.serial).ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: the drive does not report a serial number; --other-drive cannot tell drives apart",
+            drive.name()
+        ))
+    })?;
+    let label = match pipeline::volume::read_label(drive)? {
+        pipeline::volume::LabelState::Tapir(l) => l,
+        _ => return Err(Error::Refused(format!("{}: not a tapir cartridge", drive.name())).into()),
+    };
+    let path = tapir::catalog::resolve_path(cli.catalog.as_deref());
+    let known = |e: tapir::catalog::Error| {
+        Error::Usage(format!("--other-drive needs the host catalog: {e}"))
+    };
+    let catalog = tapir::catalog::Catalog::open_existing(&path).map_err(known)?;
+    let detail = catalog.media_show(&label.label).map_err(known)?;
+    let writers: Vec<String> = detail
+        .sessions
+        .iter()
+        .filter_map(|s| s.drive_serial.clone())
+        .collect();
+    if writers.is_empty() {
+        return Err(Error::Usage(format!(
+            "the host catalog does not record which drive wrote {}; --other-drive cannot be checked",
+            label.label
+        ))
+        .into());
+    }
+    if writers.contains(&serial) {
+        return Err(Error::Refused(format!(
+            "{}: this drive (serial {serial}) wrote cartridge {}; load it in another drive to check that it reads elsewhere",
+            drive.name(),
+            label.label
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Note a read or verify in the host catalog, if there is one. Reading
@@ -553,8 +600,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 json: cli.json,
             },
         ),
-        Command::Verify { session } => {
+        Command::Verify {
+            session,
+            other_drive,
+        } => {
             let mut drive = open(cli)?;
+            if *other_drive {
+                check_other_drive(cli, drive.as_mut())?;
+            }
             let summary = pipeline::verify::verify(drive.as_mut(), *session)?;
             let ok = summary.exit_status() == ExitStatus::Success;
             let detail = format!(

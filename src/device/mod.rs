@@ -43,6 +43,16 @@ pub enum WriteOutcome {
     EarlyWarning,
 }
 
+/// Who the drive is, as far as it can tell (for the catalog: which drive
+/// wrote a cartridge, so a verify can be run on another).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DriveIdentity {
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub firmware: Option<String>,
+}
+
 /// Drive and cartridge status as the drive reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DriveStatus {
@@ -152,6 +162,10 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn status(&mut self) -> DeviceResult<DriveStatus>;
     /// Largest block this drive can read or write.
     fn max_block_size(&self) -> usize;
+    /// Vendor, model, serial and firmware, when the drive can tell.
+    fn identity(&mut self) -> Option<DriveIdentity> {
+        None
+    }
     /// Streaming figures from the drive (backhitches), when it can tell.
     fn streaming_stats(&self) -> Option<drivesim::StreamingStats> {
         None

@@ -1397,6 +1397,17 @@ impl BlockWrite for StDrive {
 }
 
 impl TapeDrive for StDrive {
+    fn identity(&mut self) -> Option<super::DriveIdentity> {
+        let scsi = self.scsi();
+        let inq = scsi.inquiry().ok()?;
+        Some(super::DriveIdentity {
+            vendor: Some(inq.vendor.trim().to_string()),
+            model: Some(inq.product.trim().to_string()),
+            serial: scsi.unit_serial_number().ok().map(|s| s.trim().to_string()),
+            firmware: Some(inq.revision.trim().to_string()),
+        })
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

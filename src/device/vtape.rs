@@ -914,6 +914,18 @@ impl TapeDrive for VirtualTape {
         &self.name
     }
 
+    /// A virtual drive is named by its library: the serial is derived from
+    /// the device name, so each library's drive is told apart.
+    fn identity(&mut self) -> Option<super::DriveIdentity> {
+        let hash = blake3::hash(self.name.as_bytes());
+        Some(super::DriveIdentity {
+            vendor: Some("tapir".into()),
+            model: Some("VIRTUAL-TAPE".into()),
+            serial: Some(format!("VT{}", &hash.to_hex()[..10])),
+            firmware: Some(env!("CARGO_PKG_VERSION").into()),
+        })
+    }
+
     fn streaming_stats(&self) -> Option<super::drivesim::StreamingStats> {
         self.sim.as_ref().map(|s| s.stats())
     }

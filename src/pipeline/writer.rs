@@ -193,7 +193,7 @@ pub fn write_session(
     };
     let writer_info = WriterInfo {
         drive_name: Some(drive.name().to_string()),
-        drive: None,
+        drive: drive.identity(),
         who: String::new(),
     };
     let mut recorder = match catalog.as_mut() {
