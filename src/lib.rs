@@ -1,6 +1,6 @@
 //! tapir: a tape and removable-media archiver.
 //!
-//! Layers, bottom up: [`device`] (drives, the only `unsafe`), [`format`] (the
+//! Layers, bottom up: [`device`] (drives, the only `unsafe`), [`format`](mod@format) (the
 //! on-media format, pure), [`pipeline`] (walk, write, read, restore, verify),
 //! and the thin `cli` in the binary's `src/cli/`.
 

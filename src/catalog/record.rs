@@ -426,7 +426,7 @@ pub(crate) fn join_sources<'a>(sources: impl Iterator<Item = &'a [u8]>) -> Vec<u
     out
 }
 
-/// The inverse of [`join_sources`].
+/// The inverse of `join_sources`: the sources as separate paths.
 pub fn split_sources(b: &[u8]) -> Vec<Vec<u8>> {
     if b.is_empty() {
         return Vec::new();
