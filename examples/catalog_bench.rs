@@ -97,7 +97,7 @@ fn dir_of(i: u64) -> String {
 
 /// Entry `i` of session `s`: one file in ten changes each night.
 fn entry(i: u64, s: u64) -> CatalogEntry {
-    let changed = if splitmix(i) % 10 == 0 { s } else { 0 };
+    let changed = if splitmix(i).is_multiple_of(10) { s } else { 0 };
     let r = splitmix(i ^ (changed << 40));
     let mut hash = [0u8; 32];
     for (k, chunk) in hash.chunks_mut(8).enumerate() {
