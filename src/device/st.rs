@@ -317,6 +317,17 @@ fn errno_of(e: &io::Error) -> Errno {
 }
 
 impl StDrive {
+    /// The ioctl count for spacing over `count` filemarks or blocks.
+    fn space_count(&self, count: i64, what: &str) -> DeviceResult<i32> {
+        i32::try_from(count.unsigned_abs())
+            .ok()
+            .filter(|&n| n <= SPACE_MAX)
+            .ok_or_else(|| DeviceError::InvalidRequest {
+                device: self.name.clone(),
+                detail: format!("cannot space over {count} {what} at once"),
+            })
+    }
+
     /// Open the drive at `path` (named `name` in messages) with a cartridge
     /// loaded; no cartridge is [`DeviceError::NoMedium`].
     pub fn open(path: impl AsRef<Path>, name: &str) -> DeviceResult<StDrive> {
@@ -1430,13 +1441,7 @@ impl TapeDrive for StDrive {
             return Ok(());
         }
         let start = self.pos;
-        let n = i32::try_from(count.unsigned_abs())
-            .ok()
-            .filter(|&n| n <= SPACE_MAX)
-            .ok_or_else(|| DeviceError::InvalidRequest {
-                device: self.name.clone(),
-                detail: format!("cannot space over {count} filemarks at once"),
-            })?;
+        let n = self.space_count(count, "filemarks")?;
         if count > 1 && self.no_read_position() {
             // Such drives give no residue: space one at a time to know where
             // spacing stopped.
@@ -1558,13 +1563,7 @@ impl TapeDrive for StDrive {
             return Ok(());
         }
         let start = self.pos;
-        let n = i32::try_from(count.unsigned_abs())
-            .ok()
-            .filter(|&n| n <= SPACE_MAX)
-            .ok_or_else(|| DeviceError::InvalidRequest {
-                device: self.name.clone(),
-                detail: format!("cannot space over {count} blocks at once"),
-            })?;
+        let n = self.space_count(count, "blocks")?;
         if count > 0 {
             match self.mt(MtOpCode::Fsr, n) {
                 Ok(()) => {

@@ -208,8 +208,15 @@ pub fn write_session(
     };
     let (to_catalog, catalog_queue) = sync_channel::<Vec<CatalogEntry>>(CATALOG_QUEUE_BATCHES);
 
+    // Compression, when asked for, runs on every core beside reading.
+    let workers = if opts.compress {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        0
+    };
     let ctx = ProducerContext {
         opts,
+        compress_workers: workers,
         start: &start,
         to_catalog: recorder.is_some().then_some(to_catalog),
         membership: &membership,
@@ -244,12 +251,6 @@ pub fn write_session(
             }
             Ok(())
         });
-        // Compression, when asked for, runs on every core beside reading.
-        let workers = if opts.compress {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            0
-        };
         let (compress_jobs, jobs) =
             sync_channel::<CompressJob>(workers * COMPRESS_DEPTH_PER_WORKER);
         let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
@@ -660,6 +661,8 @@ fn drive_writer(
 
 struct ProducerContext<'a> {
     opts: &'a WriteOptions,
+    /// Compression worker threads (0: no compression).
+    compress_workers: usize,
     start: &'a SessionStart,
     /// Each entry's catalog record, for the host catalog (if recording).
     to_catalog: Option<SyncSender<Vec<CatalogEntry>>>,
@@ -747,8 +750,9 @@ impl CatalogSpill {
 struct ContentWriter {
     compress: Option<SyncSender<CompressJob>>,
     chunk: Vec<u8>,
-    /// Chunks out for compression, in file order.
+    /// Chunks out for compression, in file order, and how many may be.
     inflight: VecDeque<(u64, Receiver<Compressed>)>,
+    max_inflight: usize,
     /// Spare chunk buffers for the compressed path.
     spare: Vec<Vec<u8>>,
     /// Raised by a signal: stop between chunks.
@@ -850,6 +854,7 @@ fn produce(
     };
     let mut spill = CatalogSpill::new()?;
     let mut content = ContentWriter {
+        max_inflight: ctx.compress_workers * COMPRESS_DEPTH_PER_WORKER,
         compress: compress_jobs,
         chunk: vec![0u8; DATA_CHUNK_LEN],
         inflight: VecDeque::new(),
@@ -1130,8 +1135,7 @@ fn write_content(
                     jobs.send(CompressJob { raw: buf, reply })
                         .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
                     cw.inflight.push_back((off, result));
-                    let depth = jobs_depth();
-                    while cw.inflight.len() > depth {
+                    while cw.inflight.len() > cw.max_inflight {
                         frame_compressed(cw, framer, emit, p)?;
                     }
                 }
@@ -1158,10 +1162,6 @@ fn write_content(
         stored_bytes: stored,
         status,
     })
-}
-
-fn jobs_depth() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()) * COMPRESS_DEPTH_PER_WORKER
 }
 
 fn give_back(cw: &mut ContentWriter, buf: Vec<u8>) {
