@@ -170,6 +170,12 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn streaming_stats(&self) -> Option<drivesim::StreamingStats> {
         None
     }
+    /// Data bytes that still fit from the current position before early
+    /// warning, when the drive can tell. A writer plans the end of a
+    /// cartridge with it; early warning itself stays the safety net.
+    fn room_before_early_warning(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A media changer: slots, a drive, and moves between them.

@@ -930,6 +930,11 @@ impl TapeDrive for VirtualTape {
         self.sim.as_ref().map(|s| s.stats())
     }
 
+    fn room_before_early_warning(&mut self) -> Option<u64> {
+        let threshold = self.header.capacity - self.header.early_warning_zone;
+        Some(threshold.saturating_sub(self.used_at(self.pos)))
+    }
+
     fn rewind(&mut self) -> DeviceResult<()> {
         self.finish_pending_write()?;
         self.pos = 0;
