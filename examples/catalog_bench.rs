@@ -125,6 +125,7 @@ fn entry(i: u64, s: u64) -> CatalogEntry {
         blake3: Some(hash),
         status: 0,
         device: None,
+        continued_from: None,
     }
 }
 

@@ -18,7 +18,8 @@ use tapir::format::block::{
 use tapir::format::label::{LabelBlock, RescueKit, SetMembership, VolumeLabel, MAX_LABEL_CBOR};
 use tapir::format::meta::{
     from_cbor, to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, DeviceNumbers, Entry,
-    EntryEnd, EntryKind, Extent, SessionEnd, SessionStart, StreamPosition, Timestamp, Xattr,
+    EntryEnd, EntryKind, Extent, SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp,
+    Xattr,
 };
 use tapir::format::record::{
     Codec, DataPrefix, RecordHeader, RecordType, DATA_CHUNK_LEN, DATA_PREFIX_LEN, MAX_RECORD_BODY,
@@ -218,13 +219,14 @@ fn entry() -> impl Strategy<Value = Entry> {
             vec(xattr(), 0..4),
             prop::option::of(vec(extent(), 0..6)),
             any::<u32>(),
+            prop::option::of(any::<u64>()),
         ),
     )
         .prop_map(
             |(
                 (path, kind, mode, uid, gid, user, group),
                 (mtime, atime, ctime, size),
-                (link_target, device, xattrs, sparse, inode_flags),
+                (link_target, device, xattrs, sparse, inode_flags, continued_from),
             )| Entry {
                 path,
                 kind,
@@ -242,6 +244,7 @@ fn entry() -> impl Strategy<Value = Entry> {
                 xattrs,
                 sparse,
                 inode_flags,
+                continued_from,
             },
         )
 }
@@ -269,12 +272,13 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
             vec(path_bytes(), 0..4),
             any::<u32>(),
             any::<u32>(),
+            prop::option::of(session_link()),
         ),
     )
         .prop_map(
             |(
                 (session_uuid, session, set_uuid, set_name, host),
-                (started, tapir_version, sources, volume_seq, block_size),
+                (started, tapir_version, sources, volume_seq, block_size, continues),
             )| SessionStart {
                 session_uuid,
                 session,
@@ -286,6 +290,24 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
                 sources: sources.into_iter().map(Into::into).collect(),
                 volume_seq,
                 block_size,
+                continues,
+            },
+        )
+}
+
+fn session_link() -> impl Strategy<Value = SessionLink> {
+    (
+        any::<[u8; 16]>(),
+        any::<[u8; 16]>(),
+        any::<u32>(),
+        any::<[u8; 16]>(),
+    )
+        .prop_map(
+            |(previous_session_uuid, previous_volume_uuid, part, first_session_uuid)| SessionLink {
+                previous_session_uuid,
+                previous_volume_uuid,
+                part,
+                first_session_uuid,
             },
         )
 }
@@ -359,12 +381,13 @@ fn catalog_entry() -> impl Strategy<Value = CatalogEntry> {
             hash32(),
             any::<u8>(),
             prop::option::of(device_numbers()),
+            prop::option::of(any::<u64>()),
         ),
     )
         .prop_map(
             |(
                 (path, kind, mode, uid, gid, user, group),
-                (mtime, size, link_target, position, blake3, status, device),
+                (mtime, size, link_target, position, blake3, status, device, continued_from),
             )| CatalogEntry {
                 path,
                 kind,
@@ -380,6 +403,7 @@ fn catalog_entry() -> impl Strategy<Value = CatalogEntry> {
                 blake3,
                 status,
                 device,
+                continued_from,
             },
         )
 }
@@ -600,7 +624,7 @@ fn with_extra_key(encoded: &[u8], key: u32, value: &[u8], first: bool) -> Vec<u8
 
 /// Keys a future version might add: well above every key v1 uses (max 15).
 fn future_key() -> impl Strategy<Value = u32> {
-    prop_oneof![16u32..64, 1000u32..=u32::MAX]
+    prop_oneof![24u32..64, 1000u32..=u32::MAX]
 }
 
 // ---------------------------------------------------------------------------

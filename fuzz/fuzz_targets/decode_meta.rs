@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 use tapir::format::label::{RescueKit, SetMembership, VolumeLabel};
 use tapir::format::meta::{
     from_cbor, to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, DeviceNumbers, Entry,
-    EntryEnd, Extent, SessionEnd, SessionStart, StreamPosition, Timestamp, Xattr,
+    EntryEnd, Extent, SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp, Xattr,
+};
+use tapir::format::setcat::{
+    PageIndex, PageRef, SessionInfo, SetCatalogEnd, SetCatalogEntry, SetCatalogHeader, VolumeInfo,
 };
 
 /// Decode `$bytes` as `$t`; whatever decodes must re-encode to an equal value.
@@ -27,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 17 {
+    match which % 25 {
         0 => round!(Entry, rest),
         1 => round!(EntryEnd, rest),
         2 => round!(SessionStart, rest),
@@ -44,6 +47,14 @@ fuzz_target!(|data: &[u8]| {
         13 => round!(Xattr, rest),
         14 => round!(Extent, rest),
         15 => round!(DeviceNumbers, rest),
+        16 => round!(SessionLink, rest),
+        17 => round!(SetCatalogHeader, rest),
+        18 => round!(VolumeInfo, rest),
+        19 => round!(SessionInfo, rest),
+        20 => round!(PageIndex, rest),
+        21 => round!(PageRef, rest),
+        22 => round!(SetCatalogEntry, rest),
+        23 => round!(SetCatalogEnd, rest),
         _ => {
             if let Ok(e) = from_cbor::<Entry>(rest) {
                 let _ = e.kind();

@@ -689,6 +689,7 @@ mod tests {
                 data_file: 2 * number,
                 start: Some(st),
                 catalog_file: closed.then_some(2 * number + 1),
+                set_catalog_file: None,
             },
             source: if closed {
                 ListSource::Catalog

@@ -276,6 +276,7 @@ pub(crate) mod testutil {
             sources: vec![minicbor::bytes::ByteVec::from(b"/etc".to_vec())],
             volume_seq: m.volume_seq,
             block_size: l.block_size,
+            continues: None,
         }
     }
 
@@ -302,6 +303,7 @@ pub(crate) mod testutil {
             blake3: Some(*blake3::hash(path.as_bytes()).as_bytes()),
             status: 0,
             device: None,
+            continued_from: None,
         }
     }
 

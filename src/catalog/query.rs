@@ -1032,6 +1032,7 @@ mod tests {
                     data_file: 2 * n,
                     start: Some(start(l, u, n, started)),
                     catalog_file: Some(2 * n + 1),
+                    set_catalog_file: None,
                 },
                 source: ListSource::Catalog,
                 summary: Some(end(entries.len() as u64, started + 60)),

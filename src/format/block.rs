@@ -21,6 +21,8 @@ pub enum BlockKind {
     SessionData,
     /// A session's catalog stream (records).
     SessionCatalog,
+    /// A catalog copy of the whole set so far (records, FORMAT.md §13).
+    SetCatalog,
 }
 
 impl BlockKind {
@@ -29,6 +31,7 @@ impl BlockKind {
             BlockKind::Label => 1,
             BlockKind::SessionData => 2,
             BlockKind::SessionCatalog => 3,
+            BlockKind::SetCatalog => 4,
         }
     }
     pub fn from_code(code: u16) -> Result<Self, FormatError> {
@@ -36,6 +39,7 @@ impl BlockKind {
             1 => BlockKind::Label,
             2 => BlockKind::SessionData,
             3 => BlockKind::SessionCatalog,
+            4 => BlockKind::SetCatalog,
             other => return Err(FormatError::UnknownBlockKind(other)),
         })
     }

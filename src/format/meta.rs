@@ -152,6 +152,10 @@ pub struct Entry {
     pub sparse: Option<Vec<Extent>>,
     #[n(15)]
     pub inode_flags: u32,
+    /// On a later cartridge of a set: this entry's content continues here
+    /// from this logical offset (the part before is on the previous cartridge).
+    #[n(16)]
+    pub continued_from: Option<u64>,
 }
 
 impl Entry {
@@ -177,6 +181,7 @@ impl Entry {
             xattrs: Vec::new(),
             sparse: None,
             inode_flags: 0,
+            continued_from: None,
         }
     }
 }
@@ -190,6 +195,9 @@ pub const END_SOURCE_CHANGED: u8 = 2;
 /// The job was interrupted (Ctrl-C, SIGTERM) while this entry's content
 /// was being written; content is what was written before.
 pub const END_INTERRUPTED: u8 = 3;
+/// The cartridge filled while this entry's content was being written: the
+/// rest is on the next cartridge of the set (FORMAT.md §12).
+pub const END_CONTINUES: u8 = 4;
 
 /// Closes an entry's content: its hash and whether it is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -230,6 +238,28 @@ pub struct SessionStart {
     pub volume_seq: u32,
     #[n(9)]
     pub block_size: u32,
+    /// Present when this session continues one cut at the end of the
+    /// previous cartridge (spanning).
+    #[n(10)]
+    pub continues: Option<SessionLink>,
+}
+
+/// How a session part on one cartridge follows the part before it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SessionLink {
+    /// `session_uuid` of the part on the previous cartridge.
+    #[cbor(n(0), with = "minicbor::bytes")]
+    pub previous_session_uuid: [u8; 16],
+    /// `volume_uuid` of the previous cartridge.
+    #[cbor(n(1), with = "minicbor::bytes")]
+    pub previous_volume_uuid: [u8; 16],
+    /// Part number of this session part: 2 for the first continuation.
+    #[n(2)]
+    pub part: u32,
+    /// `session_uuid` of part 1: the same for every part of one job.
+    #[cbor(n(3), with = "minicbor::bytes")]
+    pub first_session_uuid: [u8; 16],
 }
 
 /// A durability point: everything before it was flushed to the medium.
@@ -250,6 +280,9 @@ pub const SESSION_WITH_WARNINGS: u8 = 1;
 /// The job was interrupted and closed early: the session holds what was
 /// written until then, complete and with its catalog.
 pub const SESSION_INTERRUPTED: u8 = 2;
+/// The cartridge filled: the session continues on the next cartridge of
+/// the set, in a session whose `SessionStart.continues` points here.
+pub const SESSION_CONTINUES: u8 = 3;
 
 /// Closes a session's data stream; repeated at the end of its catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -331,6 +364,9 @@ pub struct CatalogEntry {
     pub status: u8,
     #[n(13)]
     pub device: Option<DeviceNumbers>,
+    /// As `Entry.continued_from`.
+    #[n(14)]
+    pub continued_from: Option<u64>,
 }
 
 /// Closes a session's catalog stream.

@@ -8,6 +8,7 @@ pub mod block;
 pub mod label;
 pub mod meta;
 pub mod record;
+pub mod setcat;
 pub mod stream;
 
 pub use block::{BlockHeader, BlockKind, BLOCK_HEADER_LEN};

@@ -25,6 +25,12 @@ pub enum RecordType {
     CatalogHeader,
     CatalogEntry,
     CatalogEnd,
+    SetCatalogHeader,
+    VolumeInfo,
+    SessionInfo,
+    PageIndex,
+    SetCatalogEntry,
+    SetCatalogEnd,
     /// A type this reader does not know, but which is marked skippable.
     Unknown(u16),
 }
@@ -41,6 +47,12 @@ impl RecordType {
             RecordType::CatalogHeader => 0x0010,
             RecordType::CatalogEntry => 0x0011,
             RecordType::CatalogEnd => 0x0012,
+            RecordType::SetCatalogHeader => 0x0020,
+            RecordType::VolumeInfo => 0x0021,
+            RecordType::SessionInfo => 0x0022,
+            RecordType::PageIndex => 0x0023,
+            RecordType::SetCatalogEntry => 0x0024,
+            RecordType::SetCatalogEnd => 0x0025,
             RecordType::Unknown(c) => c,
         }
     }
@@ -55,6 +67,12 @@ impl RecordType {
             0x0010 => RecordType::CatalogHeader,
             0x0011 => RecordType::CatalogEntry,
             0x0012 => RecordType::CatalogEnd,
+            0x0020 => RecordType::SetCatalogHeader,
+            0x0021 => RecordType::VolumeInfo,
+            0x0022 => RecordType::SessionInfo,
+            0x0023 => RecordType::PageIndex,
+            0x0024 => RecordType::SetCatalogEntry,
+            0x0025 => RecordType::SetCatalogEnd,
             other if flags & RECORD_FLAG_SKIPPABLE != 0 => RecordType::Unknown(other),
             other => return Err(FormatError::UnknownRecordType(other)),
         })

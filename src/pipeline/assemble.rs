@@ -251,6 +251,12 @@ pub fn read_session_data_from(
             RecordType::CatalogHeader
             | RecordType::CatalogEntry
             | RecordType::CatalogEnd
+            | RecordType::SetCatalogHeader
+            | RecordType::VolumeInfo
+            | RecordType::SessionInfo
+            | RecordType::PageIndex
+            | RecordType::SetCatalogEntry
+            | RecordType::SetCatalogEnd
             | RecordType::Unknown(_) => {}
         }
     }

@@ -163,5 +163,6 @@ pub fn catalog_entry_of(e: &Entry, position: StreamPosition) -> CatalogEntry {
         blake3: None,
         status: crate::format::meta::END_COMPLETE,
         device: e.device,
+        continued_from: e.continued_from,
     }
 }

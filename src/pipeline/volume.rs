@@ -143,6 +143,8 @@ pub struct SessionOnTape {
     pub start: Option<SessionStart>,
     /// The catalog's tape file, when the session was closed properly.
     pub catalog_file: Option<u32>,
+    /// The tape file of the set catalog copy written after the session.
+    pub set_catalog_file: Option<u32>,
 }
 
 /// The map of a cartridge: its label and sessions, and where to append.
@@ -271,6 +273,7 @@ fn classify_first_block(map: &mut TapeMap, file: u32, block: &[u8]) {
                 data_file: file,
                 start,
                 catalog_file: None,
+                set_catalog_file: None,
             });
         }
         BlockKind::SessionCatalog => {
@@ -285,6 +288,21 @@ fn classify_first_block(map: &mut TapeMap, file: u32, block: &[u8]) {
                 map.unknown_files.push((
                     file,
                     format!("catalog of unknown session {}", header.session),
+                ));
+            }
+        }
+        BlockKind::SetCatalog => {
+            if let Some(s) = map
+                .sessions
+                .iter_mut()
+                .rev()
+                .find(|s| s.number == header.session)
+            {
+                s.set_catalog_file = Some(file);
+            } else {
+                map.unknown_files.push((
+                    file,
+                    format!("set catalog of unknown session {}", header.session),
                 ));
             }
         }

@@ -424,6 +424,7 @@ fn session_start(
             .collect(),
         volume_seq: membership.volume_seq,
         block_size,
+        continues: None,
     }
 }
 
