@@ -622,7 +622,7 @@ fn with_extra_key(encoded: &[u8], key: u32, value: &[u8], first: bool) -> Vec<u8
     out
 }
 
-/// Keys a future version might add: well above every key v1 uses (max 15).
+/// Keys a future version might add: well above every key v1 uses (max 16).
 fn future_key() -> impl Strategy<Value = u32> {
     prop_oneof![24u32..64, 1000u32..=u32::MAX]
 }
