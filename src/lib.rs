@@ -8,4 +8,5 @@ pub mod catalog;
 pub mod device;
 pub mod exit;
 pub mod format;
+pub mod media;
 pub mod pipeline;

@@ -130,6 +130,11 @@ enum Command {
         /// Restore from this session instead of the latest version of each path.
         #[arg(long)]
         session: Option<u32>,
+        /// Keep the part of a file that spans cartridges as PATH.partial;
+        /// restoring the cartridge with the rest into the same directory
+        /// completes it (checked against the file's BLAKE3).
+        #[arg(long)]
+        partials: bool,
         /// Glob patterns over archive paths; a directory selects its contents.
         patterns: Vec<String>,
     },
@@ -542,9 +547,22 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 }),
                 ..Default::default()
             };
-            let summary = output::with_write_progress(cli.json, |progress| {
-                pipeline::writer::write_session(drive.as_mut(), &opts, progress)
-            })?;
+            // A library can load the next cartridge when one fills.
+            let mut supply = match tapir::device::open::DeviceSpec::parse(device_spec(cli)?) {
+                Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir)) => {
+                    Some(pipeline::span::LibrarySupply::new(
+                        VirtualLibrary::open(dir).map_err(Error::from)?,
+                    )?)
+                }
+                _ => None,
+            };
+            let summary =
+                output::with_write_progress(cli.json, |progress| match supply.as_mut() {
+                    Some(supply) => {
+                        pipeline::writer::write_session_spanning(drive, supply, &opts, progress)
+                    }
+                    None => pipeline::writer::write_session(drive.as_mut(), &opts, progress),
+                })?;
             output::written(cli.json, &summary);
             Ok(if summary.interrupted {
                 ExitStatus::Interrupted
@@ -576,10 +594,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             numeric_owner,
             overwrite,
             session,
+            partials,
             patterns,
         } => {
             let mut drive = open(cli)?;
             let opts = pipeline::restore::RestoreOptions {
+                partials: *partials,
                 target: to.clone(),
                 patterns: patterns.clone(),
                 session: *session,

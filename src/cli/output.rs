@@ -207,6 +207,20 @@ pub fn written(json: bool, s: &WriteSummary) {
         s.data_tape_file,
         s.catalog_tape_file
     );
+    if s.parts.len() > 1 {
+        println!("  spans {} cartridges:", s.parts.len());
+        for p in &s.parts {
+            println!(
+                "    volume {} {}: session {}, tape file {}, {} entries{}",
+                p.volume_seq,
+                p.cartridge,
+                p.session,
+                p.data_tape_file,
+                p.entries,
+                if p.continues { ", full" } else { "" }
+            );
+        }
+    }
     println!(
         "  {} entries ({} files, {} directories, {} other), {} bytes read, {} stored, {} written in {} blocks",
         s.entries, s.files, s.directories, s.other_entries, s.bytes_read, s.bytes_stored, s.bytes_written, s.blocks_written
@@ -323,7 +337,14 @@ fn entry_line(e: &CatalogEntry) -> String {
         }
         _ => {}
     }
-    if e.status != END_COMPLETE {
+    if let Some(from) = e.continued_from {
+        line.push_str(&format!(
+            "  [continued from the previous cartridge at byte {from}]"
+        ));
+    }
+    if e.status == tapir::format::meta::END_CONTINUES {
+        line.push_str("  [continues on the next cartridge]");
+    } else if e.status != END_COMPLETE {
         line.push_str("  [incomplete at source]");
     }
     line
@@ -458,6 +479,18 @@ pub fn restored(json: bool, s: &RestoreSummary) {
     for d in &s.failed {
         println!("  FAILED {} (session {}): {}", d.path, d.session, d.reason);
     }
+    if s.joined > 0 {
+        println!(
+            "  {} file(s) spanning cartridges completed from their parts (BLAKE3 checked)",
+            s.joined
+        );
+    }
+    for d in &s.spanning {
+        println!(
+            "  INCOMPLETE {} (session {}): {}",
+            d.path, d.session, d.reason
+        );
+    }
     for lb in &s.lost_blocks {
         println!(
             "  bad blocks: tape file {} blocks {}..={}: {}",
@@ -508,6 +541,9 @@ pub fn verified(json: bool, s: &VerifySummary) {
     }
     for p in &s.problems {
         println!("  problem: {p}");
+    }
+    for p in &s.spanning_parts {
+        println!("  PART ONLY {p}: its whole BLAKE3 needs every cartridge it is on");
     }
     for p in &s.incomplete_at_source {
         println!("  note: {p} was archived incomplete (source unreadable at write time)");

@@ -4,7 +4,7 @@
 use crate::device::TapeDrive;
 use crate::format::meta::{
     from_cbor, Checkpoint, Entry, EntryEnd, EntryKind, SessionEnd, SessionStart, StreamPosition,
-    END_COMPLETE,
+    END_COMPLETE, END_CONTINUES,
 };
 use crate::format::record::{DataPrefix, RecordType, DATA_CHUNK_LEN};
 use crate::format::BlockKind;
@@ -21,6 +21,17 @@ pub enum EntryOutcome {
     IncompleteAtSource { status: u8 },
     /// Content lost or wrong on tape.
     Damaged { reason: String },
+    /// Only part of the content is on this cartridge: the entry spans
+    /// cartridges of the set. What is here was read intact (block CRCs);
+    /// the whole content's hash can only be checked with every part.
+    Partial {
+        /// Where this part's content starts (None: at the beginning).
+        continued_from: Option<u64>,
+        /// The content goes on on the next cartridge.
+        continues: bool,
+        /// BLAKE3 of the whole content, as the last part's end records it.
+        whole_blake3: Option<[u8; 32]>,
+    },
 }
 
 /// Receives entries as the stream is read.
@@ -72,6 +83,8 @@ struct Current {
     /// Next logical offset not yet hashed.
     hashed_to: u64,
     damaged: Option<String>,
+    /// This part of a spanning entry starts at this offset.
+    continued_from: Option<u64>,
 }
 
 /// Read a session's data stream from the current position (block 0 of the
@@ -163,8 +176,9 @@ pub fn read_session_data_from(
                     is_file: kind == EntryKind::File,
                     wanted,
                     hasher: blake3::Hasher::new(),
-                    hashed_to: 0,
+                    hashed_to: entry.continued_from.unwrap_or(0),
                     damaged: None,
+                    continued_from: entry.continued_from,
                 });
             }
             RecordType::Data => {
@@ -213,6 +227,12 @@ pub fn read_session_data_from(
                 };
                 let outcome = if let Some(reason) = c.damaged.take() {
                     EntryOutcome::Damaged { reason }
+                } else if end.status == END_CONTINUES || c.continued_from.is_some() {
+                    EntryOutcome::Partial {
+                        continued_from: c.continued_from,
+                        continues: end.status == END_CONTINUES,
+                        whole_blake3: end.blake3,
+                    }
                 } else if !c.is_file || !c.wanted {
                     if end.status == END_COMPLETE {
                         EntryOutcome::Complete { blake3: end.blake3 }

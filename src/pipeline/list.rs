@@ -118,6 +118,17 @@ pub fn scan_session(
             match outcome {
                 EntryOutcome::Complete { blake3 } => self.entries[i].blake3 = blake3,
                 EntryOutcome::IncompleteAtSource { status } => self.entries[i].status = status,
+                EntryOutcome::Partial {
+                    continues,
+                    whole_blake3,
+                    ..
+                } => {
+                    if continues {
+                        self.entries[i].status = crate::format::meta::END_CONTINUES;
+                    } else {
+                        self.entries[i].blake3 = whole_blake3;
+                    }
+                }
                 EntryOutcome::Damaged { reason } => {
                     let e = self.entries.remove(i);
                     self.incomplete.push((e.path, reason));

@@ -23,6 +23,26 @@ pub struct RestoreOptions {
     pub session: Option<u32>,
     pub overwrite: bool,
     pub numeric_owner: bool,
+    /// Keep the part of an entry that spans cartridges as `PATH.partial`
+    /// (and complete such a file when the cartridge holding the rest is
+    /// restored into the same target).
+    pub partials: bool,
+}
+
+/// Suffix of a file holding some parts of an entry that spans cartridges.
+pub const PARTIAL_SUFFIX: &[u8] = b".partial";
+
+/// Which part of a spanning entry a cartridge holds, in words.
+pub fn describe_part(continued_from: Option<u64>, continues: bool) -> String {
+    match (continued_from, continues) {
+        (None, _) => "its first part; the rest is on the next cartridge of the set".into(),
+        (Some(o), true) => format!(
+            "a middle part from byte {o}; the parts before and after are on the previous and next cartridges"
+        ),
+        (Some(o), false) => format!(
+            "its last part, from byte {o}; the part before is on the previous cartridge"
+        ),
+    }
 }
 
 /// An entry that was not restored, and why.
@@ -54,6 +74,10 @@ pub struct RestoreSummary {
     pub warnings: Vec<String>,
     pub lost_blocks: Vec<LostBlocks>,
     pub patterns_without_match: Vec<String>,
+    /// Entries that span cartridges and could not be completed from this one.
+    pub spanning: Vec<NotRestored>,
+    /// Spanning entries completed by joining their parts (whole hash checked).
+    pub joined: u64,
     pub ownership_left_as_user: bool,
     /// Reading done: blocks and bytes read, positioning operations, time.
     pub blocks_read: u64,
@@ -75,6 +99,7 @@ impl RestoreSummary {
         {
             ExitStatus::DataDamage
         } else if !self.skipped_existing.is_empty()
+            || !self.spanning.is_empty()
             || !self.warnings.is_empty()
             || !self.patterns_without_match.is_empty()
         {
@@ -155,6 +180,7 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
             target: &mut target,
             policy: &policy,
             overwrite: opts.overwrite,
+            partials: opts.partials,
             wanted: paths,
             session: s.session.number,
             current: None,
@@ -301,6 +327,9 @@ fn show(p: &[u8]) -> String {
 struct CurrentFile {
     entry: Entry,
     file: Option<File>,
+    /// The content goes to `PATH.partial`; true when an earlier part was
+    /// already there (restored from the previous cartridge).
+    partial: Option<bool>,
 }
 
 struct Restorer<'a> {
@@ -313,6 +342,7 @@ struct Restorer<'a> {
     last_start: Option<StreamPosition>,
     policy: &'a OwnershipPolicy,
     overwrite: bool,
+    partials: bool,
     wanted: &'a HashSet<Vec<u8>>,
     session: u32,
     current: Option<CurrentFile>,
@@ -363,11 +393,37 @@ impl Restorer<'_> {
                 self.summary.restored += 1;
                 return Ok(false);
             }
+            EntryKind::File if entry.continued_from.is_some() => {
+                // A later part: join the earlier parts if they are here.
+                let partial = partial_path(path);
+                let file = if self.partials {
+                    self.target.open_existing_file(&partial)?
+                } else {
+                    None
+                };
+                let joined = file.is_some();
+                let file = match file {
+                    Some(f) => Some(f),
+                    None if self.partials => match self.target.create_file(&partial, true)? {
+                        Created::New(f) => Some(f),
+                        Created::Exists => None,
+                    },
+                    None => None,
+                };
+                let content = file.is_some();
+                self.current = Some(CurrentFile {
+                    entry: entry.clone(),
+                    file,
+                    partial: Some(joined),
+                });
+                return Ok(content);
+            }
             EntryKind::File => match self.target.create_file(path, self.overwrite)? {
                 Created::New(f) => {
                     self.current = Some(CurrentFile {
                         entry: entry.clone(),
                         file: Some(f),
+                        partial: None,
                     });
                     return Ok(true);
                 }
@@ -404,6 +460,7 @@ impl Restorer<'_> {
             self.current = Some(CurrentFile {
                 entry: entry.clone(),
                 file: None,
+                partial: None,
             });
         }
         Ok(false)
@@ -445,6 +502,7 @@ impl EntryVisitor for Restorer<'_> {
         if let Some(CurrentFile {
             entry,
             file: Some(f),
+            ..
         }) = &self.current
         {
             f.write_all_at(bytes, offset).map_err(|e| {
@@ -479,6 +537,11 @@ impl EntryVisitor for Restorer<'_> {
                 show(&path)
             )),
             EntryOutcome::Complete { .. } => {}
+            EntryOutcome::Partial {
+                continued_from,
+                continues,
+                whole_blake3,
+            } => return self.partial_end(cur, continued_from, continues, whole_blake3),
         }
         if let Some(f) = &cur.file {
             if let Err(e) = finish_file(&path, f, cur.entry.size) {
@@ -490,6 +553,120 @@ impl EntryVisitor for Restorer<'_> {
             self.metadata(&cur.entry)?;
         }
         self.summary.restored += 1;
+        Ok(())
+    }
+}
+
+fn partial_path(path: &[u8]) -> Vec<u8> {
+    [path, PARTIAL_SUFFIX].concat()
+}
+
+/// BLAKE3 of a whole file, read from the start.
+fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(*h.finalize().as_bytes());
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+impl Restorer<'_> {
+    /// The end of one part of an entry that spans cartridges.
+    fn partial_end(
+        &mut self,
+        cur: CurrentFile,
+        continued_from: Option<u64>,
+        continues: bool,
+        whole_blake3: Option<[u8; 32]>,
+    ) -> Result<()> {
+        let path = cur.entry.path.clone();
+        let spanning = |why: String| NotRestored {
+            path: show(&path),
+            session: self.session,
+            reason: why,
+        };
+        let Some(f) = cur.file else {
+            // The first part, not kept: say what is missing.
+            self.summary.spanning.push(spanning(format!(
+                "spans cartridges: this cartridge holds {}{}",
+                describe_part(continued_from, continues),
+                if self.partials {
+                    ""
+                } else {
+                    " (give --partials to keep it as PATH.partial)"
+                }
+            )));
+            return Ok(());
+        };
+        let partial = partial_path(&path);
+        if cur.partial.is_none() {
+            // A first part, written at the entry's own path: it may only
+            // stay as PATH.partial, never look restored.
+            let kept = self.partials && finish_file(&path, &f, cur.entry.size).is_ok() && {
+                drop(f);
+                self.target.rename_file(&path, &partial, true).is_ok()
+            };
+            if !kept {
+                let _ = self.target.remove_file(&path);
+            }
+            self.summary.spanning.push(spanning(if kept {
+                format!(
+                    "spans cartridges: kept as {} with {}",
+                    show(&partial),
+                    describe_part(continued_from, continues)
+                )
+            } else {
+                format!(
+                    "spans cartridges: this cartridge holds {} (give --partials to keep it as PATH.partial)",
+                    describe_part(continued_from, continues)
+                )
+            }));
+            return Ok(());
+        }
+        if let Err(e) = finish_file(&partial, &f, cur.entry.size) {
+            self.refuse(&path, e)?;
+            return Ok(());
+        }
+        let joined_earlier = cur.partial == Some(true);
+        if continues || !joined_earlier {
+            self.summary.spanning.push(spanning(format!(
+                "spans cartridges: kept as {} with {}",
+                show(&partial),
+                describe_part(continued_from, continues)
+            )));
+            return Ok(());
+        }
+        // The last part joined the earlier ones: the whole hash decides.
+        let got =
+            hash_file(&f).map_err(|e| Error::io(format!("reading back {}", show(&partial)), e))?;
+        if whole_blake3 != Some(got) {
+            self.summary.damaged.push(spanning(format!(
+                "its parts joined in {} do not match the entry's BLAKE3 hash (a part is missing or from another version)",
+                show(&partial)
+            )));
+            return Ok(());
+        }
+        drop(f);
+        match self.target.rename_file(&partial, &path, self.overwrite) {
+            Ok(Created::New(())) => {}
+            Ok(Created::Exists) => {
+                self.summary.skipped_existing.push(show(&path));
+                return Ok(());
+            }
+            Err(e) => {
+                self.refuse(&path, e)?;
+                return Ok(());
+            }
+        }
+        self.metadata(&cur.entry)?;
+        self.summary.restored += 1;
+        self.summary.joined += 1;
         Ok(())
     }
 }

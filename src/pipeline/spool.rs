@@ -48,6 +48,7 @@ const TAG_BLOCK: u8 = 1;
 const TAG_FILEMARK_IMMEDIATE: u8 = 2;
 const TAG_FILEMARK_SYNC: u8 = 3;
 const TAG_FLUSH: u8 = 4;
+const TAG_NEXT_CARTRIDGE: u8 = 5;
 
 /// Pass `input` to `output`, through spool files once spooling is on.
 pub(super) fn run_spool(
@@ -133,6 +134,7 @@ fn spool_loop(
         }
         let (path, w, size) = current.as_mut().expect("spool file open");
         let io = |e| Error::io(format!("writing spool file {}", path.display()), e);
+        let next_cartridge = matches!(m, ToDrive::NextCartridge);
         match m {
             ToDrive::Block(b) => {
                 w.write_all(&[TAG_BLOCK]).map_err(io)?;
@@ -150,8 +152,10 @@ fn spool_loop(
                 w.write_all(&[TAG_FILEMARK_SYNC]).map_err(io)?
             }
             ToDrive::Flush => w.write_all(&[TAG_FLUSH]).map_err(io)?,
+            ToDrive::NextCartridge => w.write_all(&[TAG_NEXT_CARTRIDGE]).map_err(io)?,
         }
-        if *size >= opts.chunk_bytes {
+        // The producer waits for the next cartridge: hand the chunk over now.
+        if *size >= opts.chunk_bytes || next_cartridge {
             hand_over(&mut current, to_despool)?;
         }
         if !decided && started.elapsed() >= opts.window {
@@ -226,6 +230,7 @@ fn despool(
                 TAG_FILEMARK_IMMEDIATE => ToDrive::Filemark { immediate: true },
                 TAG_FILEMARK_SYNC => ToDrive::Filemark { immediate: false },
                 TAG_FLUSH => ToDrive::Flush,
+                TAG_NEXT_CARTRIDGE => ToDrive::NextCartridge,
                 other => {
                     return Err(Error::io(
                         format!("spool file {}", path.display()),

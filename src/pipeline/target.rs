@@ -335,6 +335,46 @@ impl RestoreTarget {
         })
     }
 
+    /// Open an existing regular file for reading and writing without
+    /// truncating it (a `.partial` file a previous cartridge began);
+    /// `None` if there is none.
+    pub fn open_existing_file(&self, path: &[u8]) -> Result<Option<File>, TargetError> {
+        let (dir, name) = self.resolve(path, false)?;
+        let f = match openat(
+            &dir,
+            name,
+            OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(TargetError::io(path, "open partial file", e)),
+        };
+        let st = fstat(&f).map_err(|e| TargetError::io(path, "inspect partial file", e))?;
+        if file_type(&st) != SFlag::S_IFREG {
+            return Err(TargetError::io(path, "open partial file", Errno::EINVAL));
+        }
+        Ok(Some(f))
+    }
+
+    /// Rename `from` to `to` (both archive paths in the same directory);
+    /// an object already at `to` is kept unless `overwrite`.
+    pub fn rename_file(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        overwrite: bool,
+    ) -> Result<Created<()>, TargetError> {
+        let (dir, from_name) = self.resolve(from, false)?;
+        let (to_dir, to_name) = self.resolve(to, false)?;
+        if !overwrite && fstatat(&to_dir, to_name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+            return Ok(Created::Exists);
+        }
+        nix::fcntl::renameat(&dir, from_name, &to_dir, to_name)
+            .map_err(|e| TargetError::io(to, "rename partial file into place", e))?;
+        Ok(Created::New(()))
+    }
+
     /// Create a directory (mode 0700 until its metadata is applied).
     /// `Created::Exists` means a directory is already there, which callers
     /// treat as success; a non-directory in the way is replaced with

@@ -39,6 +39,9 @@ pub struct VerifySummary {
     pub problems: Vec<String>,
     /// Entries archived incomplete because their source could not be read fully.
     pub incomplete_at_source: Vec<String>,
+    /// Entries that span cartridges: the part on this cartridge read
+    /// intact, but the whole content's hash needs every part.
+    pub spanning_parts: Vec<String>,
 }
 
 impl VerifySummary {
@@ -46,7 +49,7 @@ impl VerifySummary {
         use crate::exit::ExitStatus;
         if !self.damaged.is_empty() || !self.bad_blocks.is_empty() || !self.problems.is_empty() {
             ExitStatus::DataDamage
-        } else if !self.incomplete_at_source.is_empty() {
+        } else if !self.incomplete_at_source.is_empty() || !self.spanning_parts.is_empty() {
             ExitStatus::Warnings
         } else {
             ExitStatus::Success
@@ -62,6 +65,7 @@ struct Checker {
     session: u32,
     damaged: Vec<NotRestored>,
     incomplete: Vec<String>,
+    partial: Vec<String>,
     unlisted: Vec<String>,
 }
 
@@ -96,6 +100,17 @@ impl EntryVisitor for Checker {
             EntryOutcome::IncompleteAtSource { .. } => {
                 self.ok += 1;
                 self.incomplete.push(show);
+            }
+            EntryOutcome::Partial {
+                continued_from,
+                continues,
+                ..
+            } => {
+                self.ok += 1;
+                self.partial.push(format!(
+                    "{show} ({})",
+                    super::restore::describe_part(continued_from, continues)
+                ));
             }
             EntryOutcome::Damaged { reason } => self.damaged.push(NotRestored {
                 path: show,
@@ -156,6 +171,7 @@ pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySumm
             session: s.number,
             damaged: Vec::new(),
             incomplete: Vec::new(),
+            partial: Vec::new(),
             unlisted: Vec::new(),
         };
         let report = read_session_data(drive, set_uuid, s.data_file, s.number, &mut checker)?;
@@ -200,6 +216,7 @@ pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySumm
         sum.entries_ok += checker.ok;
         sum.damaged.extend(checker.damaged);
         sum.incomplete_at_source.extend(checker.incomplete);
+        sum.spanning_parts.extend(checker.partial);
         sum.bytes_read += report.bytes_read;
         sum.blocks_read += report.blocks_read;
         sum.retries += report.retries;

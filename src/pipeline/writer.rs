@@ -4,26 +4,30 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::device::{TapeDrive, WriteOutcome};
-use crate::format::label::SetMembership;
+use crate::format::label::{SetMembership, VolumeLabel};
 use crate::format::meta::{
     to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
-    SessionEnd, SessionStart, Timestamp, END_COMPLETE, END_INTERRUPTED, END_SOURCE_CHANGED,
-    END_SOURCE_READ_ERROR, SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
+    SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp, END_COMPLETE, END_CONTINUES,
+    END_INTERRUPTED, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR, SESSION_CONTINUES,
+    SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
 };
 use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
+use crate::format::setcat::{SessionInfo, VolumeInfo, SESSION_NO_END};
 use crate::format::stream::{StreamFramer, StreamIdentity};
 use crate::format::BlockKind;
 
 use super::pool::BufferPool;
+use super::setcat::SetCatalogBuilder;
 use super::source::{open_source_file, WalkItem, WalkOptions, Walker};
+use super::span::CartridgeSupply;
 use super::volume::{hostname, map_tape, write_label, TapeMap};
 use super::{Error, Result};
 use crate::catalog::record::WriteDone;
@@ -127,12 +131,49 @@ pub struct WriteSummary {
     pub spool: Option<super::spool::SpoolStats>,
     /// The job was interrupted and the session closed early.
     pub interrupted: bool,
+    /// The cartridges the session was written on, in order.
+    pub parts: Vec<PartSummary>,
 }
 
 pub(super) enum ToDrive {
     Block(Vec<u8>),
-    Filemark { immediate: bool },
+    Filemark {
+        immediate: bool,
+    },
     Flush,
+    /// The cartridge is finished: load the next one of the set.
+    NextCartridge,
+}
+
+/// The drive a job writes with: one cartridge, or a drive whose cartridge
+/// is changed when it fills.
+enum DriveSlot<'a> {
+    Fixed(&'a mut dyn TapeDrive),
+    Changing {
+        drive: Option<Box<dyn TapeDrive>>,
+        supply: &'a mut dyn CartridgeSupply,
+    },
+}
+
+impl DriveSlot<'_> {
+    fn drive(&mut self) -> &mut dyn TapeDrive {
+        match self {
+            DriveSlot::Fixed(d) => &mut **d,
+            DriveSlot::Changing { drive, .. } => drive.as_deref_mut().expect("a drive is loaded"),
+        }
+    }
+}
+
+/// One cartridge's share of a session, for the summary.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartSummary {
+    pub cartridge: String,
+    pub volume_seq: u32,
+    pub session: u32,
+    pub data_tape_file: u32,
+    pub entries: u64,
+    /// The part ends because the cartridge filled; the session goes on.
+    pub continues: bool,
 }
 
 struct DriveStats {
@@ -146,12 +187,41 @@ struct DriveStats {
 }
 
 /// Write one session of `opts.sources` at the end of the loaded cartridge.
+/// If the cartridge fills, the session is closed cleanly there and the job
+/// fails saying so (no other cartridge can be loaded).
 pub fn write_session(
     drive: &mut dyn TapeDrive,
     opts: &WriteOptions,
     progress: &WriteProgress,
 ) -> Result<WriteSummary> {
+    write_job(DriveSlot::Fixed(drive), opts, progress)
+}
+
+/// Write one session, continuing on cartridges from `supply` whenever one
+/// fills (FORMAT.md §12).
+pub fn write_session_spanning(
+    drive: Box<dyn TapeDrive>,
+    supply: &mut dyn CartridgeSupply,
+    opts: &WriteOptions,
+    progress: &WriteProgress,
+) -> Result<WriteSummary> {
+    write_job(
+        DriveSlot::Changing {
+            drive: Some(drive),
+            supply,
+        },
+        opts,
+        progress,
+    )
+}
+
+fn write_job(
+    mut slot: DriveSlot<'_>,
+    opts: &WriteOptions,
+    progress: &WriteProgress,
+) -> Result<WriteSummary> {
     let started = Instant::now();
+    let drive = slot.drive();
     let status = drive.status()?;
     if status.write_protected {
         return Err(crate::device::DeviceError::WriteProtected {
@@ -163,6 +233,7 @@ pub fn write_session(
     let new_set = prepare_set(drive, &mut map, opts)?;
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
+    let (set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
     let data_file = if new_set {
         super::volume::FIRST_SESSION_FILE
     } else {
@@ -178,6 +249,7 @@ pub fn write_session(
     let pool = BufferPool::new(n_buffers, block_size);
 
     let start = session_start(opts, &membership, session, map.label.block_size);
+    let room = drive.room_before_early_warning();
     // The host catalog: a problem with it never stops the backup; it is a
     // warning, and `tapir catalog import` catalogues the cartridge later.
     let mut catalog_warnings = Vec::new();
@@ -196,6 +268,7 @@ pub fn write_session(
         drive: drive.identity(),
         who: String::new(),
     };
+    let catalog_open = catalog.is_some();
     let mut recorder = match catalog.as_mut() {
         Some(c) => match c.begin_session(&map.label, &start, data_file, &writer_info) {
             Ok(r) => Some(r),
@@ -214,19 +287,24 @@ pub fn write_session(
     } else {
         0
     };
+    let early_warning_volume = AtomicU32::new(0);
+    let (cartridge_ready, cartridges) = sync_channel::<CartridgeReady>(1);
     let ctx = ProducerContext {
         opts,
         compress_workers: workers,
-        start: &start,
+        start: start.clone(),
         to_catalog: recorder.is_some().then_some(to_catalog),
-        membership: &membership,
-        label_name: &map.label.label,
-        session,
+        label: map.label.clone(),
         data_file,
-        block_size: map.label.block_size,
         progress,
+        set_catalog,
+        room,
+        early_warning_volume: &early_warning_volume,
+        cartridges,
     };
-    let drive_for_writer: &mut dyn TapeDrive = &mut *drive;
+    let slot_for_writer = &mut slot;
+    let first_label = map.label.clone();
+    let early_warning_volume = &early_warning_volume;
     let (produced, drove, spooled, recorded) = std::thread::scope(|scope| {
         let pool = &pool;
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
@@ -284,7 +362,12 @@ pub fn write_session(
         let producer = scope.spawn(move || produce(ctx, walked, compress_jobs, to_next, pool));
         let writer = scope.spawn(move || {
             let r = drive_writer(
-                drive_for_writer,
+                slot_for_writer,
+                DriveWriterLinks {
+                    label: first_label,
+                    early_warning_volume,
+                    cartridge_ready,
+                },
                 from_producer,
                 pool,
                 progress,
@@ -317,9 +400,10 @@ pub fn write_session(
     });
     // The drive's error explains a producer that stopped because the drive did.
     let drove = drove?;
-    let drive_streaming = drive.streaming_stats();
+    let drive_streaming = slot.drive().streaming_stats();
     let spool = spooled?;
-    let produced = produced?;
+    let mut produced = produced?;
+    let spanned = produced.parts.len() > 1;
 
     // Both threads succeeded, so the final synchronous filemark returned:
     // the whole session is on the medium. Only now may the catalog show it.
@@ -335,6 +419,8 @@ pub fn write_session(
                 let _ = r.abort();
                 Err(e)
             }
+            // Parts on several cartridges are recorded from their spills below.
+            _ if spanned => r.abort(),
             (_, Some(end)) => r.commit(end, &done),
             (_, None) => Ok(()),
         };
@@ -344,16 +430,45 @@ pub fn write_session(
             ));
         }
     }
+    if spanned && catalog_open {
+        // A connection of its own: the first is still held by the recorder.
+        let recorded = opts
+            .catalog
+            .as_deref()
+            .map(Catalog::open)
+            .transpose()
+            .and_then(|c| c.map_or(Ok(()), |mut c| record_parts(&mut c, &mut produced.parts)));
+        {
+            if let Err(e) = recorded {
+                catalog_warnings.push(format!(
+                    "{e}; this session is not catalogued: run `tapir catalog import` on each of its cartridges"
+                ));
+            }
+        }
+    }
 
     let elapsed = started.elapsed().as_secs_f64();
-    let mut warnings = produced.warnings;
+    let mut warnings = set_catalog_warnings;
+    warnings.extend(produced.warnings);
     warnings.extend(catalog_warnings);
-    if drove.early_warning {
+    if drove.early_warning && !spanned {
         warnings.push(format!(
             "{}: the cartridge reached early warning; it is nearly full",
             map.label.label
         ));
     }
+    let parts: Vec<PartSummary> = produced
+        .parts
+        .iter()
+        .map(|p| PartSummary {
+            cartridge: p.label.label.clone(),
+            volume_seq: p.label.set.as_ref().map_or(0, |m| m.volume_seq),
+            session: p.start.session,
+            data_tape_file: p.data_file,
+            entries: p.end.entries,
+            continues: p.end.status == SESSION_CONTINUES,
+        })
+        .collect();
     Ok(WriteSummary {
         cartridge: map.label.label.clone(),
         set_name: membership.set_name.clone(),
@@ -395,7 +510,117 @@ pub fn write_session(
         drive_streaming,
         spool,
         interrupted: produced.interrupted,
+        parts,
     })
+}
+
+/// Record every part of a spanning session in the host catalog, now that
+/// all of them are on tape.
+fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Result<()> {
+    use crate::catalog::ingest::{CartridgeRecord, Origin, SessionRecord};
+    for part in parts.iter_mut() {
+        cat.merge_cartridge(&CartridgeRecord::from_label(&part.label))?;
+        let rec = SessionRecord {
+            uuid: part.start.session_uuid,
+            number: part.start.session,
+            data_tape_file: part.data_file,
+            catalog_tape_file: Some(part.data_file + 1),
+            host: Some(part.start.host.clone()),
+            started: Some(part.start.started),
+            sources: part.start.sources.iter().map(|b| b.to_vec()).collect(),
+            tapir_version: Some(part.start.tapir_version.clone()),
+            end: Some(part.end.clone()),
+            complete: true,
+            origin: Origin::Catalog,
+            lost_blocks: 0,
+        };
+        let count = part.count();
+        let entries = part
+            .entries()
+            .map_err(|e| crate::catalog::Error::Invalid(e.to_string()))?;
+        cat.merge_session_stream(&part.label.volume_uuid, &rec, count, entries)?;
+    }
+    Ok(())
+}
+
+/// The set catalog as it stands before this session: the last copy on the
+/// cartridge, plus the sessions written after it (whose copy is missing:
+/// a crash, or an older tapir), from their catalogs or by scanning them.
+fn set_catalog_so_far(
+    drive: &mut dyn TapeDrive,
+    map: &TapeMap,
+) -> Result<(SetCatalogBuilder, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let membership = map.label.set.as_ref().expect("set prepared");
+    let last_copy = map
+        .sessions
+        .iter()
+        .rev()
+        .find_map(|s| s.set_catalog_file.map(|f| (s.number, f)));
+    let fresh = || SetCatalogBuilder::new(membership.set_uuid, membership.set_name.clone());
+    let (mut builder, after) = match last_copy {
+        Some((number, file)) => {
+            match super::setcat::read_set_catalog(drive, membership.set_uuid, file, number) {
+                Ok(copy) => {
+                    if !copy.digest_ok || !copy.lost.is_empty() {
+                        warnings.push(format!(
+                            "{}: the set catalog copy in tape file {file} is damaged; the new copy holds what could be read of it",
+                            drive.name()
+                        ));
+                    }
+                    (copy.builder, number)
+                }
+                Err(e) => {
+                    warnings.push(format!(
+                        "{}: the set catalog copy in tape file {file} cannot be read ({e}); the new copy covers this cartridge's sessions only",
+                        drive.name()
+                    ));
+                    (fresh()?, 0)
+                }
+            }
+        }
+        None => (fresh()?, 0),
+    };
+    for s in map.sessions.iter().filter(|s| s.number > after) {
+        let listing = super::list::list_cartridge(drive, Some(s.number))?;
+        for listed in &listing.sessions {
+            let start = listed.session.start.as_ref();
+            let index = builder.add_session(SessionInfo {
+                index: 0,
+                session_uuid: start.map_or_else(
+                    || {
+                        crate::catalog::ingest::synthetic_session_uuid(
+                            &map.label.volume_uuid,
+                            s.number,
+                        )
+                    },
+                    |st| st.session_uuid,
+                ),
+                volume_seq: membership.volume_seq,
+                session: s.number,
+                data_tape_file: s.data_file,
+                started: start.map(|st| st.started).unwrap_or_default(),
+                ended: listed.summary.as_ref().map(|e| e.ended),
+                status: listed.summary.as_ref().map_or(SESSION_NO_END, |e| e.status),
+                entries: listed.entries.len() as u64,
+                continues: None,
+                host: start.map(|st| st.host.clone()).unwrap_or_default(),
+            });
+            for e in &listed.entries {
+                builder.add_entry(index, e)?;
+            }
+        }
+    }
+    builder.upsert_volume(VolumeInfo {
+        volume_seq: membership.volume_seq,
+        volume_uuid: map.label.volume_uuid,
+        label: map.label.label.clone(),
+        pool: map.label.pool.clone(),
+        location: Some("in the drive".into()),
+        location_at: Some(Timestamp::now()),
+        full: false,
+    });
+    Ok((builder, warnings))
 }
 
 /// The `SessionStart` of the session about to be written.
@@ -554,8 +779,17 @@ fn confirm_last_block(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<()> {
 /// only once `start_blocks` blocks are buffered (or the producer is done or
 /// asks for a filemark), and after running dry it refills to that level
 /// again, so the drive gets long runs instead of trickles.
+/// What the drive writer shares with the rest of the job.
+struct DriveWriterLinks<'a> {
+    /// The loaded cartridge's label.
+    label: VolumeLabel,
+    early_warning_volume: &'a AtomicU32,
+    cartridge_ready: SyncSender<CartridgeReady>,
+}
+
 fn drive_writer(
-    drive: &mut dyn TapeDrive,
+    slot: &mut DriveSlot<'_>,
+    mut links: DriveWriterLinks<'_>,
     rx: Receiver<ToDrive>,
     pool: &BufferPool,
     progress: &WriteProgress,
@@ -625,8 +859,10 @@ fn drive_writer(
                 let in_flight = progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
                 st.fill_samples += 1;
                 st.fill_sum += in_flight as u64;
-                if drive.write_block(&buf)? == WriteOutcome::EarlyWarning {
+                if slot.drive().write_block(&buf)? == WriteOutcome::EarlyWarning {
                     st.early_warning = true;
+                    let volume = links.label.set.as_ref().map_or(0, |m| m.volume_seq);
+                    links.early_warning_volume.store(volume, Ordering::Relaxed);
                 }
                 streaming = true;
                 st.blocks += 1;
@@ -637,13 +873,22 @@ fn drive_writer(
                 pool.give(buf);
             }
             ToDrive::Filemark { immediate } => {
-                drive.write_filemarks(1, immediate)?;
+                slot.drive().write_filemarks(1, immediate)?;
                 // A synchronous filemark stops the tape: not the buffer's fault.
                 streaming &= immediate;
             }
             ToDrive::Flush => {
-                drive.flush()?;
+                slot.drive().flush()?;
                 streaming = false;
+            }
+            ToDrive::NextCartridge => {
+                let ready = next_cartridge(slot, &links.label)?;
+                links.label = ready.label.clone();
+                streaming = false;
+                links
+                    .cartridge_ready
+                    .send(ready)
+                    .map_err(|_| Error::Panic("the producer stopped".into()))?;
             }
         }
         // Keep going while data is queued; an empty queue is an underrun.
@@ -660,19 +905,68 @@ fn drive_writer(
     Ok(st)
 }
 
+/// The full cartridge (finished, durable) goes; the next one comes.
+fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<CartridgeReady> {
+    let membership = full.set.clone().expect("a set cartridge");
+    let DriveSlot::Changing { drive, supply } = slot else {
+        return Err(Error::Refused(format!(
+            "{}: cartridge {} is full; its session was closed there and is complete and \
+             restorable (volume {} of set \"{}\"). Write the rest with a library (vtape:DIR or \
+             a changer) so tapir can load the next cartridge, or as a new session on another cartridge",
+            slot.drive().name(),
+            full.label,
+            membership.volume_seq,
+            membership.set_name
+        )));
+    };
+    let current = drive.take().expect("a drive is loaded");
+    let c = super::span::load_continuation(
+        &mut **supply,
+        current,
+        &membership,
+        &full.pool,
+        full.block_size,
+        full.volume_uuid,
+    )?;
+    let previous_whereabouts = supply.whereabouts(&full.label);
+    let mut d = c.drive;
+    let room = d.room_before_early_warning();
+    *drive = Some(d);
+    Ok(CartridgeReady {
+        label: c.label,
+        room,
+        previous_whereabouts,
+        refused: c.refused,
+    })
+}
+
 struct ProducerContext<'a> {
     opts: &'a WriteOptions,
     /// Compression worker threads (0: no compression).
     compress_workers: usize,
-    start: &'a SessionStart,
+    start: SessionStart,
     /// Each entry's catalog record, for the host catalog (if recording).
     to_catalog: Option<SyncSender<Vec<CatalogEntry>>>,
-    membership: &'a SetMembership,
-    label_name: &'a str,
-    session: u32,
+    label: VolumeLabel,
     data_file: u32,
-    block_size: u32,
     progress: &'a WriteProgress,
+    /// The set catalog so far (everything before this session).
+    set_catalog: SetCatalogBuilder,
+    /// Data bytes that fit on the first cartridge before early warning.
+    room: Option<u64>,
+    /// Volume sequence number at which the drive writer last saw early warning.
+    early_warning_volume: &'a AtomicU32,
+    /// New cartridges, as the drive writer loads them.
+    cartridges: Receiver<CartridgeReady>,
+}
+
+/// One cartridge's part of the session, finished and on its way to tape.
+pub(super) struct PartDone {
+    pub label: VolumeLabel,
+    pub start: SessionStart,
+    pub end: SessionEnd,
+    pub data_file: u32,
+    spill: CatalogSpill,
 }
 
 struct Produced {
@@ -686,16 +980,33 @@ struct Produced {
     skipped: u64,
     checkpoints: u64,
     warnings: Vec<String>,
+    /// Every cartridge's part, in order (one unless the job spanned).
+    parts: Vec<PartDone>,
+}
+
+/// What the drive writer tells the producer after loading the next cartridge.
+pub(super) struct CartridgeReady {
+    label: VolumeLabel,
+    room: Option<u64>,
+    /// Where the full cartridge went.
+    previous_whereabouts: Option<String>,
+    refused: Vec<String>,
 }
 
 /// Sends sealed blocks to the drive and takes empty ones from the pool.
 struct BlockChannel<'p> {
     tx: SyncSender<ToDrive>,
     pool: &'p BufferPool,
+    /// Bytes sent for the current cartridge.
+    cartridge_bytes: std::cell::Cell<u64>,
 }
 
 impl BlockChannel<'_> {
     fn send(&self, msg: ToDrive) -> Result<()> {
+        if let ToDrive::Block(b) = &msg {
+            self.cartridge_bytes
+                .set(self.cartridge_bytes.get() + b.len() as u64);
+        }
         self.tx
             .send(msg)
             .map_err(|_| Error::Panic("the drive writer stopped".into()))
@@ -717,6 +1028,8 @@ impl BlockChannel<'_> {
 struct CatalogSpill {
     out: BufWriter<File>,
     count: u64,
+    /// Record bytes the entries take in a catalog stream.
+    bytes: u64,
 }
 
 impl CatalogSpill {
@@ -726,6 +1039,7 @@ impl CatalogSpill {
         Ok(CatalogSpill {
             out: BufWriter::new(f),
             count: 0,
+            bytes: 0,
         })
     }
     fn push(&mut self, e: &CatalogEntry) -> Result<()> {
@@ -735,16 +1049,75 @@ impl CatalogSpill {
             .and_then(|_| self.out.write_all(&body))
             .map_err(|e| Error::io("writing the catalog spill file", e))?;
         self.count += 1;
+        self.bytes += body.len() as u64 + crate::format::record::RECORD_HEADER_LEN as u64;
         Ok(())
     }
-    fn into_reader(self) -> Result<BufReader<File>> {
-        let mut f = self
+    /// Read every entry body back, in order (the spill stays usable).
+    fn for_each_body(&mut self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flushing the catalog spill file", e))?;
+        let file = self.out.get_ref();
+        let mut at = 0u64;
+        let mut body = Vec::new();
+        for _ in 0..self.count {
+            let mut len = [0u8; 4];
+            file.read_exact_at(&mut len, at)
+                .map_err(|e| Error::io("reading the catalog spill file", e))?;
+            body.resize(u32::from_le_bytes(len) as usize, 0);
+            file.read_exact_at(&mut body, at + 4)
+                .map_err(|e| Error::io("reading the catalog spill file", e))?;
+            at += 4 + body.len() as u64;
+            f(&body)?;
+        }
+        Ok(())
+    }
+}
+
+impl PartDone {
+    /// The part's catalog entries, in order, streamed from the spill file.
+    pub fn entries(&mut self) -> Result<SpillEntries> {
+        self.spill
             .out
-            .into_inner()
-            .map_err(|e| Error::io("flushing the catalog spill file", e.into_error()))?;
-        std::io::Seek::rewind(&mut f)
-            .map_err(|e| Error::io("rewinding the catalog spill file", e))?;
-        Ok(BufReader::new(f))
+            .flush()
+            .map_err(|e| Error::io("flushing the catalog spill file", e))?;
+        let file = self
+            .spill
+            .out
+            .get_ref()
+            .try_clone()
+            .map_err(|e| Error::io("reopening the catalog spill file", e))?;
+        Ok(SpillEntries {
+            file,
+            at: 0,
+            left: self.spill.count,
+        })
+    }
+    pub fn count(&self) -> u64 {
+        self.spill.count
+    }
+}
+
+/// Catalog entries read back from a spill file.
+pub struct SpillEntries {
+    file: File,
+    at: u64,
+    left: u64,
+}
+
+impl Iterator for SpillEntries {
+    type Item = CatalogEntry;
+    fn next(&mut self) -> Option<CatalogEntry> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut len = [0u8; 4];
+        self.file.read_exact_at(&mut len, self.at).ok()?;
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.file.read_exact_at(&mut body, self.at + 4).ok()?;
+        self.at += 4 + body.len() as u64;
+        self.left -= 1;
+        crate::format::meta::from_cbor(&body).ok()
     }
 }
 
@@ -816,6 +1189,374 @@ fn compress_worker(jobs: &std::sync::Mutex<Receiver<CompressJob>>) -> Result<()>
     }
 }
 
+/// The part of the session being written to the current cartridge.
+struct Part {
+    framer: StreamFramer,
+    spill: CatalogSpill,
+    label: VolumeLabel,
+    start: SessionStart,
+    data_file: u32,
+    /// Index of this part in the set catalog.
+    set_index: u32,
+    entries: u64,
+    stored: u64,
+    /// Data bytes that fit before early warning when the part began.
+    room: Option<u64>,
+    /// Something was written after `SessionStart`: only then may the part be cut.
+    progressed: bool,
+}
+
+/// Room kept free at the end of a cartridge beyond the estimated catalogs,
+/// in blocks: the records that close the session, and block rounding.
+const END_MARGIN_BLOCKS: u64 = 2;
+
+struct Producer<'a, 'p> {
+    ctx: ProducerContext<'a>,
+    chan: BlockChannel<'p>,
+    p: Produced,
+    part: Option<Part>,
+    content: ContentWriter,
+    catalog_batch: Vec<CatalogEntry>,
+    /// Where the entry being written starts in the current part, and the
+    /// offset its content resumes from there (spanning).
+    current_position: StreamPosition,
+    current_continued_from: Option<u64>,
+}
+
+impl Producer<'_, '_> {
+    fn part(&mut self) -> &mut Part {
+        self.part.as_mut().expect("a part is open")
+    }
+
+    fn push(&mut self, rtype: RecordType, parts: &[&[u8]]) -> Result<StreamPosition> {
+        let part = self.part.as_mut().expect("a part is open");
+        let chan = &self.chan;
+        let progress = self.ctx.progress;
+        let pos = part
+            .framer
+            .push_record(rtype, 0, parts, &mut |b| chan.emit(b, progress))?;
+        Ok(pos)
+    }
+
+    fn seal_early(&mut self) -> Result<()> {
+        let part = self.part.as_mut().expect("a part is open");
+        let chan = &self.chan;
+        let progress = self.ctx.progress;
+        part.framer.seal_early(&mut |b| chan.emit(b, progress))
+    }
+
+    /// Open a part on the cartridge labelled `label`: its data stream
+    /// starts with `start`.
+    fn open_part(
+        &mut self,
+        label: VolumeLabel,
+        start: SessionStart,
+        data_file: u32,
+        room: Option<u64>,
+    ) -> Result<()> {
+        let membership = label.set.clone().expect("a set cartridge");
+        let buffer = self.chan.take()?;
+        self.chan.cartridge_bytes.set(0);
+        let framer = StreamFramer::new(
+            StreamIdentity {
+                kind: BlockKind::SessionData,
+                set_uuid: membership.set_uuid,
+                volume_seq: membership.volume_seq,
+                tape_file: data_file,
+                session: start.session,
+            },
+            label.block_size,
+            buffer,
+        );
+        let set_index = self.ctx.set_catalog.add_session(SessionInfo {
+            index: 0,
+            session_uuid: start.session_uuid,
+            volume_seq: membership.volume_seq,
+            session: start.session,
+            data_tape_file: data_file,
+            started: start.started,
+            ended: None,
+            status: SESSION_NO_END,
+            entries: 0,
+            continues: self.part.as_ref().map(|p| p.set_index),
+            host: start.host.clone(),
+        });
+        self.part = Some(Part {
+            framer,
+            spill: CatalogSpill::new()?,
+            label,
+            start: start.clone(),
+            data_file,
+            set_index,
+            entries: 0,
+            stored: 0,
+            room,
+            progressed: false,
+        });
+        self.push(RecordType::SessionStart, &[&to_cbor(&start)])?;
+        Ok(())
+    }
+
+    /// Must the current part end before `upcoming` more record bytes? At
+    /// early warning, or when the planned room would not hold them and the
+    /// catalogs that close the cartridge.
+    fn must_cut(&self, upcoming: u64) -> bool {
+        let Some(part) = self.part.as_ref() else {
+            return false;
+        };
+        if !part.progressed {
+            return false;
+        }
+        let volume = part.label.set.as_ref().map_or(0, |m| m.volume_seq);
+        if self.ctx.early_warning_volume.load(Ordering::Relaxed) == volume {
+            return true;
+        }
+        let Some(room) = part.room else {
+            return false;
+        };
+        let bs = part.label.block_size as u64;
+        let payload = bs - crate::format::BLOCK_HEADER_LEN as u64;
+        let blocks = |bytes: u64| bytes.div_ceil(payload) * bs;
+        let used = self.chan.cartridge_bytes.get() + bs;
+        let reserve = blocks(part.spill.bytes + 4096)
+            + self
+                .ctx
+                .set_catalog
+                .estimated_tape_bytes(part.label.block_size)
+            + END_MARGIN_BLOCKS * bs;
+        used + blocks(upcoming) + reserve > room
+    }
+
+    /// Record a closed entry (or entry part) in the catalogs.
+    fn list_entry(&mut self, listed: CatalogEntry) -> Result<()> {
+        let part = self.part.as_mut().expect("a part is open");
+        part.spill.push(&listed)?;
+        part.entries += 1;
+        let index = part.set_index;
+        self.ctx.set_catalog.add_entry(index, &listed)?;
+        // Live recording covers a job on one cartridge; a spanning job's
+        // parts are recorded from their spills once all are on tape.
+        if let Some(tx) = &self.ctx.to_catalog {
+            if self.p.parts.is_empty() {
+                self.catalog_batch.push(listed);
+                if self.catalog_batch.len() == CATALOG_BATCH {
+                    // A recorder that failed has hung up; its error is reported at the end.
+                    let _ = tx.send(std::mem::replace(
+                        &mut self.catalog_batch,
+                        Vec::with_capacity(CATALOG_BATCH),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// End the current part: `SessionEnd`, the session catalog, the set
+    /// catalog copy, and a synchronous filemark (everything durable).
+    fn close_part(&mut self, status: u8) -> Result<SessionEnd> {
+        let mut part = self.part.take().expect("a part is open");
+        let summary = SessionEnd {
+            entries: part.entries,
+            stored_bytes: part.stored,
+            ended: Timestamp::now(),
+            warnings: self.p.warnings.len() as u64,
+            status,
+            skipped: self.p.skipped,
+        };
+        let chan = &self.chan;
+        let progress = self.ctx.progress;
+        let mut emit = |b: Vec<u8>| chan.emit(b, progress);
+        part.framer
+            .push_record(RecordType::SessionEnd, 0, &[&to_cbor(&summary)], &mut emit)?;
+        let last = part.framer.finish();
+        let fresh = emit(last)?;
+        // Structure uses immediate filemarks; durability comes at the end.
+        chan.send(ToDrive::Filemark { immediate: true })?;
+
+        let membership = part.label.set.clone().expect("a set cartridge");
+        let identity = |kind, tape_file| StreamIdentity {
+            kind,
+            set_uuid: membership.set_uuid,
+            volume_seq: membership.volume_seq,
+            tape_file,
+            session: part.start.session,
+        };
+        let mut cat = StreamFramer::new(
+            identity(BlockKind::SessionCatalog, part.data_file + 1),
+            part.label.block_size,
+            fresh,
+        );
+        let header = CatalogHeader {
+            session_uuid: part.start.session_uuid,
+            session: part.start.session,
+            data_tape_file: part.data_file,
+            entries: part.spill.count,
+        };
+        cat.push_record(
+            RecordType::CatalogHeader,
+            0,
+            &[&to_cbor(&header)],
+            &mut emit,
+        )?;
+        let mut digest = blake3::Hasher::new();
+        part.spill.for_each_body(|body| {
+            digest.update(body);
+            cat.push_record(RecordType::CatalogEntry, 0, &[body], &mut emit)?;
+            Ok(())
+        })?;
+        let end = CatalogEnd {
+            entries: part.spill.count,
+            digest: *digest.finalize().as_bytes(),
+            summary: summary.clone(),
+        };
+        cat.push_record(RecordType::CatalogEnd, 0, &[&to_cbor(&end)], &mut emit)?;
+        let last = cat.finish();
+        let fresh = emit(last)?;
+        chan.send(ToDrive::Filemark { immediate: true })?;
+
+        // The set catalog copy: the whole set so far, this part included.
+        if let Some(s) = self.ctx.set_catalog.session_mut(part.set_index) {
+            s.ended = Some(summary.ended);
+            s.status = status;
+            s.entries = part.entries;
+        }
+        self.ctx.set_catalog.upsert_volume(VolumeInfo {
+            volume_seq: membership.volume_seq,
+            volume_uuid: part.label.volume_uuid,
+            label: part.label.label.clone(),
+            pool: part.label.pool.clone(),
+            location: None,
+            location_at: None,
+            full: status == SESSION_CONTINUES,
+        });
+        let mut set_framer = StreamFramer::new(
+            identity(BlockKind::SetCatalog, part.data_file + 2),
+            part.label.block_size,
+            fresh,
+        );
+        self.ctx
+            .set_catalog
+            .write(membership.volume_seq, &mut set_framer, &mut emit)?;
+        let last = set_framer.finish();
+        progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
+        chan.send(ToDrive::Block(last))?;
+        // Synchronous: when the drive writer has done this, the part is on the medium.
+        chan.send(ToDrive::Filemark { immediate: false })?;
+        tracing::debug!(
+            "session {} on {} produced",
+            part.start.session,
+            part.label.label
+        );
+        self.p.parts.push(PartDone {
+            label: part.label,
+            start: part.start,
+            end: summary.clone(),
+            data_file: part.data_file,
+            spill: part.spill,
+        });
+        Ok(summary)
+    }
+
+    /// The cartridge is full: close this part (cutting `cut_entry` at
+    /// `offset` if one is being written) and continue the session on the
+    /// next cartridge.
+    fn continue_on_next_cartridge(&mut self, cut_entry: Option<(&Entry, u64, u64)>) -> Result<()> {
+        if let Some((entry, _offset, stored_in_part)) = cut_entry {
+            let end = EntryEnd {
+                blake3: None,
+                stored_bytes: stored_in_part,
+                status: END_CONTINUES,
+            };
+            self.push(RecordType::EntryEnd, &[&to_cbor(&end)])?;
+            let mut listed = super::list::catalog_entry_of(entry, self.current_position);
+            listed.continued_from = self.current_continued_from;
+            listed.status = END_CONTINUES;
+            self.list_entry(listed)?;
+        }
+        let previous = self.part.as_ref().expect("a part is open");
+        let previous_label = previous.label.clone();
+        let previous_start = previous.start.clone();
+        let part_number = previous_start.continues.as_ref().map_or(1, |l| l.part) + 1;
+        if let Some(tx) = &self.ctx.to_catalog {
+            if self.p.parts.is_empty() && !self.catalog_batch.is_empty() {
+                let _ = tx.send(std::mem::take(&mut self.catalog_batch));
+            }
+        }
+        self.close_part(SESSION_CONTINUES)?;
+        self.chan.send(ToDrive::NextCartridge)?;
+        let ready = self
+            .ctx
+            .cartridges
+            .recv()
+            .map_err(|_| Error::Panic("the drive writer stopped".into()))?;
+        for r in &ready.refused {
+            self.p
+                .warnings
+                .push(format!("cartridge not used to continue the set: {r}"));
+        }
+        if let Some(v) = self
+            .ctx
+            .set_catalog
+            .volumes()
+            .iter()
+            .find(|v| v.volume_uuid == previous_label.volume_uuid)
+            .cloned()
+        {
+            self.ctx.set_catalog.upsert_volume(VolumeInfo {
+                location: ready.previous_whereabouts.clone(),
+                location_at: Some(Timestamp::now()),
+                ..v
+            });
+        }
+        let membership = ready.label.set.clone().expect("labelled into the set");
+        self.ctx.set_catalog.upsert_volume(VolumeInfo {
+            volume_seq: membership.volume_seq,
+            volume_uuid: ready.label.volume_uuid,
+            label: ready.label.label.clone(),
+            pool: ready.label.pool.clone(),
+            location: Some("in the drive".into()),
+            location_at: Some(Timestamp::now()),
+            full: false,
+        });
+        let first = previous_start
+            .continues
+            .as_ref()
+            .map_or(previous_start.session_uuid, |l| l.first_session_uuid);
+        let start = SessionStart {
+            session_uuid: *uuid::Uuid::new_v4().as_bytes(),
+            session: 1,
+            volume_seq: membership.volume_seq,
+            started: Timestamp::now(),
+            continues: Some(SessionLink {
+                previous_session_uuid: previous_start.session_uuid,
+                previous_volume_uuid: previous_label.volume_uuid,
+                part: part_number,
+                first_session_uuid: first,
+            }),
+            ..previous_start
+        };
+        tracing::info!(
+            "continuing on {} as volume {} of set \"{}\"",
+            ready.label.label,
+            membership.volume_seq,
+            membership.set_name
+        );
+        self.open_part(
+            ready.label,
+            start,
+            super::volume::FIRST_SESSION_FILE,
+            ready.room,
+        )?;
+        if let Some((entry, offset, _)) = cut_entry {
+            let mut again = entry.clone();
+            again.continued_from = Some(offset);
+            self.current_position = self.push(RecordType::Entry, &[&to_cbor(&again)])?;
+            self.current_continued_from = Some(offset);
+        }
+        Ok(())
+    }
+}
+
 fn produce(
     ctx: ProducerContext<'_>,
     walked: Receiver<Vec<WalkItem>>,
@@ -823,38 +1564,13 @@ fn produce(
     tx: SyncSender<ToDrive>,
     pool: &BufferPool,
 ) -> Result<Produced> {
-    let chan = BlockChannel { tx, pool };
-    let progress = ctx.progress;
-    let mut emit = |b: Vec<u8>| chan.emit(b, progress);
-    let first = chan.take()?;
-    let mut framer = StreamFramer::new(
-        StreamIdentity {
-            kind: BlockKind::SessionData,
-            set_uuid: ctx.membership.set_uuid,
-            volume_seq: ctx.membership.volume_seq,
-            tape_file: ctx.data_file,
-            session: ctx.session,
-        },
-        ctx.block_size,
-        first,
-    );
-    let start = ctx.start;
-    framer.push_record(RecordType::SessionStart, 0, &[&to_cbor(start)], &mut emit)?;
-
-    let mut p = Produced {
-        summary: None,
-        interrupted: false,
-        entries: 0,
-        files: 0,
-        dirs: 0,
-        bytes_read: 0,
-        bytes_stored: 0,
-        skipped: 0,
-        checkpoints: 0,
-        warnings: Vec::new(),
+    let chan = BlockChannel {
+        tx,
+        pool,
+        cartridge_bytes: std::cell::Cell::new(0),
     };
-    let mut spill = CatalogSpill::new()?;
-    let mut content = ContentWriter {
+    let progress = ctx.progress;
+    let content = ContentWriter {
         max_inflight: ctx.compress_workers * COMPRESS_DEPTH_PER_WORKER,
         compress: compress_jobs,
         chunk: vec![0u8; DATA_CHUNK_LEN],
@@ -862,26 +1578,57 @@ fn produce(
         spare: Vec::new(),
         interrupt: ctx.opts.interrupt.clone(),
     };
+    let label = ctx.label.clone();
+    let start = ctx.start.clone();
+    let data_file = ctx.data_file;
+    let room = ctx.room;
+    let mut pr = Producer {
+        ctx,
+        chan,
+        p: Produced {
+            summary: None,
+            interrupted: false,
+            entries: 0,
+            files: 0,
+            dirs: 0,
+            bytes_read: 0,
+            bytes_stored: 0,
+            skipped: 0,
+            checkpoints: 0,
+            warnings: Vec::new(),
+            parts: Vec::new(),
+        },
+        part: None,
+        content,
+        catalog_batch: Vec::with_capacity(CATALOG_BATCH),
+        current_position: StreamPosition {
+            tape_file: 0,
+            block: 0,
+            offset: 0,
+        },
+        current_continued_from: None,
+    };
+    pr.open_part(label, start, data_file, room)?;
+
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
-    let mut catalog_batch = Vec::with_capacity(CATALOG_BATCH);
     // Files left out as unreadable: later hard links to them are left out too.
     let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
 
     for item in walked.into_iter().flatten() {
-        if content.interrupted() {
-            p.interrupted = true;
+        if pr.content.interrupted() {
+            pr.p.interrupted = true;
             break;
         }
         let src = match item {
             WalkItem::Entry(e) => e,
             WalkItem::Skipped { .. } => {
-                p.skipped += 1;
+                pr.p.skipped += 1;
                 continue;
             }
             WalkItem::Warning { path, message } => {
                 tracing::warn!("{}: {message}", path.display());
-                p.warnings.push(format!("{}: {message}", path.display()));
+                pr.p.warnings.push(format!("{}: {message}", path.display()));
                 continue;
             }
         };
@@ -899,7 +1646,7 @@ fn produce(
                 Err(e) => {
                     let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
                     tracing::warn!("{w}");
-                    p.warnings.push(w);
+                    pr.p.warnings.push(w);
                     left_out.insert(entry.path.clone());
                     continue;
                 }
@@ -917,20 +1664,25 @@ fn produce(
                 "{}: hard link to a file that could not be read, not archived",
                 src.abs_path.display()
             );
-            p.warnings.push(w);
+            pr.p.warnings.push(w);
             continue;
         }
-        let position = framer.push_record(RecordType::Entry, 0, &[&to_cbor(&entry)], &mut emit)?;
+        let entry_cbor = to_cbor(&entry);
+        // An entry, its catalog records and end record, and its first
+        // chunk: a file is not begun on a cartridge that cannot take any of it.
+        let first_chunk = if file.is_some() {
+            entry.size.min(DATA_CHUNK_LEN as u64)
+        } else {
+            0
+        };
+        if pr.must_cut(2 * entry_cbor.len() as u64 + 256 + first_chunk) {
+            pr.continue_on_next_cartridge(None)?;
+        }
+        pr.current_position = pr.push(RecordType::Entry, &[&entry_cbor])?;
+        pr.current_continued_from = None;
+        pr.part().progressed = true;
         let end = match &file {
-            Some(f) => write_content(
-                f,
-                &entry,
-                &mut framer,
-                &mut content,
-                &mut emit,
-                &mut p,
-                progress,
-            )?,
+            Some(f) => write_content(f, &entry, &mut pr)?,
             None => EntryEnd {
                 blake3: None,
                 stored_bytes: 0,
@@ -938,8 +1690,8 @@ fn produce(
             },
         };
         if end.status == END_INTERRUPTED {
-            p.interrupted = true;
-            p.warnings.push(format!(
+            pr.p.interrupted = true;
+            pr.p.warnings.push(format!(
                 "{}: interrupted while being written; archived content is incomplete",
                 src.abs_path.display()
             ));
@@ -954,139 +1706,63 @@ fn produce(
                 }
             );
             tracing::warn!("{w}");
-            p.warnings.push(w);
+            pr.p.warnings.push(w);
         }
-        framer.push_record(RecordType::EntryEnd, 0, &[&to_cbor(&end)], &mut emit)?;
-        let mut listed = super::list::catalog_entry_of(&entry, position);
+        pr.push(RecordType::EntryEnd, &[&to_cbor(&end)])?;
+        let mut listed = super::list::catalog_entry_of(&entry, pr.current_position);
+        listed.continued_from = pr.current_continued_from;
         listed.blake3 = end.blake3;
         listed.status = end.status;
-        spill.push(&listed)?;
-        if let Some(tx) = &ctx.to_catalog {
-            catalog_batch.push(listed);
-            if catalog_batch.len() == CATALOG_BATCH {
-                // A recorder that failed has hung up; its error is reported at the end.
-                let _ = tx.send(std::mem::replace(
-                    &mut catalog_batch,
-                    Vec::with_capacity(CATALOG_BATCH),
-                ));
-            }
-        }
-        p.entries += 1;
+        pr.list_entry(listed)?;
+        pr.p.entries += 1;
         match kind {
-            EntryKind::File => p.files += 1,
-            EntryKind::Dir => p.dirs += 1,
+            EntryKind::File => pr.p.files += 1,
+            EntryKind::Dir => pr.p.dirs += 1,
             _ => {}
         }
         progress.files_done.fetch_add(1, Ordering::Relaxed);
         since_checkpoint_bytes += end.stored_bytes;
-        if since_checkpoint_bytes >= ctx.opts.checkpoint_bytes
-            || last_checkpoint.elapsed() >= ctx.opts.checkpoint_interval
+        if since_checkpoint_bytes >= pr.ctx.opts.checkpoint_bytes
+            || last_checkpoint.elapsed() >= pr.ctx.opts.checkpoint_interval
         {
             let cp = Checkpoint {
-                entries: p.entries,
-                bytes: p.bytes_stored,
+                entries: pr.part().entries,
+                bytes: pr.part().stored,
                 at: Timestamp::now(),
             };
-            framer.push_record(RecordType::Checkpoint, 0, &[&to_cbor(&cp)], &mut emit)?;
-            framer.seal_early(&mut emit)?;
-            chan.send(ToDrive::Flush)?;
-            p.checkpoints += 1;
+            pr.push(RecordType::Checkpoint, &[&to_cbor(&cp)])?;
+            pr.seal_early()?;
+            pr.chan.send(ToDrive::Flush)?;
+            pr.p.checkpoints += 1;
             since_checkpoint_bytes = 0;
             last_checkpoint = Instant::now();
         }
     }
 
-    if let Some(tx) = &ctx.to_catalog {
-        if !catalog_batch.is_empty() {
-            let _ = tx.send(std::mem::take(&mut catalog_batch));
+    if let Some(tx) = &pr.ctx.to_catalog {
+        if pr.p.parts.is_empty() && !pr.catalog_batch.is_empty() {
+            let _ = tx.send(std::mem::take(&mut pr.catalog_batch));
         }
     }
-    let summary = SessionEnd {
-        entries: p.entries,
-        stored_bytes: p.bytes_stored,
-        ended: Timestamp::now(),
-        warnings: p.warnings.len() as u64,
-        status: if p.interrupted {
-            SESSION_INTERRUPTED
-        } else if p.warnings.is_empty() {
-            SESSION_OK
-        } else {
-            SESSION_WITH_WARNINGS
-        },
-        skipped: p.skipped,
+    let status = if pr.p.interrupted {
+        SESSION_INTERRUPTED
+    } else if pr.p.warnings.is_empty() {
+        SESSION_OK
+    } else {
+        SESSION_WITH_WARNINGS
     };
-    framer.push_record(RecordType::SessionEnd, 0, &[&to_cbor(&summary)], &mut emit)?;
-    p.summary = Some(summary.clone());
-    let last = framer.finish();
-    let fresh = emit(last)?;
-    // Structure uses an immediate filemark; durability comes at the end.
-    chan.send(ToDrive::Filemark { immediate: true })?;
-
-    let mut cat = StreamFramer::new(
-        StreamIdentity {
-            kind: BlockKind::SessionCatalog,
-            set_uuid: ctx.membership.set_uuid,
-            volume_seq: ctx.membership.volume_seq,
-            tape_file: ctx.data_file + 1,
-            session: ctx.session,
-        },
-        ctx.block_size,
-        fresh,
-    );
-    let header = CatalogHeader {
-        session_uuid: start.session_uuid,
-        session: ctx.session,
-        data_tape_file: ctx.data_file,
-        entries: spill.count,
-    };
-    cat.push_record(
-        RecordType::CatalogHeader,
-        0,
-        &[&to_cbor(&header)],
-        &mut emit,
-    )?;
-    let mut digest = blake3::Hasher::new();
-    let count = spill.count;
-    let mut rd = spill.into_reader()?;
-    let mut body = Vec::new();
-    for _ in 0..count {
-        let mut len = [0u8; 4];
-        rd.read_exact(&mut len)
-            .map_err(|e| Error::io("reading the catalog spill file", e))?;
-        body.resize(u32::from_le_bytes(len) as usize, 0);
-        rd.read_exact(&mut body)
-            .map_err(|e| Error::io("reading the catalog spill file", e))?;
-        digest.update(&body);
-        cat.push_record(RecordType::CatalogEntry, 0, &[&body], &mut emit)?;
-    }
-    let end = CatalogEnd {
-        entries: count,
-        digest: *digest.finalize().as_bytes(),
-        summary,
-    };
-    cat.push_record(RecordType::CatalogEnd, 0, &[&to_cbor(&end)], &mut emit)?;
-    let last = cat.finish();
-    progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
-    chan.send(ToDrive::Block(last))?;
-    // Synchronous: when this returns the whole session is on the medium.
-    chan.send(ToDrive::Filemark { immediate: false })?;
-    tracing::debug!("session {} of {} produced", ctx.session, ctx.label_name);
-    Ok(p)
+    let summary = pr.close_part(status)?;
+    pr.p.summary = Some(summary);
+    Ok(pr.p)
 }
 
 /// Read a file's content (data extents only for sparse files), hash it with
-/// holes as zeros, and frame it as `Data` records.
-fn write_content(
-    file: &File,
-    entry: &Entry,
-    framer: &mut StreamFramer,
-    cw: &mut ContentWriter,
-    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
-    p: &mut Produced,
-    progress: &WriteProgress,
-) -> Result<EntryEnd> {
+/// holes as zeros, and frame it as `Data` records. When the cartridge fills
+/// on the way, the entry is cut there and continues on the next cartridge.
+fn write_content(file: &File, entry: &Entry, pr: &mut Producer<'_, '_>) -> Result<EntryEnd> {
     let mut hasher = blake3::Hasher::new();
     let mut hashed_to = 0u64;
+    // Content stored in the current part.
     let mut stored = 0u64;
     let extents: Vec<(u64, u64)> = match &entry.sparse {
         Some(ex) => ex.iter().map(|e| (e.offset, e.len)).collect(),
@@ -1097,14 +1773,25 @@ fn write_content(
         let end = start.saturating_add(len).min(entry.size);
         let mut off = start;
         while off < end {
-            if cw.interrupted() {
+            if pr.content.interrupted() {
                 status = END_INTERRUPTED;
                 break 'extents;
             }
             let want = ((end - off) as usize).min(DATA_CHUNK_LEN);
-            let mut buf = match cw.compress {
-                Some(_) => cw.spare.pop().unwrap_or_else(|| vec![0u8; DATA_CHUNK_LEN]),
-                None => std::mem::take(&mut cw.chunk),
+            if pr.must_cut((want + pr.content.inflight.len() * DATA_CHUNK_LEN) as u64 + 64) {
+                while !pr.content.inflight.is_empty() {
+                    frame_compressed(pr)?;
+                }
+                pr.continue_on_next_cartridge(Some((entry, off, stored)))?;
+                stored = 0;
+            }
+            let mut buf = match pr.content.compress {
+                Some(_) => pr
+                    .content
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| vec![0u8; DATA_CHUNK_LEN]),
+                None => std::mem::take(&mut pr.content.chunk),
             };
             // Only as long as this read: zero-filling a whole chunk per small file costs more than reading it.
             buf.resize(want, 0);
@@ -1120,29 +1807,32 @@ fn write_content(
                 if status == END_COMPLETE {
                     status = END_SOURCE_CHANGED;
                 }
-                give_back(cw, buf);
+                give_back(&mut pr.content, buf);
                 break 'extents;
             }
             buf.truncate(got);
             super::hash_zeros(&mut hasher, off - hashed_to);
             hasher.update(&buf);
             hashed_to = off + got as u64;
-            p.bytes_read += got as u64;
-            progress.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+            pr.p.bytes_read += got as u64;
+            pr.ctx
+                .progress
+                .bytes_read
+                .fetch_add(got as u64, Ordering::Relaxed);
             stored += got as u64;
-            match &cw.compress {
+            match &pr.content.compress {
                 Some(jobs) => {
                     let (reply, result) = sync_channel(1);
                     jobs.send(CompressJob { raw: buf, reply })
                         .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
-                    cw.inflight.push_back((off, result));
-                    while cw.inflight.len() > cw.max_inflight {
-                        frame_compressed(cw, framer, emit, p)?;
+                    pr.content.inflight.push_back((off, result));
+                    while pr.content.inflight.len() > pr.content.max_inflight {
+                        frame_compressed(pr)?;
                     }
                 }
                 None => {
-                    frame_chunk(framer, emit, p, off, &buf, Codec::Stored, &buf)?;
-                    cw.chunk = buf;
+                    frame_chunk(pr, off, &buf, Codec::Stored, &buf)?;
+                    pr.content.chunk = buf;
                 }
             }
             off += got as u64;
@@ -1152,8 +1842,8 @@ fn write_content(
             }
         }
     }
-    while !cw.inflight.is_empty() {
-        frame_compressed(cw, framer, emit, p)?;
+    while !pr.content.inflight.is_empty() {
+        frame_compressed(pr)?;
     }
     if status == END_COMPLETE {
         super::hash_zeros(&mut hasher, entry.size - hashed_to.min(entry.size));
@@ -1174,13 +1864,12 @@ fn give_back(cw: &mut ContentWriter, buf: Vec<u8>) {
 }
 
 /// Frame the oldest chunk out for compression, waiting for it if needed.
-fn frame_compressed(
-    cw: &mut ContentWriter,
-    framer: &mut StreamFramer,
-    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
-    p: &mut Produced,
-) -> Result<()> {
-    let (off, result) = cw.inflight.pop_front().expect("a chunk is in flight");
+fn frame_compressed(pr: &mut Producer<'_, '_>) -> Result<()> {
+    let (off, result) = pr
+        .content
+        .inflight
+        .pop_front()
+        .expect("a chunk is in flight");
     let c = result
         .recv()
         .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
@@ -1188,15 +1877,13 @@ fn frame_compressed(
         Codec::Zstd => &c.packed[..],
         Codec::Stored => &c.raw[..],
     };
-    frame_chunk(framer, emit, p, off, &c.raw, c.codec, body)?;
-    cw.spare.push(c.raw);
+    frame_chunk(pr, off, &c.raw, c.codec, body)?;
+    pr.content.spare.push(c.raw);
     Ok(())
 }
 
 fn frame_chunk(
-    framer: &mut StreamFramer,
-    emit: &mut impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
-    p: &mut Produced,
+    pr: &mut Producer<'_, '_>,
     offset: u64,
     raw: &[u8],
     codec: Codec,
@@ -1207,8 +1894,9 @@ fn frame_chunk(
         raw_len: raw.len() as u32,
         codec,
     };
-    framer.push_record(RecordType::Data, 0, &[&prefix.encode(), body], emit)?;
-    p.bytes_stored += body.len() as u64;
+    pr.push(RecordType::Data, &[&prefix.encode(), body])?;
+    pr.p.bytes_stored += body.len() as u64;
+    pr.part().stored += body.len() as u64;
     Ok(())
 }
 

@@ -1,0 +1,188 @@
+//! Continuing a set on the next cartridge: where cartridges come from (a
+//! library's changer, or an operator), and checking one before it is used.
+
+use std::collections::HashSet;
+
+use crate::device::library::VirtualLibrary;
+use crate::device::{Changer, TapeDrive};
+use crate::format::label::{SetMembership, VolumeLabel};
+use crate::format::meta::Timestamp;
+use crate::media::{accept_for_continuation, ContinuationNeed, Offered, Verdict};
+
+use super::volume::{hostname, map_tape, new_label, read_label, write_label, LabelState};
+use super::{Error, Result};
+
+/// A drive with a candidate cartridge loaded, and its barcode if known.
+pub type Candidate = (Box<dyn TapeDrive>, Option<String>);
+
+/// Supplies cartridges to continue a set on.
+pub trait CartridgeSupply: Send {
+    /// Put the cartridge in `current` away and load another candidate.
+    /// Returns the drive with it and its barcode (if known), or None when
+    /// there is no candidate left.
+    fn next(
+        &mut self,
+        current: Box<dyn TapeDrive>,
+    ) -> Result<Option<Candidate>>;
+    /// Where the cartridge with `barcode` is now, in words (for the media
+    /// inventory written on tape).
+    fn whereabouts(&self, barcode: &str) -> Option<String>;
+}
+
+/// The slots of a virtual library, in slot order.
+pub struct LibrarySupply {
+    lib: VirtualLibrary,
+    tried: HashSet<String>,
+}
+
+impl LibrarySupply {
+    /// Candidates are every cartridge in the library except the one loaded now.
+    pub fn new(lib: VirtualLibrary) -> Result<Self> {
+        let inv = lib.inventory()?;
+        let tried = inv.drive.map(|(b, _)| b).into_iter().collect();
+        Ok(LibrarySupply { lib, tried })
+    }
+}
+
+impl CartridgeSupply for LibrarySupply {
+    fn next(
+        &mut self,
+        current: Box<dyn TapeDrive>,
+    ) -> Result<Option<Candidate>> {
+        // Closing the drive releases the library's lock.
+        drop(current);
+        if self.lib.inventory()?.drive.is_some() {
+            self.lib.unload()?;
+        }
+        let inv = self.lib.inventory()?;
+        for (slot, barcode) in inv.slots {
+            let Some(barcode) = barcode else { continue };
+            if !self.tried.insert(barcode.clone()) {
+                continue;
+            }
+            self.lib.load_slot(slot)?;
+            let drive = self.lib.open_drive()?;
+            return Ok(Some((Box::new(drive), Some(barcode))));
+        }
+        Ok(None)
+    }
+
+    fn whereabouts(&self, barcode: &str) -> Option<String> {
+        let inv = self.lib.inventory().ok()?;
+        let place = match &inv.drive {
+            Some((b, _)) if b == barcode => "drive".to_string(),
+            _ => inv
+                .slots
+                .iter()
+                .find(|(_, b)| b.as_deref() == Some(barcode))
+                .map(|(s, _)| format!("slot {s}"))?,
+        };
+        Some(format!("library {}, {place}", self.lib.name()))
+    }
+}
+
+/// A cartridge made ready to continue the set.
+pub struct Continuation {
+    pub drive: Box<dyn TapeDrive>,
+    pub label: VolumeLabel,
+    /// Cartridges looked at and refused, with why.
+    pub refused: Vec<String>,
+}
+
+/// Load candidates until one may become volume `need.volume_seq` of the
+/// set; label it as that volume (previous volume `previous`) and leave it
+/// positioned at the start of tape file 2, ready for the session.
+pub fn load_continuation(
+    supply: &mut dyn CartridgeSupply,
+    full: Box<dyn TapeDrive>,
+    set: &SetMembership,
+    pool: &str,
+    block_size: u32,
+    previous: [u8; 16],
+) -> Result<Continuation> {
+    let need = ContinuationNeed {
+        pool: pool.to_string(),
+        set_name: set.set_name.clone(),
+        volume_seq: set.volume_seq + 1,
+        block_size,
+    };
+    let mut refused = Vec::new();
+    let mut current = full;
+    loop {
+        let Some((mut drive, barcode)) = supply.next(current)? else {
+            let tried = if refused.is_empty() {
+                "no other cartridge was available".to_string()
+            } else {
+                format!("refused: {}", refused.join("; "))
+            };
+            return Err(Error::Refused(format!(
+                "set \"{}\" needs volume {} (an empty cartridge of pool \"{pool}\"), but {tried}. \
+                 Everything written so far is complete and restorable; add a blank or \
+                 labelled empty cartridge of the pool and write the rest as a new session",
+                set.set_name, need.volume_seq
+            )));
+        };
+        let write_protected = drive.status()?.write_protected;
+        let (offered, label) = match read_label(drive.as_mut())? {
+            LabelState::Blank => (Offered::Blank { barcode }, None),
+            LabelState::Foreign(what) => (Offered::Foreign { what }, None),
+            LabelState::Tapir(l) => {
+                let map = map_tape(drive.as_mut())?;
+                let holds_data = !map.sessions.is_empty()
+                    || !map.unknown_files.is_empty()
+                    || map.next_file() > super::volume::FIRST_SESSION_FILE;
+                (
+                    Offered::Tapir {
+                        label: l.label.clone(),
+                        pool: l.pool.clone(),
+                        set: l.set.as_ref().map(|m| (m.set_name.clone(), m.volume_seq)),
+                        holds_data,
+                        block_size: l.block_size,
+                    },
+                    Some(*l),
+                )
+            }
+        };
+        let mut label = match accept_for_continuation(&offered, write_protected, &need) {
+            Verdict::Refuse { reason } => {
+                let name = match &offered {
+                    Offered::Tapir { label, .. } => label.clone(),
+                    Offered::Blank { barcode: Some(b) } => b.clone(),
+                    _ => drive.name().to_string(),
+                };
+                tracing::warn!("not continuing on {name}: {reason}");
+                refused.push(format!("{name}: {reason}"));
+                current = drive;
+                continue;
+            }
+            Verdict::LabelThenUse { label } => new_label(&label, pool, block_size),
+            Verdict::Use => label.expect("a tapir label was read"),
+        };
+        label.set = Some(SetMembership {
+            set_uuid: set.set_uuid,
+            set_name: set.set_name.clone(),
+            volume_seq: need.volume_seq,
+            previous_volume: Some(previous),
+            joined: Timestamp::now(),
+            host: hostname(),
+        });
+        // The cartridge is empty (checked above): its label is rewritten
+        // with the set; the session's final filemark makes it durable.
+        write_label(drive.as_mut(), &label, false)?;
+        let pos = drive.position()?;
+        if pos.file != super::volume::FIRST_SESSION_FILE || pos.block != 0 {
+            return Err(Error::Refused(format!(
+                "{}: after labelling {} the drive is at tape file {}, block {}, not at tape file 2; not writing",
+                drive.name(),
+                label.label,
+                pos.file,
+                pos.block
+            )));
+        }
+        return Ok(Continuation {
+            drive,
+            label,
+            refused,
+        });
+    }
+}

@@ -1,0 +1,238 @@
+//! Archive sets across cartridges: a session continues on the next
+//! cartridge of a library when one fills; every cartridge restores alone
+//! (what is wholly on it), and the parts of a file join back into it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+/// Deterministic bytes (xorshift), so a failure is reproducible.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `files` incompressible files of 1.5 to 2 MB (several data chunks each,
+/// so they can be cut between cartridges) plus small ones.
+fn make_tree(root: &Path, files: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for i in 0..files {
+        let rel = format!("big/f{i:02}");
+        all.insert(rel, noise(i as u64, 1_500_000 + i * 60_000));
+    }
+    for i in 0..40 {
+        all.insert(
+            format!("small/s{i:02}.txt"),
+            format!("small file {i}\n").into_bytes(),
+        );
+    }
+    for (rel, data) in &all {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    all
+}
+
+/// Regular files under `dir`, relative path → content.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Write `tree` (in `lab/src`) as one session; returns the summary.
+fn write_tree(lab: &Lab, set: &str) -> (i32, serde_json::Value) {
+    lab.json_in(&lab.path("src"), ["write", "--set", set, "."])
+}
+
+fn cartridges_of(summary: &serde_json::Value) -> Vec<String> {
+    summary["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cartridge"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_set_spans_five_cartridges_and_restores_alone_and_whole() {
+    let lab = Lab::new(12, "5M");
+    // Small blocks: less rounding at each cartridge's end.
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    let tree = make_tree(&lab.path("src"), 8);
+    let (code, w) = write_tree(&lab, "big");
+    assert_eq!(code, 0, "{w}");
+    let parts = w["parts"].as_array().unwrap().clone();
+    assert!(
+        parts.len() >= 5,
+        "spans only {} cartridges: {w}",
+        parts.len()
+    );
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["volume_seq"], (i + 1) as u64, "{p}");
+        assert_eq!(p["continues"], i + 1 < parts.len(), "{p}");
+    }
+    let cartridges = cartridges_of(&w);
+
+    // Each cartridge alone: what is wholly on it comes back byte-exact, and
+    // the files that span are named, never restored half.
+    let mut seen_whole = BTreeMap::new();
+    let mut spanning = 0;
+    for (i, c) in cartridges.iter().enumerate() {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        let to = lab.path(&format!("alone{i}"));
+        let (code, r) = lab.json(["restore", "--to", to.to_str().unwrap()]);
+        let listed = r["spanning"].as_array().unwrap().len();
+        assert_eq!(code, if listed > 0 { 1 } else { 0 }, "{r}");
+        spanning += listed;
+        for (rel, data) in files_under(&to) {
+            let rel = rel.trim_start_matches("./").to_string();
+            assert!(!rel.ends_with(".partial"), "{rel} kept without --partials");
+            assert_eq!(tree.get(&rel), Some(&data), "{rel} from {c}");
+            assert!(
+                seen_whole.insert(rel.clone(), c.clone()).is_none(),
+                "{rel} twice"
+            );
+        }
+    }
+    // A cut falls inside a file unless it falls between two.
+    assert!(spanning >= 2, "{spanning} spanning parts");
+    assert!(
+        seen_whole.len() < tree.len(),
+        "some files must span cartridges"
+    );
+
+    // The whole set: every cartridge in order into one directory joins the
+    // parts, checked against each file's BLAKE3.
+    let whole = lab.path("whole");
+    let mut joined = 0u64;
+    for (i, c) in cartridges.iter().enumerate() {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        let (code, r) = lab.json(["restore", "--partials", "--to", whole.to_str().unwrap()]);
+        joined += r["joined"].as_u64().unwrap();
+        let incomplete = r["spanning"].as_array().unwrap().len();
+        assert_eq!(code, if incomplete > 0 { 1 } else { 0 }, "{c}: {r}");
+        if i + 1 == cartridges.len() {
+            assert_eq!(
+                incomplete, 0,
+                "the last cartridge completes everything: {r}"
+            );
+        }
+    }
+    assert!(
+        joined >= 1 && spanning as u64 >= 2 * joined,
+        "{joined} joined"
+    );
+    let restored: BTreeMap<String, Vec<u8>> = files_under(&whole)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("./").to_string(), v))
+        .collect();
+    assert_eq!(
+        restored.keys().collect::<Vec<_>>(),
+        tree.keys().collect::<Vec<_>>()
+    );
+    assert!(restored == tree, "content differs after joining parts");
+}
+
+#[test]
+fn cartridges_that_must_not_be_written_are_skipped_untouched() {
+    let lab = Lab::new(6, "5M");
+    // Slot 2: volume 1 of another set. Slot 3: write-protected.
+    assert_ok(&lab.tapir(["changer", "load", "TAP002L9"]));
+    lab.label("TAP002L9");
+    let other = lab.path("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("x"), b"another set").unwrap();
+    assert_ok(&lab.tapir_in(&other, ["write", "--set", "other", "x"]));
+    let lib = lab.lib();
+    assert_ok(&lab.tapir(["vtape", "protect", lib.to_str().unwrap(), "TAP003L9"]));
+    let before: Vec<Vec<u8>> = ["TAP002L9", "TAP003L9"]
+        .iter()
+        .map(|b| fs::read(lab.image(b)).unwrap())
+        .collect();
+
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    make_tree(&lab.path("src"), 3);
+    let (code, w) = write_tree(&lab, "main");
+    assert_eq!(
+        code, 1,
+        "written with warnings about the refused cartridges: {w}"
+    );
+    let cartridges = cartridges_of(&w);
+    assert_eq!(cartridges[0], "TAP001L9");
+    assert_eq!(cartridges[1], "TAP004L9", "{w}");
+    let warnings = w["warnings"].to_string();
+    assert!(
+        warnings.contains("TAP002L9") && warnings.contains("set \\\"other\\\""),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("TAP003L9") && warnings.contains("write-protected"),
+        "{warnings}"
+    );
+    let after: Vec<Vec<u8>> = ["TAP002L9", "TAP003L9"]
+        .iter()
+        .map(|b| fs::read(lab.image(b)).unwrap())
+        .collect();
+    assert!(before == after, "a refused cartridge was modified");
+}
+
+#[test]
+fn running_out_of_cartridges_stops_cleanly_and_keeps_what_was_written() {
+    let lab = Lab::new(2, "5M");
+    lab.label("TAP001L9");
+    let tree = make_tree(&lab.path("src"), 8);
+    let out = lab.tapir_in(&lab.path("src"), ["write", "--set", "big", "."]);
+    assert_code(&out, 3);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("needs volume 3") && err.contains("restorable"),
+        "{err}"
+    );
+    // Both cartridges are complete and restorable on their own.
+    for c in ["TAP001L9", "TAP002L9"] {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        // Parts of files that span cannot be verified whole (exit 1).
+        let v = lab.tapir(["verify"]);
+        assert!([0, 1].contains(&code(&v)), "{}", text(&v.stdout));
+        assert!(!text(&v.stdout).contains("DAMAGED"), "{}", text(&v.stdout));
+        let to = lab.path(&format!("r-{c}"));
+        let r = lab.tapir(["restore", "--to", to.to_str().unwrap()]);
+        assert!([0, 1].contains(&code(&r)), "{}", text(&r.stdout));
+        let got = files_under(&to);
+        assert!(!got.is_empty());
+        for (rel, data) in got {
+            assert_eq!(tree.get(rel.trim_start_matches("./")), Some(&data), "{rel}");
+        }
+    }
+}
