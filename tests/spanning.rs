@@ -236,3 +236,50 @@ fn running_out_of_cartridges_stops_cleanly_and_keeps_what_was_written() {
         }
     }
 }
+
+#[test]
+fn the_last_cartridge_restores_the_whole_set_loading_the_others() {
+    let lab = Lab::new(12, "5M");
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    let tree = make_tree(&lab.path("src"), 8);
+    let (code, w) = write_tree(&lab, "big");
+    assert_eq!(code, 0, "{w}");
+    let cartridges = cartridges_of(&w);
+    assert!(cartridges.len() >= 4, "{w}");
+
+    // From the last cartridge: everything, each other cartridge loaded in turn.
+    assert_ok(&lab.tapir(["changer", "load", cartridges.last().unwrap()]));
+    let whole = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", whole.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["cartridges"].as_array().unwrap().len(),
+        cartridges.len(),
+        "{r}"
+    );
+    assert!(r["joined"].as_u64().unwrap() >= 1, "{r}");
+    let got: BTreeMap<String, Vec<u8>> = files_under(&whole)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("./").to_string(), v))
+        .collect();
+    assert!(got == tree, "whole-set restore differs from the source");
+
+    // From a middle cartridge: everything up to it; what continues beyond
+    // it is named, and nothing wrong is restored.
+    let middle = &cartridges[cartridges.len() / 2];
+    assert_ok(&lab.tapir(["changer", "load", middle]));
+    let part = lab.path("part");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", part.to_str().unwrap()]);
+    assert!([0, 1].contains(&code), "{r}");
+    for (rel, data) in files_under(&part) {
+        let rel = rel.trim_start_matches("./").to_string();
+        if let Some(orig) = rel.strip_suffix(".partial") {
+            assert!(
+                r["incomplete"].to_string().contains(orig),
+                "{orig} not reported: {r}"
+            );
+            continue;
+        }
+        assert_eq!(tree.get(&rel), Some(&data), "{rel}");
+    }
+}

@@ -135,6 +135,11 @@ enum Command {
         /// completes it (checked against the file's BLAKE3).
         #[arg(long)]
         partials: bool,
+        /// Restore from the whole set the loaded cartridge belongs to: the
+        /// newest version of each path, from the set catalog copy on this
+        /// cartridge, loading each cartridge it needs from the library.
+        #[arg(long, conflicts_with = "session")]
+        whole_set: bool,
         /// Glob patterns over archive paths; a directory selects its contents.
         patterns: Vec<String>,
     },
@@ -595,17 +600,42 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             overwrite,
             session,
             partials,
+            whole_set,
             patterns,
         } => {
             let mut drive = open(cli)?;
             let opts = pipeline::restore::RestoreOptions {
                 partials: *partials,
+                selection: None,
                 target: to.clone(),
                 patterns: patterns.clone(),
                 session: *session,
                 overwrite: *overwrite,
                 numeric_owner: *numeric_owner,
             };
+            if *whole_set {
+                let dir = match tapir::device::open::DeviceSpec::parse(device_spec(cli)?) {
+                    Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir)) => dir,
+                    _ => {
+                        return Err(Error::Usage(
+                            "--whole-set needs a library (vtape:DIR) to load the set's cartridges; \
+                             with a single drive, restore each cartridge in set order with --partials"
+                                .into(),
+                        )
+                        .into())
+                    }
+                };
+                let mut loader = pipeline::setrestore::LibraryLoader {
+                    lib: VirtualLibrary::open(dir).map_err(Error::from)?,
+                };
+                let summary = pipeline::setrestore::restore_set(drive, &mut loader, &opts)?;
+                for c in &summary.cartridges {
+                    let errors = (c.damaged.len() + c.lost_blocks.len()) as u64;
+                    note_in_catalog(cli, |cat| cat.record_read(&c.volume_uuid, errors));
+                }
+                output::set_restored(cli.json, &summary);
+                return Ok(summary.exit_status());
+            }
             let summary = pipeline::restore::restore(drive.as_mut(), &opts)?;
             let errors = (summary.damaged.len() + summary.lost_blocks.len()) as u64;
             note_in_catalog(cli, |c| c.record_read(&summary.volume_uuid, errors));

@@ -512,6 +512,27 @@ pub fn restored(json: bool, s: &RestoreSummary) {
     }
 }
 
+pub fn set_restored(json: bool, s: &tapir::pipeline::setrestore::SetRestoreSummary) {
+    if json {
+        print_json(s);
+        return;
+    }
+    for c in &s.cartridges {
+        restored(false, c);
+    }
+    println!(
+        "set \"{}\": restored {} of {} selected entries from {} cartridge(s), {} joined from parts",
+        s.set_name,
+        s.restored,
+        s.selected,
+        s.cartridges.len(),
+        s.joined
+    );
+    for i in &s.incomplete {
+        println!("  INCOMPLETE {i}");
+    }
+}
+
 pub fn verified(json: bool, s: &VerifySummary) {
     if json {
         print_json(s);

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod reader;
 pub mod restore;
 pub mod setcat;
+pub mod setrestore;
 pub mod source;
 pub mod span;
 pub mod spool;

@@ -27,6 +27,10 @@ pub struct RestoreOptions {
     /// (and complete such a file when the cartridge holding the rest is
     /// restored into the same target).
     pub partials: bool,
+    /// Restore exactly these paths of these sessions (by session number on
+    /// the cartridge) instead of choosing versions by `patterns`: a restore
+    /// of a whole set has chosen them from the set catalog.
+    pub selection: Option<HashMap<u32, HashSet<Vec<u8>>>>,
 }
 
 /// Suffix of a file holding some parts of an entry that spans cartridges.
@@ -139,11 +143,20 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         ..Default::default()
     };
 
-    let chosen = choose_versions(&listing.sessions, &patterns, &mut summary);
+    let chosen = match &opts.selection {
+        Some(sel) => sel.clone(),
+        None => choose_versions(&listing.sessions, &patterns, &mut summary),
+    };
     summary.selected = chosen.values().map(|v| v.len() as u64).sum();
     for s in &listing.sessions {
         for (path, reason) in &s.incomplete {
-            if patterns.is_empty() || patterns.iter().any(|p| pattern_selects(p, path)) {
+            let selected = match &opts.selection {
+                Some(sel) => sel
+                    .get(&s.session.number)
+                    .is_some_and(|paths| paths.contains(path)),
+                None => patterns.is_empty() || patterns.iter().any(|p| pattern_selects(p, path)),
+            };
+            if selected {
                 summary.damaged.push(NotRestored {
                     path: show(path),
                     session: s.session.number,

@@ -20,10 +20,7 @@ pub trait CartridgeSupply: Send {
     /// Put the cartridge in `current` away and load another candidate.
     /// Returns the drive with it and its barcode (if known), or None when
     /// there is no candidate left.
-    fn next(
-        &mut self,
-        current: Box<dyn TapeDrive>,
-    ) -> Result<Option<Candidate>>;
+    fn next(&mut self, current: Box<dyn TapeDrive>) -> Result<Option<Candidate>>;
     /// Where the cartridge with `barcode` is now, in words (for the media
     /// inventory written on tape).
     fn whereabouts(&self, barcode: &str) -> Option<String>;
@@ -45,10 +42,7 @@ impl LibrarySupply {
 }
 
 impl CartridgeSupply for LibrarySupply {
-    fn next(
-        &mut self,
-        current: Box<dyn TapeDrive>,
-    ) -> Result<Option<Candidate>> {
+    fn next(&mut self, current: Box<dyn TapeDrive>) -> Result<Option<Candidate>> {
         // Closing the drive releases the library's lock.
         drop(current);
         if self.lib.inventory()?.drive.is_some() {

@@ -1,0 +1,256 @@
+//! Restoring a whole archive set: choose each path's newest version from
+//! the set catalog copy on the loaded cartridge, then restore cartridge by
+//! cartridge in set order, asking for each one it needs; files that span
+//! cartridges are joined from their parts and checked whole.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::device::library::VirtualLibrary;
+use crate::device::{Changer, TapeDrive};
+use crate::format::meta::{CatalogEntry, EntryKind};
+use crate::format::setcat::{SessionInfo, VolumeInfo};
+
+use super::restore::{pattern_selects, restore, RestoreOptions, RestoreSummary};
+use super::volume::{map_tape, read_label, LabelState};
+use super::{Error, Result};
+
+/// Brings the cartridges of a set into the drive.
+pub trait VolumeLoader {
+    /// Load `want` and return the drive with it; `current` is the drive
+    /// with the cartridge now loaded (to put away).
+    fn load(
+        &mut self,
+        current: Box<dyn TapeDrive>,
+        want: &VolumeInfo,
+    ) -> Result<Box<dyn TapeDrive>>;
+}
+
+/// Finds cartridges in a virtual library by their label.
+pub struct LibraryLoader {
+    pub lib: VirtualLibrary,
+}
+
+impl VolumeLoader for LibraryLoader {
+    fn load(
+        &mut self,
+        current: Box<dyn TapeDrive>,
+        want: &VolumeInfo,
+    ) -> Result<Box<dyn TapeDrive>> {
+        drop(current);
+        // Labels usually are the barcodes; else look at every cartridge.
+        let inv = self.lib.inventory()?;
+        let mut candidates: Vec<String> = inv
+            .slots
+            .iter()
+            .filter_map(|(_, b)| b.clone())
+            .chain(inv.drive.map(|(b, _)| b))
+            .collect();
+        candidates.sort_by_key(|b| b != &want.label);
+        for barcode in candidates {
+            self.lib.load_barcode(&barcode)?;
+            let mut drive: Box<dyn TapeDrive> = Box::new(self.lib.open_drive()?);
+            if let LabelState::Tapir(l) = read_label(drive.as_mut())? {
+                if l.volume_uuid == want.volume_uuid {
+                    return Ok(drive);
+                }
+            }
+        }
+        Err(Error::Refused(format!(
+            "{}: cartridge {} (volume {} of the set) is not in the library; it was last known to be {}",
+            self.lib.name(),
+            want.label,
+            want.volume_seq,
+            want.location.as_deref().unwrap_or("nowhere on record")
+        )))
+    }
+}
+
+/// What a whole-set restore did, cartridge by cartridge.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SetRestoreSummary {
+    pub set_name: String,
+    pub selected: u64,
+    pub restored: u64,
+    pub joined: u64,
+    pub cartridges: Vec<RestoreSummary>,
+    /// Paths selected whose parts could not all be restored.
+    pub incomplete: Vec<String>,
+}
+
+impl SetRestoreSummary {
+    pub fn exit_status(&self) -> crate::exit::ExitStatus {
+        let worst = self
+            .cartridges
+            .iter()
+            .map(|c| c.exit_status())
+            .max_by_key(|s| s.code())
+            .unwrap_or(crate::exit::ExitStatus::Success);
+        if !self.incomplete.is_empty() && worst == crate::exit::ExitStatus::Success {
+            crate::exit::ExitStatus::Warnings
+        } else {
+            worst
+        }
+    }
+}
+
+/// Restore the newest version of every selected path in the whole set.
+pub fn restore_set(
+    mut drive: Box<dyn TapeDrive>,
+    loader: &mut dyn VolumeLoader,
+    opts: &RestoreOptions,
+) -> Result<SetRestoreSummary> {
+    let map = map_tape(drive.as_mut())?;
+    let set = map.label.set.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: cartridge {} belongs to no set",
+            drive.name(),
+            map.label.label
+        ))
+    })?;
+    let (number, file) = map
+        .sessions
+        .iter()
+        .rev()
+        .find_map(|s| s.set_catalog_file.map(|f| (s.number, f)))
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "{}: cartridge {} holds no set catalog copy (written by an older tapir?); restore its cartridges one by one",
+                drive.name(),
+                map.label.label
+            ))
+        })?;
+    let mut copy = super::setcat::read_set_catalog(drive.as_mut(), set.set_uuid, file, number)?;
+    let sessions: Vec<SessionInfo> = copy.builder.sessions().to_vec();
+    let volumes: Vec<VolumeInfo> = copy.builder.volumes().to_vec();
+    let patterns: Vec<Vec<u8>> = opts
+        .patterns
+        .iter()
+        .map(|p| super::glob::normalise_pattern(p))
+        .collect();
+
+    // Newest version of each path: the entries of one path come in
+    // session order, so the last one wins, with the parts before it that
+    // it continues.
+    let mut chosen: BTreeMap<u32, HashMap<u32, HashSet<Vec<u8>>>> = BTreeMap::new();
+    let mut summary = SetRestoreSummary {
+        set_name: set.set_name.clone(),
+        ..Default::default()
+    };
+    let mut group: Vec<(u32, CatalogEntry)> = Vec::new();
+    let mut links: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut flush = |group: &mut Vec<(u32, CatalogEntry)>,
+                     chosen: &mut BTreeMap<u32, HashMap<u32, HashSet<Vec<u8>>>>,
+                     summary: &mut SetRestoreSummary| {
+        let Some((last_session, last)) = group.last().cloned() else {
+            return;
+        };
+        summary.selected += 1;
+        let mut take = vec![(last_session, last.clone())];
+        // A continued entry: walk back the parts it continues.
+        let mut want = sessions
+            .get(last_session as usize)
+            .and_then(|s| s.continues);
+        let mut needs_more = last.continued_from.is_some();
+        for (s, e) in group.iter().rev().skip(1) {
+            if !needs_more {
+                break;
+            }
+            if Some(*s) == want {
+                take.push((*s, e.clone()));
+                needs_more = e.continued_from.is_some();
+                want = sessions.get(*s as usize).and_then(|x| x.continues);
+            }
+        }
+        if needs_more {
+            summary.incomplete.push(format!(
+                "{}: a part is missing from the set catalog",
+                String::from_utf8_lossy(&last.path)
+            ));
+        }
+        if last.kind == EntryKind::HardLink.code() {
+            if let Some(t) = &last.link_target {
+                links.push((last_session, t.clone()));
+            }
+        }
+        for (s, e) in take {
+            if let Some(info) = sessions.get(s as usize) {
+                chosen
+                    .entry(info.volume_seq)
+                    .or_default()
+                    .entry(info.session)
+                    .or_default()
+                    .insert(e.path);
+            }
+        }
+        group.clear();
+    };
+    copy.builder.for_each_entry(|e| {
+        let selected =
+            patterns.is_empty() || patterns.iter().any(|p| pattern_selects(p, &e.entry.path));
+        if !selected {
+            return Ok(());
+        }
+        if group.last().is_some_and(|(_, g)| g.path != e.entry.path) {
+            flush(&mut group, &mut chosen, &mut summary);
+        }
+        group.push((e.session, e.entry.clone()));
+        Ok(())
+    })?;
+    flush(&mut group, &mut chosen, &mut summary);
+    // A hard link needs the file it links to, from the same session.
+    for (s, target) in links {
+        if let Some(info) = sessions.get(s as usize) {
+            chosen
+                .entry(info.volume_seq)
+                .or_default()
+                .entry(info.session)
+                .or_default()
+                .insert(target);
+        }
+    }
+
+    for (volume_seq, selection) in chosen {
+        let want = volumes
+            .iter()
+            .find(|v| v.volume_seq == volume_seq)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "the set catalog names no cartridge for volume {volume_seq} of set \"{}\"",
+                    set.set_name
+                ))
+            })?;
+        let here = read_label(drive.as_mut())?;
+        let loaded = matches!(&here, LabelState::Tapir(l) if l.volume_uuid == want.volume_uuid);
+        if !loaded {
+            tracing::info!("loading {} (volume {volume_seq})", want.label);
+            drive = loader.load(drive, &want)?;
+        }
+        let cart = restore(
+            drive.as_mut(),
+            &RestoreOptions {
+                partials: true,
+                selection: Some(selection),
+                ..opts.clone()
+            },
+        )?;
+        summary.restored += cart.restored;
+        summary.joined += cart.joined;
+        summary.cartridges.push(cart);
+    }
+    // A part waits as PATH.partial until the cartridge with the rest is
+    // restored; what still waits at the end is incomplete.
+    for cart in &mut summary.cartridges {
+        cart.spanning.retain(|n| {
+            let mut partial = opts.target.join(&n.path).into_os_string();
+            partial.push(".partial");
+            std::path::Path::new(&partial).exists()
+        });
+        summary.incomplete.extend(
+            cart.spanning
+                .iter()
+                .map(|n| format!("{}: {}", n.path, n.reason)),
+        );
+    }
+    Ok(summary)
+}
