@@ -14,7 +14,17 @@
 //! The same tests run against tgt's tape emulation over iSCSI (byte-exact,
 //! but without READ POSITION, LOCATE or residues, and with a made-up block at
 //! end of data); checks that need what tgt lacks are skipped there, saying so.
+//!
+//! Resets are real: a LOGICAL UNIT RESET through the drive's SCSI generic
+//! node (SG_SCSI_RESET), after which both emulators raise UNIT ATTENTION
+//! (29h). Failed writes come from scsi_debug's error injection in debugfs
+//! (`/sys/kernel/debug/scsi_debug/H:C:T:L/error`); it builds current
+//! (70h) sense only, so a deferred error (71h) cannot be produced here.
 
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use tapir::device::sense::UnitAttention;
 use tapir::device::sg::SgError;
 use tapir::device::st::{StDrive, LOGICAL_UNKNOWN};
 use tapir::device::{
@@ -212,6 +222,12 @@ fn t02_identity_limits_and_position_through_sg() {
     }
     let mode = scsi.mode_sense(0x3F).unwrap();
     assert!(!mode.write_protected);
+    // Neither emulator has a tape capacity log page or cartridge memory.
+    let room = d.room_before_early_warning();
+    eprintln!("room before early warning: {room:?}");
+    if emulation(&d) == Emulation::ScsiDebug {
+        assert_eq!(room, None);
+    }
     // MTIOCPOS and READ POSITION agree.
     assert_eq!(d.tell().unwrap(), 0);
     assert_eq!(d.position().unwrap().logical, 0);
@@ -707,4 +723,291 @@ fn t12_every_byte_comes_back() {
     assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::Filemark);
     assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::EndOfData);
     assert_eq!(pos(&mut d), (1, 0));
+}
+
+// ---- LOCATE, resets and deferred errors ----
+
+/// The st driver's sysfs directory for `dev` (/sys/class/scsi_tape/nstN).
+fn sysfs_dir(dev: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(dev).unwrap().rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    std::fs::canonicalize(format!("/sys/dev/char/{major}:{minor}")).unwrap()
+}
+
+/// SCSI commands other than READ and WRITE the st driver has sent to the
+/// drive (its statistics in sysfs), when it keeps them.
+fn st_commands(dev: &str) -> Option<u64> {
+    let v = std::fs::read_to_string(sysfs_dir(dev).join("stats/other_cnt")).ok()?;
+    v.trim().parse().ok()
+}
+
+/// The drive's H:C:T:L address (the SCSI device above the st node).
+fn scsi_address(dev: &str) -> String {
+    let dir = sysfs_dir(dev);
+    let device = dir.parent().and_then(Path::parent).unwrap();
+    device.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+nix::ioctl_write_ptr_bad!(sg_scsi_reset, 0x2284, libc::c_int);
+/// `SG_SCSI_RESET_DEVICE` of <scsi/sg.h>.
+const SG_SCSI_RESET_DEVICE: libc::c_int = 1;
+
+/// Reset the drive (a LOGICAL UNIT RESET through its SCSI generic node),
+/// as a bus reset or another initiator would. `false` if it cannot be done.
+fn reset_drive(dev: &str) -> bool {
+    let Some(sg) = std::fs::read_dir(sysfs_dir(dev).join("device/scsi_generic"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| PathBuf::from("/dev").join(e.file_name()))
+    else {
+        eprintln!("no SCSI generic node for {dev}");
+        return false;
+    };
+    let f = match std::fs::OpenOptions::new().read(true).write(true).open(&sg) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("opening {}: {e}", sg.display());
+            return false;
+        }
+    };
+    // SAFETY: the fd is open for the call; the argument is a valid int
+    // that SG_SCSI_RESET only reads.
+    match unsafe { sg_scsi_reset(f.as_raw_fd(), &SG_SCSI_RESET_DEVICE) } {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SG_SCSI_RESET on {}: {e}", sg.display());
+            false
+        }
+    }
+}
+
+fn is_unit_attention_reset(r: &Result<impl std::fmt::Debug, DeviceError>) -> bool {
+    matches!(
+        r,
+        Err(DeviceError::UnitAttention {
+            reason: UnitAttention::PowerOnOrReset,
+            ..
+        })
+    )
+}
+
+#[test]
+fn t13_locate_by_logical_object() {
+    let Some(dev) = device() else { return };
+    if not_on_tgt(
+        &open(&dev),
+        "no READ POSITION or LOCATE (t05 covers spacing)",
+    ) {
+        return;
+    }
+    let mut d = open(&dev);
+    three_files(&mut d);
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    use Seen::*;
+    // From BOT to file 2 block 1: one LOCATE and one READ POSITION, and
+    // the driver's own counters are then unknown (only LOCATE does that).
+    let before = st_commands(&dev);
+    d.locate(2, 1).unwrap();
+    let used = st_commands(&dev).zip(before).map(|(a, b)| a - b);
+    eprintln!("locate(2, 1) from BOT with file starts known: {used:?} st commands");
+    assert_eq!(d.st_status().unwrap().file, None, "LOCATE was not used");
+    assert_eq!(pos(&mut d), (2, 1));
+    assert_eq!(d.position().unwrap().logical, 8);
+    assert_eq!(read_one(&mut d, &mut buf), B(0x301, 1024));
+    // Relative operations after LOCATE, with the driver's counters unknown.
+    d.locate(2, 1).unwrap();
+    let e = d.space_blocks(5).unwrap_err();
+    assert!(e.to_string().contains("filemark"), "{e}");
+    assert_eq!(pos(&mut d), (2, 3));
+    assert_eq!(read_one(&mut d, &mut buf), Fm);
+    d.locate(1, 1).unwrap();
+    let e = d.space_blocks(-3).unwrap_err();
+    assert!(e.to_string().contains("filemark"), "{e}");
+    assert_eq!(pos(&mut d), (1, 0));
+    d.locate(0, 1).unwrap();
+    assert!(d.space_filemarks(-1).is_err());
+    assert_eq!(pos(&mut d), (0, 0));
+    d.locate(0, 2).unwrap();
+    d.space_filemarks(2).unwrap();
+    assert_eq!(pos(&mut d), (2, 0));
+    d.locate(1, 1).unwrap();
+    d.seek_end_of_data().unwrap();
+    assert_eq!(pos(&mut d), (3, 0));
+    // A fresh open knows no file starts: spacing finds them once.
+    drop(d);
+    let mut d = open(&dev);
+    d.rewind().unwrap();
+    let before = st_commands(&dev);
+    d.locate(2, 2).unwrap();
+    let used = st_commands(&dev).zip(before).map(|(a, b)| a - b);
+    eprintln!("locate(2, 2) from BOT, nothing known: {used:?} st commands");
+    assert_eq!(read_one(&mut d, &mut buf), B(0x302, 1536));
+    for (f, b, expect) in [
+        (2, 3, Fm),
+        (1, 2, Fm),
+        (0, 0, B(0x100, 512)),
+        (3, 0, Eod),
+        (1, 0, B(0x200, 512)),
+        (0, 3, Fm),
+    ] {
+        d.locate(f, b).unwrap();
+        assert_eq!(pos(&mut d), (f, b), "locate {f}/{b}");
+        assert_eq!(read_one(&mut d, &mut buf), expect, "locate {f}/{b}");
+    }
+    for (f, b) in [(2, 4), (1, 3), (3, 1), (4, 0), (9, 2)] {
+        let e = d.locate(f, b).unwrap_err();
+        assert!(
+            matches!(e, DeviceError::InvalidRequest { .. }),
+            "locate {f}/{b}: {e}"
+        );
+        eprintln!("locate {f}/{b}: {e}");
+    }
+    // Still usable after a refusal.
+    d.locate(2, 0).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x300, 512));
+    // A write truncates: the file starts after it are forgotten.
+    d.locate(1, 1).unwrap();
+    d.write_block(&block(0x211, 512)).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    assert!(d.locate(2, 1).is_err(), "file 2 is empty now");
+    d.locate(2, 0).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), Eod);
+    d.locate(1, 1).unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![B(0x211, 512), Fm, Eod]);
+}
+
+#[test]
+fn t14_unit_attention_after_a_reset() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    three_files(&mut d);
+    let mut buf = vec![0u8; 1 << 20];
+    use Seen::*;
+    // What the check after every operation costs.
+    let t = std::time::Instant::now();
+    let n = 1000;
+    for _ in 0..n {
+        assert_ne!(d.position_lost_in_reset(), Some(true));
+    }
+    eprintln!(
+        "position_lost_in_reset: {:?} per check ({})",
+        t.elapsed() / n,
+        if d.position_lost_in_reset().is_some() {
+            "sysfs attribute present"
+        } else {
+            "no sysfs attribute"
+        }
+    );
+    d.locate(1, 1).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x201, 1024));
+    if !reset_drive(&dev) {
+        eprintln!("cannot reset the drive: skipped");
+        return;
+    }
+    // Reading after the reset: named, not a medium error.
+    let r = d.read_block(&mut buf);
+    eprintln!("read after a reset: {r:?}");
+    assert!(is_unit_attention_reset(&r), "{r:?}");
+    assert!(r.unwrap_err().position_lost());
+    if let Some(lost) = d.position_lost_in_reset() {
+        assert!(lost);
+    }
+    // The driver refuses relative operations until the tape is positioned;
+    // they say the same.
+    let r = d.space_blocks(-1);
+    assert!(is_unit_attention_reset(&r), "{r:?}");
+    assert!(d.position().is_err(), "the position is unknown");
+    // Re-establish by locating; reading goes on where it was.
+    let t = std::time::Instant::now();
+    d.locate(1, 1).unwrap();
+    eprintln!("re-established with locate(1, 1) in {:?}", t.elapsed());
+    assert!(!d.position_lost_in_reset().unwrap_or(false));
+    assert_eq!(pos(&mut d), (1, 1));
+    assert_eq!(read_one(&mut d, &mut buf), B(0x201, 1024));
+    // A reset while writing: the next write says so; end of data shows
+    // what is on the cartridge, and writing goes on from there.
+    d.seek_end_of_data().unwrap();
+    assert_eq!(pos(&mut d), (3, 0));
+    d.write_block(&block(0x400, 512)).unwrap();
+    assert!(reset_drive(&dev));
+    let r = d.write_block(&block(0x401, 512));
+    eprintln!("write after a reset: {r:?}");
+    assert!(is_unit_attention_reset(&r), "{r:?}");
+    d.seek_end_of_data().unwrap();
+    if emulation(&d) != Emulation::Tgt {
+        // (tgt cannot count the blocks of an unterminated file.)
+        assert_eq!(pos(&mut d), (3, 1));
+    }
+    d.write_block(&block(0x401, 512)).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.locate(3, 0).unwrap();
+    assert_eq!(
+        read_to_eod(&mut d),
+        vec![B(0x400, 512), B(0x401, 512), Fm, Eod]
+    );
+    // A reset between opens: opening rewinds (the position is unknown).
+    assert!(reset_drive(&dev));
+    drop(d);
+    let mut d = open(&dev);
+    assert_eq!(pos(&mut d), (0, 0));
+    assert_eq!(read_one(&mut d, &mut buf), B(0x100, 512));
+}
+
+/// scsi_debug's error injection (debugfs), when it is there.
+fn injection_file(dev: &str) -> Option<PathBuf> {
+    let f = Path::new("/sys/kernel/debug/scsi_debug")
+        .join(scsi_address(dev))
+        .join("error");
+    f.exists().then_some(f)
+}
+
+#[test]
+fn t15_a_failed_write_loses_no_accepted_block() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    if emulation(&d) != Emulation::ScsiDebug {
+        eprintln!("skipped: needs scsi_debug's error injection");
+        return;
+    }
+    let Some(inject) = injection_file(&dev) else {
+        eprintln!("no scsi_debug error injection (debugfs): skipped");
+        return;
+    };
+    use Seen::*;
+    d.rewind().unwrap();
+    d.write_block(&block(0x1, 512)).unwrap();
+    // A buffer at an odd address cannot be mapped for direct I/O, so st
+    // copies it and lets write() return before the WRITE completes (its
+    // write-behind); an aligned one goes straight to the drive.
+    let mut odd = vec![0u8; 513];
+    odd[1..].copy_from_slice(&block(0x2, 512));
+    let aligned = block(0x2, 512);
+    for (how, data) in [("buffered by st", &odd[1..]), ("direct", &aligned[..])] {
+        // The next WRITE(6) fails once: MEDIUM ERROR, write error (0Ch/00h).
+        std::fs::write(&inject, "2 -1 0x0a 0 0 0x2 0x3 0x0c 0x00").unwrap();
+        let r = d.write_block(data);
+        eprintln!("write {how} whose WRITE fails: {r:?}");
+        // The failure belongs to this block: a current error, and nothing
+        // the drive had accepted before is lost (not a deferred error).
+        assert!(
+            matches!(
+                r,
+                Err(DeviceError::MediumError {
+                    file: 0,
+                    block: 1,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(pos(&mut d), (0, 1));
+        assert_eq!(d.tell().unwrap(), 1);
+    }
+    d.write_block(&odd[1..]).unwrap();
+    d.write_filemarks(1, false).unwrap();
+    d.rewind().unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![B(0x1, 512), B(0x2, 512), Fm, Eod]);
 }

@@ -100,6 +100,22 @@ pub enum DeviceError {
         file: u32,
         block: u64,
     },
+    /// Something the drive had already accepted (write() returned, or it
+    /// acknowledged a buffered write or an immediate filemark) failed
+    /// afterwards: a deferred error (sense response code 71h/73h), or the
+    /// drive's position shows that accepted blocks never reached the
+    /// medium. What follows the last durable point is uncertain.
+    #[error("{device}: deferred error: {detail}. Data the drive had already accepted may not be on the cartridge; find out what is really there (go to end of data and read back the last blocks) and rewrite everything after the last point known to be durable")]
+    DeferredError { device: String, detail: String },
+    /// The drive raised UNIT ATTENTION for a reset or a medium change: its
+    /// position (and, after a reset, data it had buffered) is lost, and the
+    /// st driver refuses reads, writes and relative spacing until the tape
+    /// is positioned absolutely again.
+    #[error("{device}: {reason}; the tape position is lost. Re-establish it (rewind, locate a known tape file, or go to end of data) and, if writing, check what reached the cartridge before continuing")]
+    UnitAttention {
+        device: String,
+        reason: sense::UnitAttention,
+    },
     #[error("{device}: {what} is not supported by this device")]
     Unsupported { device: String, what: String },
     #[error("{device}: {detail}")]
@@ -120,6 +136,29 @@ impl DeviceError {
             context: context.into(),
             source,
         }
+    }
+
+    /// The error for a condition that concerns more than one command.
+    pub fn from_disruption(device: &str, d: sense::Disruption) -> Self {
+        match d {
+            sense::Disruption::Deferred { key, condition } => DeviceError::DeferredError {
+                device: device.to_string(),
+                detail: format!("{key}: {condition}"),
+            },
+            sense::Disruption::PositionLost(reason) => DeviceError::UnitAttention {
+                device: device.to_string(),
+                reason,
+            },
+        }
+    }
+
+    /// The drive's position is no longer what the host believed (a reset,
+    /// a medium change, or accepted data that did not reach the medium).
+    pub fn position_lost(&self) -> bool {
+        matches!(
+            self,
+            DeviceError::UnitAttention { .. } | DeviceError::DeferredError { .. }
+        )
     }
 }
 
@@ -199,4 +238,62 @@ pub struct ChangerInventory {
 /// Where a virtual library lives, for messages.
 pub fn describe(path: &std::path::Path) -> String {
     format!("vtape:{}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sense::{Condition, Disruption, SenseKey, UnitAttention};
+    use super::*;
+
+    #[test]
+    fn disruptions_become_named_errors_that_say_what_to_do() {
+        let e = DeviceError::from_disruption(
+            "/dev/nst0",
+            Disruption::Deferred {
+                key: SenseKey::MediumError,
+                condition: Condition::WriteError,
+            },
+        );
+        assert!(matches!(e, DeviceError::DeferredError { .. }));
+        assert!(e.position_lost());
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("/dev/nst0: deferred error: medium error: write error"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("already accepted") && msg.contains("rewrite"),
+            "{msg}"
+        );
+        let e = DeviceError::from_disruption(
+            "/dev/nst0",
+            Disruption::PositionLost(UnitAttention::PowerOnOrReset),
+        );
+        assert!(matches!(
+            e,
+            DeviceError::UnitAttention {
+                reason: UnitAttention::PowerOnOrReset,
+                ..
+            }
+        ));
+        assert!(e.position_lost());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("reset") && msg.contains("position is lost"),
+            "{msg}"
+        );
+        assert!(msg.contains("Re-establish"), "{msg}");
+        let e = DeviceError::from_disruption(
+            "/dev/nst0",
+            Disruption::PositionLost(UnitAttention::MediumChanged),
+        );
+        assert!(e.to_string().contains("cartridge was loaded"), "{e}");
+        let e = DeviceError::MediumError {
+            device: "d".into(),
+            file: 0,
+            block: 0,
+            detail: String::new(),
+        };
+        assert!(!e.position_lost());
+    }
 }

@@ -291,6 +291,69 @@ impl fmt::Display for Condition {
     }
 }
 
+/// Why a drive raised UNIT ATTENTION (sense key 6), named from its
+/// additional sense code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum UnitAttention {
+    /// Power on, or a bus, target or device reset (29h): the drive forgot
+    /// its position, and data it had buffered but not written may be gone.
+    PowerOnOrReset,
+    /// Not ready to ready change (28h/00h): a cartridge was loaded, perhaps
+    /// another one.
+    MediumChanged,
+    /// Another initiator changed the mode parameters (2Ah/01h).
+    ModeParametersChanged,
+    /// Any other reason; the position is kept.
+    Other(Condition),
+}
+
+impl UnitAttention {
+    pub fn from_condition(condition: Condition) -> UnitAttention {
+        match condition {
+            Condition::PowerOnOrReset => UnitAttention::PowerOnOrReset,
+            Condition::MediumMayHaveChanged => UnitAttention::MediumChanged,
+            Condition::ModeParametersChanged => UnitAttention::ModeParametersChanged,
+            other => UnitAttention::Other(other),
+        }
+    }
+
+    /// What the host knew about the position (and, for a medium change,
+    /// the cartridge) no longer holds.
+    pub fn loses_position(self) -> bool {
+        matches!(
+            self,
+            UnitAttention::PowerOnOrReset | UnitAttention::MediumChanged
+        )
+    }
+}
+
+impl fmt::Display for UnitAttention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnitAttention::PowerOnOrReset => {
+                f.write_str("the drive was reset (power on, or a bus or device reset)")
+            }
+            UnitAttention::MediumChanged => {
+                f.write_str("a cartridge was loaded (the medium may have changed)")
+            }
+            UnitAttention::ModeParametersChanged => {
+                f.write_str("another initiator changed the mode parameters")
+            }
+            UnitAttention::Other(c) => write!(f, "unit attention: {c}"),
+        }
+    }
+}
+
+/// A condition that concerns more than the command that reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Disruption {
+    /// Deferred error (response code 71h/73h): an operation the drive had
+    /// already reported as done (typically buffered writes) failed.
+    Deferred { key: SenseKey, condition: Condition },
+    /// A unit attention after which the position is unknown.
+    PositionLost(UnitAttention),
+}
+
 /// Why sense bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SenseError {
@@ -467,11 +530,32 @@ impl Sense {
     /// A unit attention that invalidates what the host knows about the
     /// cartridge or position (reset, or a medium change).
     pub fn lost_position(&self) -> bool {
-        self.key == SenseKey::UnitAttention
-            && matches!(
-                self.condition(),
-                Condition::PowerOnOrReset | Condition::MediumMayHaveChanged
-            )
+        self.unit_attention()
+            .is_some_and(UnitAttention::loses_position)
+    }
+
+    /// The unit attention this sense reports, if it is one.
+    pub fn unit_attention(&self) -> Option<UnitAttention> {
+        (self.key == SenseKey::UnitAttention)
+            .then(|| UnitAttention::from_condition(self.condition()))
+    }
+
+    /// What this sense says about more than the command it came with: a
+    /// deferred error (data the drive had accepted earlier failed), or a
+    /// unit attention that loses the position. `None` for everything else,
+    /// which concerns only the command itself.
+    pub fn disruption(&self) -> Option<Disruption> {
+        if self.deferred {
+            // A deferred recovered error: the earlier operation succeeded.
+            let lost = !matches!(self.key, SenseKey::NoSense | SenseKey::RecoveredError);
+            return lost.then(|| Disruption::Deferred {
+                key: self.key,
+                condition: self.condition(),
+            });
+        }
+        self.unit_attention()
+            .filter(|ua| ua.loses_position())
+            .map(Disruption::PositionLost)
     }
 
     /// One line for messages, e.g. "blank check: end of data detected".
@@ -693,6 +777,101 @@ mod tests {
         );
         // Vendor-specific 0x7F aside, the VALID bit does not change the code.
         assert!(Sense::decode(&fixed(0x70, true, 0, 0, 0, 0)).is_ok());
+    }
+
+    #[test]
+    fn deferred_errors_are_disruptions() {
+        // A buffered write that failed, reported with a later command.
+        let s = Sense::decode(&fixed(0x71, false, 0x03, 0, 0x0C, 0x00)).unwrap();
+        assert_eq!(
+            s.disruption(),
+            Some(Disruption::Deferred {
+                key: SenseKey::MediumError,
+                condition: Condition::WriteError
+            })
+        );
+        // Descriptor format: hardware error, internal target failure.
+        let s = Sense::decode(&[0x73, 0x04, 0x44, 0x00, 0, 0, 0, 0]).unwrap();
+        assert_eq!(
+            s.disruption(),
+            Some(Disruption::Deferred {
+                key: SenseKey::HardwareError,
+                condition: Condition::InternalTargetFailure
+            })
+        );
+        // Deferred, but recovered: nothing was lost.
+        let s = Sense::decode(&fixed(0x71, false, 0x01, 0, 0x00, 0x00)).unwrap();
+        assert!(s.deferred);
+        assert_eq!(s.disruption(), None);
+        // The same medium error as a current error concerns its command only.
+        let s = Sense::decode(&fixed(0x70, true, 0x03, 0, 0x0C, 0x00)).unwrap();
+        assert_eq!(s.disruption(), None);
+        let s = Sense::decode(&fixed(0x70, false, 0x02, 0, 0x3A, 0x00)).unwrap();
+        assert_eq!(s.disruption(), None);
+    }
+
+    #[test]
+    fn unit_attentions_that_lose_the_position() {
+        // 29h with its qualifiers: power on (00, 01), SCSI bus reset (02),
+        // bus device reset (03), device internal reset (04), I_T nexus loss (07).
+        for ascq in [0x00, 0x01, 0x02, 0x03, 0x04, 0x07] {
+            let s = Sense::decode(&fixed(0x70, false, 0x06, 0, 0x29, ascq)).unwrap();
+            assert_eq!(s.unit_attention(), Some(UnitAttention::PowerOnOrReset));
+            assert_eq!(
+                s.disruption(),
+                Some(Disruption::PositionLost(UnitAttention::PowerOnOrReset)),
+                "29h/{ascq:02X}h"
+            );
+        }
+        let s = Sense::decode(&fixed(0x70, false, 0x06, 0, 0x28, 0x00)).unwrap();
+        assert_eq!(
+            s.disruption(),
+            Some(Disruption::PositionLost(UnitAttention::MediumChanged))
+        );
+        // Descriptor format, header only.
+        let s = Sense::decode(&[0x72, 0x06, 0x28, 0x00]).unwrap();
+        assert_eq!(
+            s.disruption(),
+            Some(Disruption::PositionLost(UnitAttention::MediumChanged))
+        );
+        // Unit attentions that keep the position.
+        let s = Sense::decode(&fixed(0x70, false, 0x06, 0, 0x2A, 0x01)).unwrap();
+        assert_eq!(
+            s.unit_attention(),
+            Some(UnitAttention::ModeParametersChanged)
+        );
+        assert_eq!(s.disruption(), None);
+        assert!(!s.lost_position());
+        let s = Sense::decode(&fixed(0x70, false, 0x06, 0, 0x3F, 0x01)).unwrap();
+        assert_eq!(
+            s.unit_attention(),
+            Some(UnitAttention::Other(Condition::Other {
+                asc: 0x3F,
+                ascq: 0x01
+            }))
+        );
+        assert_eq!(s.disruption(), None);
+        // Not a unit attention at all: the same ASC under another key.
+        let s = Sense::decode(&fixed(0x70, false, 0x02, 0, 0x29, 0x00)).unwrap();
+        assert_eq!(s.unit_attention(), None);
+        assert_eq!(s.disruption(), None);
+    }
+
+    #[test]
+    fn unit_attention_reasons_read_as_sentences() {
+        assert!(UnitAttention::PowerOnOrReset.to_string().contains("reset"));
+        assert!(UnitAttention::MediumChanged
+            .to_string()
+            .contains("cartridge"));
+        let other = UnitAttention::Other(Condition::Other {
+            asc: 0x3F,
+            ascq: 0x01,
+        });
+        assert!(other.to_string().contains("3Fh/01h"), "{other}");
+        assert!(UnitAttention::PowerOnOrReset.loses_position());
+        assert!(UnitAttention::MediumChanged.loses_position());
+        assert!(!UnitAttention::ModeParametersChanged.loses_position());
+        assert!(!other.loses_position());
     }
 
     #[test]

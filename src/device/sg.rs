@@ -40,6 +40,7 @@ const DRIVER_SENSE: u16 = 0x08;
 
 // Operation codes.
 const OP_TEST_UNIT_READY: u8 = 0x00;
+const OP_REQUEST_SENSE: u8 = 0x03;
 const OP_READ_BLOCK_LIMITS: u8 = 0x05;
 const OP_INQUIRY: u8 = 0x12;
 const OP_MODE_SENSE_6: u8 = 0x1A;
@@ -61,6 +62,10 @@ pub const PAGE_MEDIUM_CONFIGURATION: u8 = 0x1D;
 /// Log pages.
 pub const LOG_VOLUME_STATISTICS: u8 = 0x17;
 pub const LOG_TAPE_ALERT: u8 = 0x2E;
+/// Tape capacity log page (SSC; LTO, DDS and T10000 drives have it).
+pub const LOG_TAPE_CAPACITY: u8 = 0x31;
+/// Longest sense data REQUEST SENSE may return (SPC-4).
+const REQUEST_SENSE_LEN: u8 = 252;
 
 /// The version-3 `struct sg_io_hdr` of `<scsi/sg.h>` (88 bytes on x86_64).
 #[repr(C)]
@@ -152,6 +157,10 @@ impl From<SgError> for DeviceError {
     fn from(e: SgError) -> DeviceError {
         match e {
             SgError::NotSupported { device, what } => DeviceError::Unsupported { device, what },
+            SgError::CheckCondition { device, sense, .. } if sense.disruption().is_some() => {
+                let d = sense.disruption().expect("checked in the guard");
+                DeviceError::from_disruption(&device, d)
+            }
             SgError::CheckCondition { device, sense, .. }
                 if sense.condition() == Condition::MediumNotPresent =>
             {
@@ -205,6 +214,21 @@ pub enum Data<'b> {
     Out(&'b [u8]),
 }
 
+impl Data<'_> {
+    /// The same buffer, borrowed again (to send a command twice).
+    fn reborrow(&mut self) -> Data<'_> {
+        match self {
+            Data::None => Data::None,
+            Data::In(b) => Data::In(b),
+            Data::Out(b) => Data::Out(b),
+        }
+    }
+}
+
+/// How often a command is sent when the drive answers with unit
+/// attentions that keep the position.
+const UA_ATTEMPTS: u32 = 3;
+
 /// SCSI commands on an open st (or sg) file descriptor.
 pub struct Scsi<'a> {
     fd: BorrowedFd<'a>,
@@ -241,6 +265,28 @@ impl<'a> Scsi<'a> {
             !cdb.is_empty() && cdb.len() <= 16,
             "a CDB has 1 to 16 bytes"
         );
+        // A unit attention that keeps the position (mode parameters changed
+        // by another initiator, and the like) means the command was not
+        // run; the drive reports each one once, so try again.
+        let mut data = data;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.execute_once(command, cdb, data.reborrow()) {
+                Err(SgError::CheckCondition { sense, .. })
+                    if attempts < UA_ATTEMPTS
+                        && sense
+                            .unit_attention()
+                            .is_some_and(|ua| !ua.loses_position()) =>
+                {
+                    tracing::debug!(device = %self.device, %command, %sense, "unit attention; sending the command again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn execute_once(&self, command: &str, cdb: &[u8], data: Data<'_>) -> SgResult<usize> {
         let mut sense = [0u8; SENSE_LEN];
         let (direction, ptr, len) = match data {
             Data::None => (SG_DXFER_NONE, std::ptr::null_mut(), 0usize),
@@ -356,6 +402,17 @@ impl<'a> Scsi<'a> {
         .map(|_| ())
     }
 
+    /// REQUEST SENSE: what the drive has to report that no command has
+    /// carried yet (a pending unit attention or deferred error). The drive
+    /// clears it by reporting it. `None` when it has nothing (no sense, or
+    /// NO SENSE without additional sense code).
+    pub fn request_sense(&self) -> SgResult<Option<Sense>> {
+        let cmd = "REQUEST SENSE";
+        let cdb = [OP_REQUEST_SENSE, 0, 0, 0, REQUEST_SENSE_LEN, 0];
+        let b = self.data_in(cmd, &cdb, REQUEST_SENSE_LEN as usize)?;
+        parse_request_sense(&b).map_err(|d| self.malformed(cmd, d))
+    }
+
     /// Standard INQUIRY data.
     pub fn inquiry(&self) -> SgResult<Inquiry> {
         const LEN: u16 = 96;
@@ -465,6 +522,11 @@ impl<'a> Scsi<'a> {
     /// TapeAlert flags (log page 0x2E).
     pub fn tape_alert(&self) -> SgResult<TapeAlerts> {
         Ok(TapeAlerts::from_log(&self.log_sense(LOG_TAPE_ALERT)?))
+    }
+
+    /// Remaining and maximum capacity of the partitions (log page 0x31).
+    pub fn tape_capacity(&self) -> SgResult<TapeCapacity> {
+        Ok(TapeCapacity::from_log(&self.log_sense(LOG_TAPE_CAPACITY)?))
     }
 
     /// Volume statistics (log page 0x17).
@@ -981,6 +1043,53 @@ pub fn tape_alert_name(flag: u16) -> &'static str {
         59 => "WORM medium - integrity check failed",
         60 => "WORM medium - overwrite attempted",
         _ => "(no name in this tapir)",
+    }
+}
+
+/// REQUEST SENSE data: `None` when there is nothing to report.
+pub fn parse_request_sense(b: &[u8]) -> Result<Option<Sense>, String> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let s = Sense::decode(b).map_err(|e| e.to_string())?;
+    let nothing =
+        s.key == SenseKey::NoSense && s.condition() == Condition::NoAdditionalSense && !s.deferred;
+    Ok((!nothing).then_some(s))
+}
+
+/// The tape capacity log page (0x31): per partition, the remaining and the
+/// maximum native capacity in MiB (1,048,576 bytes), without compression.
+/// Parameters 1 and 3 are partition 0; 2 and 4 partition 1; then, on
+/// drives with more partitions, two pairs per two partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TapeCapacity {
+    /// (partition, remaining MiB, maximum MiB) for each partition reported.
+    pub partitions: Vec<(u8, Option<u64>, Option<u64>)>,
+}
+
+impl TapeCapacity {
+    pub fn from_log(page: &LogPage) -> TapeCapacity {
+        let c = |code: u16| page.parameter(code).and_then(LogParameter::counter);
+        // Partitions 2g and 2g+1 are in parameters 4g+1 and 4g+2
+        // (remaining) and 4g+3 and 4g+4 (maximum).
+        let partitions = (0u8..64)
+            .filter_map(|p| {
+                let first = 4 * (p as u16 / 2) + 1 + (p as u16 % 2);
+                let (remaining, maximum) = (c(first), c(first + 2));
+                (remaining.is_some() || maximum.is_some()).then_some((p, remaining, maximum))
+            })
+            .collect();
+        TapeCapacity { partitions }
+    }
+
+    /// Remaining native capacity of `partition`, in MiB. A partition the
+    /// drive reports with no maximum (an unpartitioned tape's partition 1)
+    /// does not exist.
+    pub fn remaining_mib(&self, partition: u8) -> Option<u64> {
+        self.partitions
+            .iter()
+            .find(|(p, _, max)| *p == partition && *max != Some(0))
+            .and_then(|(_, remaining, _)| *remaining)
     }
 }
 
@@ -1524,6 +1633,132 @@ mod tests {
         assert_eq!(list[0].description, "Ultrium 9/16T");
         assert_eq!(list[0].tracks, 8960);
         assert!(!list[1].writable);
+    }
+
+    /// Fixed-format sense: response code, key, ASC, ASCQ.
+    fn fixed_sense(code: u8, key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 18];
+        b[0] = code;
+        b[2] = key;
+        b[7] = 10;
+        b[12] = asc;
+        b[13] = ascq;
+        b
+    }
+
+    fn check_condition(raw: &[u8]) -> SgError {
+        SgError::CheckCondition {
+            device: "/dev/nst0".into(),
+            command: "READ POSITION (short form)".into(),
+            sense: Sense::decode(raw).unwrap(),
+        }
+    }
+
+    #[test]
+    fn deferred_errors_and_unit_attentions_become_named_device_errors() {
+        let e = DeviceError::from(check_condition(&fixed_sense(0x71, 0x03, 0x0C, 0x00)));
+        match e {
+            DeviceError::DeferredError { device, detail } => {
+                assert_eq!(device, "/dev/nst0");
+                assert_eq!(detail, "medium error: write error");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = DeviceError::from(check_condition(&fixed_sense(0x70, 0x06, 0x29, 0x02)));
+        assert!(
+            matches!(
+                e,
+                DeviceError::UnitAttention {
+                    reason: crate::device::sense::UnitAttention::PowerOnOrReset,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = DeviceError::from(check_condition(&fixed_sense(0x70, 0x06, 0x28, 0x00)));
+        assert!(
+            matches!(
+                e,
+                DeviceError::UnitAttention {
+                    reason: crate::device::sense::UnitAttention::MediumChanged,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // A unit attention that keeps the position is no such error.
+        let e = DeviceError::from(check_condition(&fixed_sense(0x70, 0x06, 0x2A, 0x01)));
+        assert!(matches!(e, DeviceError::InvalidRequest { .. }), "{e:?}");
+        // A current medium error neither.
+        let e = DeviceError::from(check_condition(&fixed_sense(0x70, 0x03, 0x11, 0x00)));
+        assert!(matches!(e, DeviceError::InvalidRequest { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn request_sense_data() {
+        assert_eq!(parse_request_sense(&[]).unwrap(), None);
+        // Nothing to report.
+        assert_eq!(
+            parse_request_sense(&fixed_sense(0x70, 0x00, 0, 0)).unwrap(),
+            None
+        );
+        // A pending unit attention, returned as data.
+        let s = parse_request_sense(&fixed_sense(0x70, 0x06, 0x29, 0x00))
+            .unwrap()
+            .unwrap();
+        assert!(s.lost_position());
+        // A deferred error.
+        let s = parse_request_sense(&fixed_sense(0x71, 0x03, 0x0C, 0x00))
+            .unwrap()
+            .unwrap();
+        assert!(s.disruption().is_some());
+        // Current state some drives report (NO SENSE with early warning).
+        let mut b = fixed_sense(0x70, 0x40, 0x00, 0x02);
+        b[2] = 0x40;
+        let s = parse_request_sense(&b).unwrap().unwrap();
+        assert!(s.eom && s.disruption().is_none());
+        assert!(parse_request_sense(&[0x7E, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn tape_capacity_page() {
+        // HP LTO: partition 0 only; parameters 2 and 4 are zero.
+        let b = log_page(
+            LOG_TAPE_CAPACITY,
+            &[
+                (0x0001, &1_000_000u32.to_be_bytes()),
+                (0x0002, &0u32.to_be_bytes()),
+                (0x0003, &17_166_336u32.to_be_bytes()),
+                (0x0004, &0u32.to_be_bytes()),
+            ],
+        );
+        let c = TapeCapacity::from_log(&parse_log_page(&b).unwrap());
+        assert_eq!(c.remaining_mib(0), Some(1_000_000));
+        assert_eq!(c.remaining_mib(1), None, "no partition 1");
+        assert_eq!(c.partitions[0], (0, Some(1_000_000), Some(17_166_336)));
+        // Four partitions (T10000 numbering: 5 to 8 are partitions 2 and 3).
+        let b = log_page(
+            LOG_TAPE_CAPACITY,
+            &[
+                (0x0001, &100u32.to_be_bytes()),
+                (0x0002, &200u32.to_be_bytes()),
+                (0x0003, &1000u32.to_be_bytes()),
+                (0x0004, &2000u32.to_be_bytes()),
+                (0x0005, &300u32.to_be_bytes()),
+                (0x0006, &400u32.to_be_bytes()),
+                (0x0007, &3000u32.to_be_bytes()),
+                (0x0008, &4000u32.to_be_bytes()),
+            ],
+        );
+        let c = TapeCapacity::from_log(&parse_log_page(&b).unwrap());
+        assert_eq!(
+            (0..5).map(|p| c.remaining_mib(p)).collect::<Vec<_>>(),
+            vec![Some(100), Some(200), Some(300), Some(400), None]
+        );
+        assert_eq!(c.partitions[3], (3, Some(400), Some(4000)));
+        // An empty page: nothing known.
+        let c = TapeCapacity::from_log(&parse_log_page(&log_page(LOG_TAPE_CAPACITY, &[])).unwrap());
+        assert_eq!(c.remaining_mib(0), None);
     }
 
     #[test]

@@ -39,12 +39,76 @@
 //!
 //! The driver's own file/block counters become unknown (-1) after some
 //! operations (spacing into end of data, MTEOM into an unterminated file,
-//! read errors) and miss blocks in the scsi_debug early-warning case, so
-//! this module keeps its own position, taken from the driver after absolute
-//! operations and advanced by its own reads, writes and spacing. When the
-//! block within a file is unknown it is recovered on demand by going to the
-//! start of the file and spacing forward (see [`StDrive::position`]).
+//! read errors, any LOCATE but to 0, a reset) and miss blocks in the
+//! scsi_debug early-warning case, so this module keeps its own position,
+//! taken from the driver after absolute operations and advanced by its own
+//! reads, writes and spacing. When the block within a file is unknown it is
+//! recovered on demand from READ POSITION and the file's start, or by going
+//! to the start of the file and spacing forward (see [`StDrive::position`]).
+//!
+//! ## Locating
+//!
+//! A logical object number (READ POSITION, LOCATE) counts blocks and
+//! filemarks from the beginning of the partition; (file, block) is not one.
+//! This module keeps a table of where tape files start: the logical object
+//! read at every point known to be the start of a file (after crossing a
+//! filemark by reading or spacing, after writing filemarks, at end of data),
+//! tape file 0 at 0. A write truncates the tape, so entries past it are
+//! dropped; load, unload and a reset drop them all. On a drive with READ
+//! POSITION and LOCATE, `locate(file, block)`:
+//!
+//! 1. takes the file's start from the table, or finds it by spacing over
+//!    filemarks (MTFSF) from the nearest file before it whose start is known
+//!    (LOCATE there first) or from the current position, then READ POSITION;
+//! 2. for a block past 0, checks that the file has it: up to the filemark
+//!    that ends it (the next file's start, from the table or found by
+//!    spacing one filemark) or to end of data in an unterminated last file;
+//! 3. LOCATEs (MTSEEK) to start + block and checks the result with READ
+//!    POSITION. Drives disagree by one on LOCATE to a filemark (some stop
+//!    after it): one object off is corrected by spacing one block, which
+//!    stops at a filemark on the side it comes from; further off, LOCATE
+//!    again once, then fail.
+//!
+//! With the table filled (reading a cartridge's label file by file fills
+//! it) that is one LOCATE and one READ POSITION. After MTSEEK the driver no
+//! longer counts files: this module spaces over several filemarks one at a
+//! time, and rewinds before MTEOM (the driver counts the files MTEOM passes
+//! only from a known file number). Drives without READ POSITION or LOCATE
+//! (tgt's emulation answers both with EIO), and logical objects beyond
+//! MTSEEK's signed 32-bit count, are positioned by spacing: over filemarks
+//! from where the tape is (rewinding first when that is unknown), then over
+//! blocks.
+//!
+//! ## Resets, medium changes and deferred errors
+//!
+//! The st driver turns every failed command into EIO and keeps the sense
+//! data to itself; MTIOCGET's `mt_erreg` carries only a count of recovered
+//! errors. What it does say: after a power-on or reset unit attention (29h)
+//! it refuses reads, writes, relative spacing and even SG_IO with EIO until
+//! the tape is positioned absolutely (rewind, LOCATE, MTEOM, load), and
+//! recent kernels (7.3 in the test VM) say so in sysfs
+//! (`position_lost_in_reset`). A reset can also make a command *succeed*
+//! from wherever the reset left the tape (the unit attention went to
+//! another command, or st notices it only from the SCSI layer's counters,
+//! or it lets an asynchronous write fail behind MTIOCGET), so the attribute
+//! is read again (one pread on a descriptor kept open) after every read,
+//! write and MTIOCTOP. Any of these is [`DeviceError::UnitAttention`]; the
+//! position and the table of file starts are forgotten, and `locate`,
+//! `rewind` or `seek_end_of_data` re-establish the position. Opening a
+//! drive whose position was lost in a reset rewinds it.
+//!
+//! After any other EIO this module asks the drive (REQUEST SENSE) for a unit
+//! attention or deferred error it still holds, and after a failed write it
+//! compares the drive's position with what the drive had accepted: short of
+//! it, blocks that write() (or an immediate filemark) had accepted did not
+//! reach the medium, which is [`DeviceError::DeferredError`]. A medium
+//! change (28h) or deferred error (sense 71h/73h) that came with the failed
+//! command itself cannot be seen through st; SCSI commands this module
+//! sends itself (SG_IO) name them from their sense data, and one sent by a
+//! method that returns no error (`room_before_early_warning`) keeps the
+//! condition for the next operation to report.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -54,7 +118,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use super::sg::{BlockLimits, Scsi};
+use super::sense::UnitAttention;
+use super::sg::{Attributes, BlockLimits, Scsi, SgError, TapeCapacity};
 use super::{
     BlockRead, BlockWrite, DeviceError, DeviceResult, DriveStatus, ReadOutcome, TapeDrive,
     TapePosition, WriteOutcome,
@@ -154,6 +219,12 @@ const MODE_PAGE_ALL: u8 = 0x3F;
 const DEFAULT_MAX_BLOCK: usize = 1 << 20;
 /// `TapePosition::logical` when the drive cannot report it (no READ POSITION).
 pub const LOGICAL_UNKNOWN: u64 = u64::MAX;
+/// LOCATE attempts before giving up on a drive that lands elsewhere.
+const LOCATE_ATTEMPTS: usize = 2;
+/// The st driver's sysfs attribute (recent kernels) that says reads,
+/// writes and relative spacing are refused because the drive was reset.
+const SYSFS_POSITION_LOST: &str = "position_lost_in_reset";
+const MIB: u64 = 1 << 20;
 
 /// What MTIOCGET says, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,6 +239,8 @@ pub struct StStatus {
     pub density: u8,
     /// MTIOCGET's mt_type (drive type code).
     pub drive_type: libc::c_long,
+    /// The current partition (st reports it in mt_resid).
+    pub partition: u8,
 }
 
 impl StStatus {
@@ -180,6 +253,7 @@ impl StStatus {
             block_size: (dsreg & 0x00FF_FFFF) as u32,
             density: ((dsreg >> 24) & 0xFF) as u8,
             drive_type: g.mt_type,
+            partition: u8::try_from(g.mt_resid).unwrap_or(0),
         }
     }
 
@@ -278,6 +352,83 @@ pub struct StDrive {
     last_status: Option<StStatus>,
     /// Known misbehaviour of this drive model.
     quirks: Quirks,
+    /// Where each tape file starts (the logical object after its filemark),
+    /// as seen while reading, writing and spacing on this drive. Tape file 0
+    /// starts at 0. Entries past a write are dropped (the write truncated
+    /// the tape there); all are dropped when the cartridge or the drive's
+    /// state may have changed. [`TapeDrive::locate`] turns (file, block)
+    /// into a logical object with it.
+    file_starts: BTreeMap<u32, u64>,
+    /// Whether MTSEEK (SCSI LOCATE) works; `None` until tried.
+    locate_support: Option<bool>,
+    /// The st driver's `position_lost_in_reset` attribute of this node,
+    /// kept open: re-read at offset 0 after every operation (one pread).
+    lost_in_reset: Option<File>,
+    /// A deferred error or unit attention that a SCSI command of a method
+    /// that returns no error met (room_before_early_warning): the next
+    /// operation reports it.
+    pending: Option<DeviceError>,
+}
+
+/// What to do after a LOCATE to `target` ended at `actual`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocateCorrection {
+    Done,
+    /// One object too far (the drive went past a filemark it was sent to,
+    /// as some drives do): space back one.
+    BackOne,
+    /// One object short: space forward one.
+    ForwardOne,
+    /// Anywhere else: LOCATE again.
+    Again,
+}
+
+fn locate_correction(target: u64, actual: u64) -> LocateCorrection {
+    match actual.cmp(&target) {
+        std::cmp::Ordering::Equal => LocateCorrection::Done,
+        std::cmp::Ordering::Greater if actual - target == 1 => LocateCorrection::BackOne,
+        std::cmp::Ordering::Less if target - actual == 1 => LocateCorrection::ForwardOne,
+        _ => LocateCorrection::Again,
+    }
+}
+
+/// Why positioning by LOCATE did not work.
+enum LocateFailure {
+    /// The drive cannot LOCATE (or not that far through MTSEEK): space.
+    Unsupported,
+    Device(DeviceError),
+}
+
+impl From<DeviceError> for LocateFailure {
+    fn from(e: DeviceError) -> Self {
+        LocateFailure::Device(e)
+    }
+}
+
+/// Where a tape file ends, as a logical object.
+enum FileEnd {
+    /// The next tape file starts at this object (the filemark is just before).
+    NextFileAt(u64),
+    /// End of data is at this object, with no filemark before it.
+    EndOfDataAt(u64),
+}
+
+/// Bytes that fit before early warning, from what the drive reports: the
+/// tape capacity log page's remaining capacity of `partition`, else the
+/// cartridge memory's remaining capacity (partition 0 only). Both are the
+/// drive's native (uncompressed) estimate in MiB.
+fn room_from(
+    capacity: Option<&TapeCapacity>,
+    mam: Option<&Attributes>,
+    partition: u8,
+) -> Option<u64> {
+    let mib = capacity
+        .and_then(|c| c.remaining_mib(partition))
+        .or_else(|| {
+            mam.filter(|_| partition == 0)
+                .and_then(Attributes::remaining_capacity_mib)
+        })?;
+    mib.checked_mul(MIB)
 }
 
 /// Misbehaviour of particular drive models, worked around here.
@@ -455,7 +606,13 @@ impl StDrive {
             eod: false,
             last_status: None,
             quirks: Quirks::default(),
+            file_starts: BTreeMap::new(),
+            locate_support: None,
+            lost_in_reset: None,
+            pending: None,
         };
+        drive.lost_in_reset =
+            sysfs_dir(&drive.file).and_then(|d| File::open(d.join(SYSFS_POSITION_LOST)).ok());
         let st = drive.st_status()?;
         if !st.door_open() && st.online() {
             drive.prepare()?;
@@ -485,6 +642,14 @@ impl StDrive {
 
     /// Variable-block mode, block limits and the starting position.
     fn prepare(&mut self) -> DeviceResult<()> {
+        if self.position_lost_in_reset() == Some(true) {
+            // The driver refuses everything but absolute positioning until
+            // the tape is positioned; nothing is known about the position
+            // at open anyway.
+            tracing::warn!(device = %self.name, "the drive was reset since it was last used and lost its position; rewinding");
+            self.mt(MtOpCode::Rewind, 1)
+                .map_err(|e| self.errno_error(e, "rewinding after a reset"))?;
+        }
         self.mt(MtOpCode::SetBlockSize, 0)
             .map_err(|e| self.errno_error(e, "setting variable-block mode (MTSETBLK 0)"))?;
         if let Ok(limits) = self.scsi().read_block_limits() {
@@ -579,6 +744,9 @@ impl StDrive {
             // is a valid `struct mtop` that MTIOCTOP only reads.
             match unsafe { mtioctop(self.fd().as_raw_fd(), &arg) } {
                 Err(Errno::EINTR) => continue,
+                // Done, but from a position a reset made up: as the driver
+                // will answer from now on.
+                Ok(_) if self.reset_noticed() => return Err(Errno::EIO),
                 r => return r.map(|_| ()),
             }
         }
@@ -626,7 +794,7 @@ impl StDrive {
                 Some(v)
             }
             Err(_) => {
-                if self.lba_support.is_none() {
+                if self.lba_support.is_none() && self.position_lost_in_reset() != Some(true) {
                     tracing::debug!(device = %self.name, "MTIOCPOS fails: the drive has no READ POSITION");
                     self.lba_support = Some(false);
                 }
@@ -668,8 +836,129 @@ impl StDrive {
         }
     }
 
+    /// Whether the st driver refuses this drive's reads, writes and
+    /// relative spacing because the drive was reset (the sysfs attribute
+    /// `position_lost_in_reset`); `None` on kernels without it.
+    pub fn position_lost_in_reset(&self) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let f = self.lost_in_reset.as_ref()?;
+        let mut b = [0u8; 8];
+        let n = f.read_at(&mut b, 0).ok()?;
+        Some(b[..n].trim_ascii() == b"1")
+    }
+
+    /// The driver noticed a reset during the last command, which may have
+    /// succeeded anyway: the drive answered from wherever the reset left it
+    /// (a unit attention taken by another command, or by the SCSI layer's
+    /// counters), or st let an asynchronous write fail behind MTIOCGET.
+    fn reset_noticed(&self) -> bool {
+        self.position_lost_in_reset() == Some(true)
+    }
+
+    /// After an EIO from the driver: a reset or medium change, or a
+    /// deferred error, when the drive or the driver tells of one.
+    ///
+    /// The st driver keeps the sense data of a failed command to itself. It
+    /// does say when a reset lost the position (sysfs, and on older kernels
+    /// by refusing even SG_IO with EIO); anything the drive still holds (a
+    /// unit attention or deferred error not yet reported with a command)
+    /// REQUEST SENSE returns. A medium-change unit attention or a deferred
+    /// error that came with the failed command itself cannot be seen here.
+    fn disruption_after_eio(&mut self) -> Option<DeviceError> {
+        let lost = self.position_lost_in_reset();
+        if lost == Some(true) {
+            return Some(self.disrupted(DeviceError::UnitAttention {
+                device: self.name.clone(),
+                reason: UnitAttention::PowerOnOrReset,
+            }));
+        }
+        let probe = self.scsi().request_sense();
+        let found = match probe {
+            Ok(Some(sense)) => match sense.disruption() {
+                Some(d) => Some(DeviceError::from_disruption(&self.name, d)),
+                None => {
+                    tracing::debug!(device = %self.name, %sense, "REQUEST SENSE after EIO");
+                    None
+                }
+            },
+            // Without the sysfs attribute: st refuses SG_IO too while the
+            // position is lost in a reset.
+            Err(SgError::Io { source, .. })
+                if lost.is_none() && source.raw_os_error() == Some(libc::EIO) =>
+            {
+                Some(DeviceError::UnitAttention {
+                    device: self.name.clone(),
+                    reason: UnitAttention::PowerOnOrReset,
+                })
+            }
+            _ => None,
+        };
+        found.map(|e| self.disrupted(e))
+    }
+
+    /// Keep a disruption an SG command met for the next operation.
+    fn keep_disruption(&mut self, e: &SgError) {
+        if let Some(d) = e.sense().and_then(|s| s.disruption()) {
+            let e = DeviceError::from_disruption(&self.name, d);
+            self.pending = Some(self.disrupted(e));
+        }
+    }
+
+    /// Report a kept disruption.
+    fn take_pending(&mut self) -> DeviceResult<()> {
+        match self.pending.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::disruption_after_eio`] when `e` is EIO.
+    fn eio_disruption(&mut self, e: Errno) -> Option<DeviceError> {
+        if e == Errno::EIO {
+            self.disruption_after_eio()
+        } else {
+            None
+        }
+    }
+
+    /// Forget what a reset, medium change or deferred error invalidated.
+    fn disrupted(&mut self, e: DeviceError) -> DeviceError {
+        tracing::debug!(device = %self.name, error = %e, "position lost");
+        self.pos = Pos::default();
+        self.writing = false;
+        self.eod = false;
+        self.early_warning = false;
+        self.last_status = None;
+        self.file_starts.clear();
+        e
+    }
+
+    /// A deferred error found from the drive's position: it is at `now`,
+    /// before `accepted`, the object after the last one the drive accepted.
+    fn lost_accepted_data(&mut self, accepted: u64, now: u64, context: &str) -> DeviceError {
+        let n = accepted - now;
+        let e = DeviceError::DeferredError {
+            device: self.name.clone(),
+            detail: format!(
+                "{context} failed, and the drive is at logical object {now} although it had \
+                 accepted {n} more block(s) or filemark(s) up to object {accepted}"
+            ),
+        };
+        self.disrupted(e)
+    }
+
     /// Map an errno from `context` to the device layer's conditions.
-    fn errno_error(&self, e: Errno, context: &str) -> DeviceError {
+    fn errno_error(&mut self, e: Errno, context: &str) -> DeviceError {
+        if e == Errno::EIO {
+            if let Some(d) = self.disruption_after_eio() {
+                return d;
+            }
+        }
+        self.plain_errno_error(e, context)
+    }
+
+    /// [`Self::errno_error`] without asking the drive about disruptions.
+    fn plain_errno_error(&self, e: Errno, context: &str) -> DeviceError {
         let (file, block) = self.at();
         match e {
             Errno::ENOMEDIUM => DeviceError::NoMedium {
@@ -701,12 +990,18 @@ impl StDrive {
         }
     }
 
-    /// Like [`Self::errno_error`] for writes: the driver reports a write to
-    /// a cartridge that became write-protected after it was opened as EIO
-    /// (it checks protection only when a cartridge is loaded), so ask the
-    /// drive (MODE SENSE) before calling it a medium error.
-    fn write_errno_error(&mut self, e: Errno, context: &str) -> DeviceError {
+    /// Like [`Self::errno_error`] for writes. `accepted` is the position
+    /// after everything the drive had accepted before: a drive now short of
+    /// it lost accepted data (a deferred error, or st's write-behind failing
+    /// after write() returned). The driver reports a write to a cartridge
+    /// that became write-protected after it was opened as EIO (it checks
+    /// protection only when a cartridge is loaded), so ask the drive (MODE
+    /// SENSE) before calling it a medium error.
+    fn write_errno_error(&mut self, e: Errno, context: &str, accepted: Pos) -> DeviceError {
         if e == Errno::EIO {
+            if let Some(d) = self.write_disruption(context, accepted) {
+                return d;
+            }
             if let Ok(mode) = self.scsi().mode_sense(MODE_PAGE_ALL) {
                 if mode.write_protected {
                     self.write_protect_seen = true;
@@ -716,10 +1011,73 @@ impl StDrive {
                 }
             }
         }
-        self.errno_error(e, context)
+        self.plain_errno_error(e, context)
+    }
+
+    /// After an EIO on a write: a reset or deferred error the drive tells
+    /// of, or a position short of `accepted`.
+    fn write_disruption(&mut self, context: &str, accepted: Pos) -> Option<DeviceError> {
+        if let Some(d) = self.disruption_after_eio() {
+            return Some(d);
+        }
+        match (accepted.lba, self.read_lba()) {
+            (Some(a), Some(now)) if now < a => Some(self.lost_accepted_data(a, now, context)),
+            _ => None,
+        }
     }
 
     // ---- position bookkeeping ----
+
+    /// Where tape file `f` starts, when known.
+    fn file_start(&self, f: u32) -> Option<u64> {
+        if f == 0 {
+            return Some(0);
+        }
+        self.file_starts.get(&f).copied()
+    }
+
+    /// Tape file `f` starts at logical object `lba`.
+    fn note_file_start(&mut self, f: u32, lba: u64) {
+        if f > 0 {
+            if let Some(old) = self.file_starts.insert(f, lba) {
+                if old != lba {
+                    tracing::warn!(device = %self.name, file = f, old, new = lba, "start of a tape file moved");
+                }
+            }
+        }
+    }
+
+    /// A write in tape file `f` truncated the tape: later files are gone.
+    fn truncate_file_starts(&mut self, f: u32) {
+        self.file_starts.split_off(&(f.saturating_add(1)));
+    }
+
+    /// A write in tape file `f`, or somewhere unknown, truncates the tape.
+    fn truncate_after(&mut self, f: Option<u32>) {
+        match f {
+            Some(f) => self.truncate_file_starts(f),
+            None => self.file_starts.clear(),
+        }
+    }
+
+    /// Record the start of the current file if the position is the start of
+    /// a file and its logical object is known.
+    fn note_position_as_file_start(&mut self) {
+        if let Pos {
+            file: Some(f),
+            block: Some(0),
+            lba: Some(l),
+        } = self.pos
+        {
+            self.note_file_start(f, l);
+        }
+    }
+
+    /// The st driver lost its file and block counters (after MTSEEK, or a
+    /// reset); relative operations then cannot be counted by the driver.
+    fn driver_counters_unknown(&mut self) -> DeviceResult<bool> {
+        Ok(self.status_now()?.file.is_none())
+    }
 
     /// Take the driver's file and block after an absolute operation.
     fn sync_from_driver(&mut self) -> DeviceResult<StStatus> {
@@ -772,8 +1130,18 @@ impl StDrive {
             ),
         };
         if let Some(target) = self.read_lba() {
+            if let Some(start) = self.file_start(f).filter(|&s| s <= target) {
+                // Known from earlier: no need to move.
+                self.pos = Pos {
+                    file: Some(f),
+                    block: Some(target - start),
+                    lba: Some(target),
+                };
+                return Ok(());
+            }
             self.goto_file_start(f)?;
             let start = self.read_lba().ok_or_else(unknown)?;
+            self.note_file_start(f, start);
             let n = target.checked_sub(start).ok_or_else(|| {
                 self.medium_error(
                     self.pos,
@@ -851,6 +1219,9 @@ impl StDrive {
 
     /// A read failed with EIO: end of data, or a medium error.
     fn read_eio(&mut self, before: Pos) -> DeviceResult<ReadOutcome> {
+        if let Some(d) = self.disruption_after_eio() {
+            return Err(d);
+        }
         let st = self.status_now()?;
         if st.door_open() || !st.online() {
             return Err(DeviceError::NoMedium {
@@ -1043,8 +1414,18 @@ impl StDrive {
                 Ok(())
             }
             Err(e) => {
+                if let Some(d) = self.eio_disruption(e) {
+                    return Err(d);
+                }
                 let st = self.status_now()?;
-                if st.at_bot() {
+                // Without the driver's counters (after LOCATE), the drive's
+                // position tells.
+                let lba = if st.file.is_none() {
+                    self.read_lba()
+                } else {
+                    None
+                };
+                if st.at_bot() || lba == Some(0) {
                     self.pos = Pos::bot();
                     return Err(self.medium_error(
                         Pos::bot(),
@@ -1053,6 +1434,11 @@ impl StDrive {
                 }
                 let crossed = match (start.file, st.file) {
                     (Some(s), Some(now)) => now + 1 == s,
+                    // Before the start of the file means over its filemark.
+                    (Some(s), None) => match (self.file_start(s), lba) {
+                        (Some(first), Some(now)) => now < first,
+                        _ => false,
+                    },
                     _ => false,
                 };
                 if crossed {
@@ -1108,6 +1494,7 @@ impl StDrive {
     /// Load the cartridge in the drive (MTLOAD).
     pub fn load(&mut self) -> DeviceResult<()> {
         self.simple(MtOpCode::Load, 1, "loading the cartridge")?;
+        self.file_starts.clear();
         self.pos = Pos::bot();
         Ok(())
     }
@@ -1116,6 +1503,7 @@ impl StDrive {
     pub fn unload(&mut self) -> DeviceResult<()> {
         self.writing = false;
         self.simple(MtOpCode::Unload, 1, "unloading the cartridge")?;
+        self.file_starts.clear();
         self.pos = Pos::default();
         Ok(())
     }
@@ -1124,6 +1512,7 @@ impl StDrive {
     pub fn offline(&mut self) -> DeviceResult<()> {
         self.writing = false;
         self.simple(MtOpCode::Offline, 1, "taking the drive offline")?;
+        self.file_starts.clear();
         self.pos = Pos::default();
         Ok(())
     }
@@ -1151,6 +1540,7 @@ impl StDrive {
                 device: self.name.clone(),
             });
         }
+        self.truncate_after(self.pos.file);
         self.simple(MtOpCode::Erase, long as i32, "erasing")
     }
 
@@ -1178,6 +1568,234 @@ impl StDrive {
         self.early_warning = false;
         Ok(())
     }
+
+    /// Go to (file, block) by spacing: over filemarks from where the tape
+    /// is (or from BOT when that is unknown), then over blocks.
+    fn locate_by_spacing(&mut self, file: u32, block: u64) -> DeviceResult<()> {
+        let cur = self.pos;
+        let files = |r: DeviceResult<()>, this: &Self| match r {
+            Err(DeviceError::EndOfData { file: last, .. }) => Err(this.refuse_locate(
+                file,
+                block,
+                format!("the cartridge has tape files 0 to {last}"),
+            )),
+            r => r,
+        };
+        if file == 0 {
+            self.rewind()?;
+        } else if cur.file == Some(file) && cur.block.is_some() {
+            // Same file: space by blocks below.
+        } else if let Some(cf) = cur.file.filter(|&cf| cf < file) {
+            let r = self.space_filemarks((file - cf) as i64);
+            files(r, self)?;
+        } else if let Some(cf) = cur.file {
+            self.space_filemarks(-((cf - file) as i64 + 1))?;
+            let r = self.space_filemarks(1);
+            files(r, self)?;
+        } else {
+            self.rewind()?;
+            let r = self.space_filemarks(file as i64);
+            files(r, self)?;
+        }
+        let here = self.pos.block.unwrap_or(0);
+        let delta = block as i64 - here as i64;
+        match self.space_blocks(delta) {
+            Ok(()) => Ok(()),
+            Err(DeviceError::EndOfData { .. }) | Err(DeviceError::MediumError { .. })
+                if delta > 0 =>
+            {
+                Err(self.refuse_locate(file, block, format!("tape file {file} has fewer blocks")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn refuse_locate(&self, file: u32, block: u64, why: impl std::fmt::Display) -> DeviceError {
+        DeviceError::InvalidRequest {
+            device: self.name.clone(),
+            detail: format!("cannot locate tape file {file}, block {block}: {why}"),
+        }
+    }
+
+    /// LOCATE to (file, block): the logical object is where the file starts
+    /// plus `block`, once `block` is known to lie within the file (up to
+    /// the filemark that ends it, or end of data).
+    fn locate_by_address(&mut self, file: u32, block: u64) -> Result<(), LocateFailure> {
+        let start = self.find_file_start(file, block)?;
+        let target = start.checked_add(block).ok_or(LocateFailure::Unsupported)?;
+        if block > 0 {
+            let last = match self.file_end(file, start)? {
+                // Block n of an n-block file is its filemark.
+                FileEnd::NextFileAt(next) => next - 1,
+                FileEnd::EndOfDataAt(end) => end,
+            };
+            if target > last {
+                let n = last - start;
+                return Err(self
+                    .refuse_locate(file, block, format!("tape file {file} has {n} blocks"))
+                    .into());
+            }
+        }
+        self.seek_verified(target)?;
+        self.pos = Pos {
+            file: Some(file),
+            block: Some(block),
+            lba: Some(target),
+        };
+        Ok(())
+    }
+
+    /// The logical object where tape file `file` starts: remembered, or
+    /// found by spacing over filemarks from the nearest file before it
+    /// whose start is known (LOCATE there first) or from here.
+    fn find_file_start(&mut self, file: u32, block: u64) -> Result<u64, LocateFailure> {
+        if let Some(s) = self.file_start(file) {
+            return Ok(s);
+        }
+        let (known, known_start) = self
+            .file_starts
+            .range(..file)
+            .next_back()
+            .map(|(&f, &l)| (f, l))
+            .unwrap_or((0, 0));
+        let from = match self.pos.file {
+            Some(here) if here >= known && here < file => here,
+            _ => {
+                self.seek_verified(known_start)?;
+                self.pos = Pos {
+                    file: Some(known),
+                    block: Some(0),
+                    lba: Some(known_start),
+                };
+                known
+            }
+        };
+        match self.space_filemarks((file - from) as i64) {
+            Ok(()) => {}
+            Err(DeviceError::EndOfData { file: last, .. }) => {
+                return Err(self
+                    .refuse_locate(
+                        file,
+                        block,
+                        format!("the cartridge has tape files 0 to {last}"),
+                    )
+                    .into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self.file_start(file) {
+            Some(s) => Ok(s),
+            None => Err(self.position_unreadable().into()),
+        }
+    }
+
+    /// Where tape file `file` (starting at `start`) ends: remembered, or
+    /// found by spacing over its filemark.
+    fn file_end(&mut self, file: u32, start: u64) -> Result<FileEnd, LocateFailure> {
+        let next = file.checked_add(1).ok_or(LocateFailure::Unsupported)?;
+        if let Some(n) = self.file_start(next) {
+            return Ok(FileEnd::NextFileAt(n));
+        }
+        if self.pos.file != Some(file) {
+            self.seek_verified(start)?;
+            self.pos = Pos {
+                file: Some(file),
+                block: Some(0),
+                lba: Some(start),
+            };
+        }
+        match self.space_filemarks(1) {
+            Ok(()) => match self.file_start(next) {
+                Some(n) => Ok(FileEnd::NextFileAt(n)),
+                None => Err(self.position_unreadable().into()),
+            },
+            Err(DeviceError::EndOfData { .. }) => match self.read_lba() {
+                Some(end) => Ok(FileEnd::EndOfDataAt(end)),
+                None => Err(self.position_unreadable().into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn position_unreadable(&self) -> DeviceError {
+        DeviceError::InvalidRequest {
+            device: self.name.clone(),
+            detail: "the drive did not report its position (READ POSITION) after spacing".into(),
+        }
+    }
+
+    /// MTSEEK to logical object `target`, checked with READ POSITION. Drives
+    /// disagree by one on LOCATE to a filemark (some stop after it): one
+    /// object off is corrected by spacing one block, which stops at a
+    /// filemark on the side it comes from; further off, LOCATE again.
+    fn seek_verified(&mut self, target: u64) -> Result<(), LocateFailure> {
+        let Ok(count) = i32::try_from(target) else {
+            // MTSEEK takes an int.
+            return Err(LocateFailure::Unsupported);
+        };
+        let mut landed = Vec::new();
+        for _ in 0..LOCATE_ATTEMPTS {
+            self.pos = Pos::default();
+            if let Err(e) = self.mt(MtOpCode::Seek, count) {
+                if let Some(d) = self.eio_disruption(e) {
+                    return Err(d.into());
+                }
+                if self.locate_support.is_none() {
+                    tracing::debug!(device = %self.name, error = %e, "MTSEEK fails: the drive cannot LOCATE");
+                    self.locate_support = Some(false);
+                    return Err(LocateFailure::Unsupported);
+                }
+                let context = format!("locating logical object {target} (MTSEEK)");
+                return Err(self.plain_errno_error(e, &context).into());
+            }
+            self.locate_support = Some(true);
+            let mut now = self.tell_after_locate()?;
+            let fix = locate_correction(target, now);
+            match fix {
+                LocateCorrection::Done | LocateCorrection::Again => {}
+                LocateCorrection::BackOne => {
+                    let _ = self.mt(MtOpCode::Bsr, 1);
+                    now = self.tell_after_locate()?;
+                }
+                LocateCorrection::ForwardOne => {
+                    let _ = self.mt(MtOpCode::Fsr, 1);
+                    now = self.tell_after_locate()?;
+                }
+            }
+            if now == target {
+                if fix != LocateCorrection::Done {
+                    tracing::debug!(device = %self.name, target, ?fix, "LOCATE landed one object off; corrected");
+                }
+                self.pos.lba = Some(target);
+                return Ok(());
+            }
+            tracing::warn!(device = %self.name, target, now, "LOCATE ended elsewhere");
+            landed.push(now);
+        }
+        Err(DeviceError::MediumError {
+            device: self.name.clone(),
+            file: 0,
+            block: 0,
+            detail: format!(
+                "LOCATE to logical object {target} ended at {landed:?} ({LOCATE_ATTEMPTS} attempts)"
+            ),
+        }
+        .into())
+    }
+
+    fn tell_after_locate(&mut self) -> DeviceResult<u64> {
+        self.tell()
+            .map_err(|e| self.errno_error(e, "reading the position after LOCATE (MTIOCPOS)"))
+    }
+}
+
+/// The st driver's sysfs directory of the node open as `file`
+/// (/sys/dev/char/MAJOR:MINOR leads there, whatever the node's name).
+fn sysfs_dir(file: &File) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = file.metadata().ok()?.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    std::fs::canonicalize(format!("/sys/dev/char/{major}:{minor}")).ok()
 }
 
 /// One read(2), retried on EINTR.
@@ -1202,6 +1820,7 @@ fn write_once(mut file: &File, buf: &[u8]) -> io::Result<usize> {
 
 impl BlockRead for StDrive {
     fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<ReadOutcome> {
+        self.take_pending()?;
         self.writing = false;
         self.last_status = None;
         // st refuses reads larger than the drive's maximum block (EINVAL).
@@ -1213,6 +1832,8 @@ impl BlockRead for StDrive {
             return Ok(ReadOutcome::EndOfData);
         }
         match read_once(&self.file, &mut buf[..len]) {
+            // Read, but from wherever a reset left the tape.
+            Ok(_) if self.reset_noticed() => self.read_eio(before),
             Ok(n) if n == len && len == self.max_block && self.no_read_position() => {
                 self.confirm_phantom(before, len)
             }
@@ -1224,6 +1845,7 @@ impl BlockRead for StDrive {
                     Ok(ReadOutcome::EndOfData)
                 } else {
                     self.pos = before.next_files(1);
+                    self.note_position_as_file_start();
                     Ok(ReadOutcome::Filemark)
                 }
             }
@@ -1260,6 +1882,7 @@ impl BlockRead for StDrive {
 
 impl BlockWrite for StDrive {
     fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
+        self.take_pending()?;
         if self.read_only {
             return Err(DeviceError::WriteProtected {
                 device: self.name.clone(),
@@ -1278,6 +1901,10 @@ impl BlockWrite for StDrive {
         }
         self.ensure_lba();
         let before = self.pos;
+        if !self.writing {
+            // Writing here truncates what follows, whether or not it works.
+            self.truncate_after(before.file);
+        }
         // The driver's counters before the write, for drives without READ
         // POSITION (cheap: MTIOCGET issues no SCSI command).
         let st_before = match self.last_status {
@@ -1294,7 +1921,24 @@ impl BlockWrite for StDrive {
                     self.pos = before.next_block();
                     self.writing = true;
                     self.eod = true;
-                    let st = self.status_now()?;
+                    // MTIOCGET also waits for a write st let return early
+                    // (its write-behind) and reports how that ended.
+                    let st = match self.status_now() {
+                        Ok(st) => st,
+                        Err(DeviceError::Io { source, .. })
+                            if source.raw_os_error() == Some(libc::EIO) =>
+                        {
+                            self.pos = before;
+                            let context = "writing a block (failed after write() returned)";
+                            return Err(self.write_errno_error(Errno::EIO, context, before));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if self.reset_noticed() {
+                        // The write never happened: a reset intervened.
+                        self.pos = before;
+                        return Err(self.write_errno_error(Errno::EIO, "writing a block", before));
+                    }
                     if st.at_eot() || self.early_warning {
                         if !self.early_warning {
                             tracing::debug!(device = %self.name, status = ?st, "early warning reported by the driver");
@@ -1348,15 +1992,26 @@ impl BlockWrite for StDrive {
                         })
                     }
                     Errno::EIO => {
+                        if let Some(d) = self.write_disruption("writing a block", before) {
+                            return Err(d);
+                        }
                         let st = self.status_now().unwrap_or_default();
                         self.pos = before;
                         if st.at_eot() || self.early_warning {
                             self.medium_full();
                             return Err(self.end_of_medium());
                         }
-                        return Err(self.write_errno_error(Errno::EIO, "writing a block"));
+                        if let Ok(mode) = self.scsi().mode_sense(MODE_PAGE_ALL) {
+                            if mode.write_protected {
+                                self.write_protect_seen = true;
+                                return Err(DeviceError::WriteProtected {
+                                    device: self.name.clone(),
+                                });
+                            }
+                        }
+                        return Err(self.plain_errno_error(Errno::EIO, "writing a block"));
                     }
-                    errno => return Err(self.write_errno_error(errno, "writing a block")),
+                    errno => return Err(self.write_errno_error(errno, "writing a block", before)),
                 },
             }
         }
@@ -1366,6 +2021,7 @@ impl BlockWrite for StDrive {
     }
 
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
+        self.take_pending()?;
         if self.read_only {
             return Err(DeviceError::WriteProtected {
                 device: self.name.clone(),
@@ -1379,6 +2035,7 @@ impl BlockWrite for StDrive {
             detail: format!("cannot write {count} filemarks at once"),
         })?;
         let before = self.pos;
+        self.truncate_after(before.file);
         let op = if immediate {
             MtOpCode::WeofImmediate
         } else {
@@ -1389,21 +2046,29 @@ impl BlockWrite for StDrive {
             Err(Errno::ENOSYS | Errno::EINVAL) if immediate => self.mt(MtOpCode::Weof, c),
             r => r,
         };
-        r.map_err(|e| self.write_errno_error(e, "writing filemarks"))?;
+        r.map_err(|e| self.write_errno_error(e, "writing filemarks", before))?;
         self.writing = false;
         self.eod = true;
         self.pos = before.next_files(count);
+        // The filemarks start new tape files.
+        if let (Some(f), Some(l)) = (before.file, before.lba) {
+            for i in 1..=count {
+                self.note_file_start(f + i, l + i as u64);
+            }
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> DeviceResult<()> {
+        self.take_pending()?;
         self.writing = false;
         if self.read_only {
             return Ok(());
         }
         // WRITE FILEMARKS with a count of 0: empty the drive's buffer.
+        let accepted = self.pos;
         self.mt(MtOpCode::Weof, 0)
-            .map_err(|e| self.write_errno_error(e, "flushing the drive buffer"))
+            .map_err(|e| self.write_errno_error(e, "flushing the drive buffer", accepted))
     }
 }
 
@@ -1424,6 +2089,7 @@ impl TapeDrive for StDrive {
     }
 
     fn rewind(&mut self) -> DeviceResult<()> {
+        self.take_pending()?;
         // The driver writes the filemark a pending write needs.
         self.mt(MtOpCode::Rewind, 1)
             .map_err(|e| self.errno_error(e, "rewinding"))?;
@@ -1434,6 +2100,7 @@ impl TapeDrive for StDrive {
     }
 
     fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
+        self.take_pending()?;
         let was_writing = std::mem::replace(&mut self.writing, false);
         let was_eod = self.eod;
         self.early_warning = false;
@@ -1442,8 +2109,9 @@ impl TapeDrive for StDrive {
         }
         let start = self.pos;
         let n = self.space_count(count, "filemarks")?;
-        if count > 1 && self.no_read_position() {
-            // Such drives give no residue: space one at a time to know where
+        if count > 1 && (self.no_read_position() || self.driver_counters_unknown()?) {
+            // Drives without READ POSITION give no residue, and after LOCATE
+            // the driver cannot count: space one at a time to know where
             // spacing stopped.
             for _ in 0..count {
                 self.space_filemarks(1)?;
@@ -1458,9 +2126,17 @@ impl TapeDrive for StDrive {
                         block: Some(0),
                         lba: None,
                     };
+                    if self.lba_support == Some(true) {
+                        // Remember where the file starts, for LOCATE.
+                        self.pos.lba = self.read_lba();
+                        self.note_position_as_file_start();
+                    }
                     Ok(())
                 }
                 Err(Errno::EIO) => {
+                    if let Some(d) = self.disruption_after_eio() {
+                        return Err(d);
+                    }
                     let st = self.status_now()?;
                     if !st.at_eod() && n == 1 && self.no_read_position() {
                         // tgt reports end of data on spacing as NO SENSE with
@@ -1476,12 +2152,17 @@ impl TapeDrive for StDrive {
                         return Err(self.end_of_data());
                     }
                     if !st.at_eod() {
-                        return Err(self.errno_error(Errno::EIO, "spacing forward over filemarks"));
+                        return Err(
+                            self.plain_errno_error(Errno::EIO, "spacing forward over filemarks")
+                        );
                     }
                     // The driver counts the filemarks passed from the residue.
                     let file = match (start.file, st.file) {
                         (Some(s), Some(f)) if f >= s && f - s <= n as u32 => Some(f),
                         (None, Some(f)) if f < SPACE_MAX as u32 => Some(f),
+                        // Not counted (after LOCATE), but one filemark asked
+                        // for and not found: still in the same file.
+                        (Some(s), None) if n == 1 => Some(s),
                         _ => None,
                     };
                     self.pos = Pos {
@@ -1535,8 +2216,14 @@ impl TapeDrive for StDrive {
                     Ok(())
                 }
                 Err(e) => {
+                    if let Some(d) = self.eio_disruption(e) {
+                        return Err(d);
+                    }
                     let st = self.status_now()?;
-                    if st.at_bot() || st.file == Some(0) && st.block == Some(0) {
+                    let at_bot = st.at_bot()
+                        || st.file == Some(0) && st.block == Some(0)
+                        || st.file.is_none() && self.read_lba() == Some(0);
+                    if at_bot {
                         self.pos = Pos::bot();
                         return Err(self.medium_error(
                             Pos::bot(),
@@ -1550,13 +2237,14 @@ impl TapeDrive for StDrive {
                         block: None,
                         lba: None,
                     };
-                    Err(self.errno_error(e, "spacing back over filemarks"))
+                    Err(self.plain_errno_error(e, "spacing back over filemarks"))
                 }
             }
         }
     }
 
     fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
+        self.take_pending()?;
         self.writing = false;
         self.early_warning = false;
         if count == 0 {
@@ -1575,6 +2263,9 @@ impl TapeDrive for StDrive {
                     Ok(())
                 }
                 Err(e) => {
+                    if let Some(d) = self.eio_disruption(e) {
+                        return Err(d);
+                    }
                     let st = self.status_now()?;
                     let f = start.file.or(st.file);
                     if st.at_eod() {
@@ -1616,7 +2307,7 @@ impl TapeDrive for StDrive {
                         block: None,
                         lba: None,
                     };
-                    Err(self.errno_error(e, "spacing forward over blocks"))
+                    Err(self.plain_errno_error(e, "spacing forward over blocks"))
                 }
             }
         } else if let (Some(f), Some(b)) = (start.file, start.block) {
@@ -1645,10 +2336,16 @@ impl TapeDrive for StDrive {
     }
 
     fn seek_end_of_data(&mut self) -> DeviceResult<()> {
+        self.take_pending()?;
         self.writing = false;
         self.early_warning = false;
         if self.no_read_position() {
             return self.seek_end_of_data_by_files();
+        }
+        if self.driver_counters_unknown()? {
+            // MTEOM spaces over filemarks and the driver counts them only
+            // from a known file number (lost after LOCATE or a reset).
+            self.rewind()?;
         }
         self.mt(MtOpCode::Eom, 1)
             .map_err(|e| self.errno_error(e, "going to end of data (MTEOM)"))?;
@@ -1664,7 +2361,11 @@ impl TapeDrive for StDrive {
                         .into(),
                 })
             }
-            (Some(_), Some(_)) => {
+            (Some(_), Some(b)) => {
+                if b == 0 && self.lba_support == Some(true) {
+                    self.pos.lba = self.read_lba();
+                    self.note_position_as_file_start();
+                }
                 self.eod = true;
                 Ok(())
             }
@@ -1696,7 +2397,7 @@ impl TapeDrive for StDrive {
                     return Err(DeviceError::InvalidRequest {
                         device: self.name.clone(),
                         detail: "the tape position is unknown (the st driver lost the file \
-                                 number); rewind first"
+                                 number); rewind or locate a tape file first"
                             .into(),
                     })
                 }
@@ -1717,51 +2418,28 @@ impl TapeDrive for StDrive {
         })
     }
 
+    /// Go to (file, block) with SCSI LOCATE where the drive has READ
+    /// POSITION and LOCATE, else by spacing.
     fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
+        self.take_pending()?;
         if self.writing {
             // As st does before repositioning after a write.
             self.write_filemarks(1, false)?;
         }
         self.early_warning = false;
-        let cur = self.pos;
-        let refuse = |this: &Self, why: String| DeviceError::InvalidRequest {
-            device: this.name.clone(),
-            detail: format!("cannot locate tape file {file}, block {block}: {why}"),
-        };
-        let files = |r: DeviceResult<()>, this: &Self| match r {
-            Err(DeviceError::EndOfData { file: last, .. }) => Err(refuse(
-                this,
-                format!("the cartridge has tape files 0 to {last}"),
-            )),
-            r => r,
-        };
-        if file == 0 {
-            self.rewind()?;
-        } else if cur.file == Some(file) && cur.block.is_some() {
-            // Same file: space by blocks below.
-        } else if let Some(cf) = cur.file.filter(|&cf| cf < file) {
-            let r = self.space_filemarks((file - cf) as i64);
-            files(r, self)?;
-        } else if let Some(cf) = cur.file {
-            self.space_filemarks(-((cf - file) as i64 + 1))?;
-            let r = self.space_filemarks(1);
-            files(r, self)?;
-        } else {
-            self.rewind()?;
-            let r = self.space_filemarks(file as i64);
-            files(r, self)?;
+        if self.lba_support.is_none() {
+            let _ = self.read_lba();
         }
-        let here = self.pos.block.unwrap_or(0);
-        let delta = block as i64 - here as i64;
-        match self.space_blocks(delta) {
-            Ok(()) => Ok(()),
-            Err(DeviceError::EndOfData { .. }) | Err(DeviceError::MediumError { .. })
-                if delta > 0 =>
-            {
-                Err(refuse(self, format!("tape file {file} has fewer blocks")))
+        if self.lba_support == Some(true) && self.locate_support != Some(false) {
+            match self.locate_by_address(file, block) {
+                Ok(()) => return Ok(()),
+                Err(LocateFailure::Device(e)) => return Err(e),
+                Err(LocateFailure::Unsupported) => {
+                    tracing::debug!(device = %self.name, file, block, "locating by spacing");
+                }
             }
-            Err(e) => Err(e),
         }
+        self.locate_by_spacing(file, block)
     }
 
     fn status(&mut self) -> DeviceResult<DriveStatus> {
@@ -1796,6 +2474,36 @@ impl TapeDrive for StDrive {
 
     fn max_block_size(&self) -> usize {
         self.max_block
+    }
+
+    /// From the tape capacity log page (0x31) or, failing that, cartridge
+    /// memory (MAM attribute 0000h): the drive's estimate of the native
+    /// capacity left in the current partition, in MiB, counted from what it
+    /// has written to the medium. An estimate: the drive's own compression
+    /// makes more fit, data still in its buffer is not counted, and early
+    /// warning comes somewhat before the end it measures to. `None` when
+    /// the drive reports neither (scsi_debug and tgt do not).
+    fn room_before_early_warning(&mut self) -> Option<u64> {
+        let partition = self.st_status().ok()?.partition;
+        let capacity = match self.scsi().tape_capacity() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.keep_disruption(&e);
+                None
+            }
+        };
+        let mam = match capacity.as_ref().and_then(|c| c.remaining_mib(partition)) {
+            Some(_) => None,
+            None if self.pending.is_some() => None,
+            None => match self.scsi().read_attributes() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.keep_disruption(&e);
+                    None
+                }
+            },
+        };
+        room_from(capacity.as_ref(), mam.as_ref(), partition)
     }
 }
 
@@ -1940,6 +2648,97 @@ mod tests {
         };
         assert_eq!(unknown.next_block(), unknown);
         assert_eq!(unknown.next_files(1).block, Some(0));
+    }
+
+    #[test]
+    fn locate_corrections() {
+        use LocateCorrection::*;
+        assert_eq!(locate_correction(7, 7), Done);
+        // Past the filemark it was sent to (object 6 is a filemark).
+        assert_eq!(locate_correction(6, 7), BackOne);
+        // Stopped before it, on the other side.
+        assert_eq!(locate_correction(7, 6), ForwardOne);
+        assert_eq!(locate_correction(0, 1), BackOne);
+        assert_eq!(locate_correction(1, 0), ForwardOne);
+        for (target, actual) in [(7, 9), (9, 7), (0, 100), (100, 0), (5, u64::MAX)] {
+            assert_eq!(
+                locate_correction(target, actual),
+                Again,
+                "{target} {actual}"
+            );
+        }
+    }
+
+    fn log_page(page: u8, params: &[(u16, u32)]) -> Vec<u8> {
+        let mut b = vec![page, 0, 0, 0];
+        for (code, value) in params {
+            b.extend_from_slice(&code.to_be_bytes());
+            b.extend_from_slice(&[0x03, 4]);
+            b.extend_from_slice(&value.to_be_bytes());
+        }
+        let len = (b.len() - 4) as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    /// READ ATTRIBUTE data with the remaining and maximum capacity.
+    fn mam(remaining_mib: u64) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (id, v) in [(0x0000u16, remaining_mib), (0x0001, 17_166_336)] {
+            body.extend_from_slice(&id.to_be_bytes());
+            body.push(0x80);
+            body.extend_from_slice(&8u16.to_be_bytes());
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut b = (body.len() as u32).to_be_bytes().to_vec();
+        b.extend(body);
+        b
+    }
+
+    #[test]
+    fn room_before_early_warning_from_drive_reports() {
+        use crate::device::sg::{parse_attributes, parse_log_page};
+        let capacity = |params: &[(u16, u32)]| {
+            TapeCapacity::from_log(&parse_log_page(&log_page(0x31, params)).unwrap())
+        };
+        let lto = capacity(&[(1, 12_000), (2, 0), (3, 17_166_336), (4, 0)]);
+        let attrs = parse_attributes(&mam(9_000)).unwrap();
+        // The log page first (current while mounted), in MiB.
+        assert_eq!(
+            room_from(Some(&lto), Some(&attrs), 0),
+            Some(12_000 * 1_048_576)
+        );
+        // Cartridge memory when the page is missing or lacks the partition.
+        assert_eq!(room_from(None, Some(&attrs), 0), Some(9_000 * 1_048_576));
+        let empty = capacity(&[]);
+        assert_eq!(
+            room_from(Some(&empty), Some(&attrs), 0),
+            Some(9_000 * 1_048_576)
+        );
+        // Cartridge memory is read for partition 0 only.
+        assert_eq!(room_from(Some(&lto), Some(&attrs), 1), None);
+        // A two-partition tape: partition 1 from the page.
+        let two = capacity(&[(1, 100), (2, 200), (3, 1000), (4, 2000)]);
+        assert_eq!(room_from(Some(&two), None, 1), Some(200 * 1_048_576));
+        // Neither (scsi_debug, tgt).
+        assert_eq!(room_from(None, None, 0), None);
+        let no_capacity = parse_attributes(&[0, 0, 0, 0]).unwrap();
+        assert_eq!(room_from(None, Some(&no_capacity), 0), None);
+    }
+
+    #[test]
+    fn status_reports_the_partition() {
+        let g = MtGet {
+            mt_resid: 1,
+            mt_gstat: GMT_ONLINE as libc::c_long,
+            ..MtGet::default()
+        };
+        assert_eq!(StStatus::decode(&g).partition, 1);
+        let g = MtGet {
+            mt_resid: -1,
+            ..MtGet::default()
+        };
+        assert_eq!(StStatus::decode(&g).partition, 0);
     }
 
     #[test]
