@@ -334,6 +334,9 @@ fn write_records_each_session_and_an_import_agrees() {
         std::io::Write::write_all(&mut f, &c).unwrap();
     }
     drop(f);
+    // The other cartridge is write-protected, so the set cannot continue.
+    let lib = lab.lib();
+    assert_ok(&lab.tapir(["vtape", "protect", lib.to_str().unwrap(), "TAP002L9"]));
     let failed = lab.tapir_in(&lab.path("src"), ["write", "etc"]);
     assert_ne!(code_of(&failed), 0, "{}", text(&failed.stdout));
     let (_, after) = cjson(&lab, &cat, &["find", "etc/*"]);
@@ -416,4 +419,29 @@ fn verify_on_another_drive_than_the_writer() {
         .output()
         .unwrap();
     assert_ok(&elsewhere);
+}
+
+#[test]
+fn changer_moves_are_recorded_as_locations() {
+    let lab = Lab::new(2, "64M");
+    lab.label("TAP001L9");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    assert_ok(&lab.tapir_in(&src, ["write", "--set", "moves", "f"]));
+    let cat = lab.catalog();
+    let place = |lab: &Lab| {
+        let (code, r) = cjson(lab, &cat, &["recall", "moves"]);
+        assert_eq!(code, 0, "{r}");
+        r["cartridges"][0]["location"]["where"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(place(&lab).starts_with("drive:vtape:"), "{}", place(&lab));
+    assert_ok(&lab.tapir(["changer", "unload"]));
+    let in_slot = place(&lab);
+    assert!(in_slot.starts_with("slot:1 in vtape:"), "{in_slot}");
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
+    assert!(place(&lab).starts_with("drive:vtape:"), "{}", place(&lab));
 }

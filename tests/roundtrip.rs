@@ -319,8 +319,8 @@ fn compressed_sessions_append_and_restore_the_latest_version_by_default() {
     let sessions = listing["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);
     assert_eq!(
-        sessions[1]["data_tape_file"], 4,
-        "second session after the first's two files"
+        sessions[1]["data_tape_file"], 5,
+        "second session after the first's data, catalog and set catalog copy"
     );
 
     let out = lab.path("latest");

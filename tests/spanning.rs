@@ -283,3 +283,50 @@ fn the_last_cartridge_restores_the_whole_set_loading_the_others() {
         assert_eq!(tree.get(&rel), Some(&data), "{rel}");
     }
 }
+
+#[test]
+fn one_cartridge_rebuilds_the_host_catalog_for_its_whole_set() {
+    let lab = Lab::new(12, "5M");
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    make_tree(&lab.path("src"), 6);
+    let (code, w) = lab.json_in(
+        &lab.path("src"),
+        ["write", "--no-catalog", "--set", "big", "."],
+    );
+    assert_eq!(code, 0, "{w}");
+    let cartridges = cartridges_of(&w);
+    assert!(cartridges.len() >= 3, "{w}");
+
+    // A new host, an empty catalog, the last cartridge only.
+    assert_ok(&lab.tapir(["changer", "load", cartridges.last().unwrap()]));
+    let fresh = lab.path("fresh.db");
+    let fresh = fresh.to_str().unwrap();
+    let (code, imp) = lab.json(["--catalog", fresh, "catalog", "import"]);
+    assert_eq!(code, 0, "{imp}");
+    assert_eq!(
+        imp["set_copy"]["cartridges"],
+        (cartridges.len() - 1) as u64,
+        "{imp}"
+    );
+    // Every file of the set is found, on the cartridge that holds its start.
+    let (code, found) = lab.json(["--catalog", fresh, "find", "big/f00"]);
+    assert_eq!(code, 0, "{found}");
+    assert_eq!(
+        found["results"][0]["versions"][0]["cartridge"]["label"],
+        cartridges[0]
+    );
+    let (code, recall) = lab.json(["--catalog", fresh, "recall", "big"]);
+    assert_eq!(code, 0, "{recall}");
+    let labels: Vec<&str> = recall["cartridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    for c in &cartridges {
+        assert!(labels.contains(&c.as_str()), "{c} not in {labels:?}");
+    }
+    // Importing again changes nothing.
+    let (_, again) = lab.json(["--catalog", fresh, "catalog", "import"]);
+    assert_eq!(again["set_copy"]["added"], 0, "{again}");
+}

@@ -667,6 +667,143 @@ pub(crate) fn delete_session(conn: &Connection, id: i64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// What importing a set catalog copy did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SetCopyImport {
+    /// Cartridges of the set other than the one read.
+    pub cartridges: u64,
+    /// Their sessions merged, and the entries they hold.
+    pub sessions: u64,
+    pub entries: u64,
+    pub added: u64,
+}
+
+impl Catalog {
+    /// Merge what a set catalog copy says about the set's *other*
+    /// cartridges (`except`, the one in hand, is imported from its own
+    /// catalogs): their labels and their sessions with every entry. This is
+    /// how one cartridge rebuilds a lost host catalog for its whole set.
+    pub fn import_set_copy(
+        &mut self,
+        builder: &mut crate::pipeline::setcat::SetCatalogBuilder,
+        except: &[u8; 16],
+    ) -> Result<SetCopyImport> {
+        use std::collections::HashMap;
+        let set_uuid = builder.set_uuid();
+        let set_name = builder.set_name().to_string();
+        let volumes = builder.volumes().to_vec();
+        let sessions = builder.sessions().to_vec();
+        let mut report = SetCopyImport::default();
+        let mut volume_of: HashMap<u32, [u8; 16]> = HashMap::new();
+        for v in volumes.iter().filter(|v| &v.volume_uuid != except) {
+            let labelled = v.labelled.unwrap_or_default();
+            let host = v.host.clone().unwrap_or_default();
+            self.merge_cartridge(&CartridgeRecord {
+                uuid: v.volume_uuid,
+                label: v.label.clone(),
+                pool: v.pool.clone(),
+                set: Some(SetMembership {
+                    set_uuid,
+                    set_name: set_name.clone(),
+                    volume_seq: v.volume_seq,
+                    previous_volume: v.previous_volume,
+                    joined: labelled,
+                    host: host.clone(),
+                }),
+                labelled,
+                host,
+                block_size: v.block_size.unwrap_or(0),
+                worm: false,
+            })?;
+            volume_of.insert(v.volume_seq, v.volume_uuid);
+            report.cartridges += 1;
+        }
+        // One pass over the copy, each session's entries to a spill of its own.
+        let mut spills: HashMap<u32, (std::io::BufWriter<std::fs::File>, u64)> = HashMap::new();
+        let wanted: HashMap<u32, &crate::format::setcat::SessionInfo> = sessions
+            .iter()
+            .filter(|s| volume_of.contains_key(&s.volume_seq))
+            .map(|s| (s.index, s))
+            .collect();
+        let io = |e: std::io::Error| Error::Invalid(format!("spilling a set catalog copy: {e}"));
+        builder
+            .for_each_entry(|e| {
+                if !wanted.contains_key(&e.session) {
+                    return Ok(());
+                }
+                let spill = match spills.entry(e.session) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let f = tempfile::tempfile().map_err(|err| {
+                            crate::pipeline::Error::io("creating a set copy spill", err)
+                        })?;
+                        v.insert((std::io::BufWriter::new(f), 0))
+                    }
+                };
+                let body = crate::format::meta::to_cbor(&e.entry);
+                use std::io::Write;
+                spill
+                    .0
+                    .write_all(&(body.len() as u32).to_le_bytes())
+                    .and_then(|_| spill.0.write_all(&body))
+                    .map_err(|err| crate::pipeline::Error::io("writing a set copy spill", err))?;
+                spill.1 += 1;
+                Ok(())
+            })
+            .map_err(|e| Error::Invalid(format!("reading the set catalog copy: {e}")))?;
+        for (index, info) in wanted {
+            let Some(volume) = volume_of.get(&info.volume_seq) else {
+                continue;
+            };
+            let (file, count) = match spills.remove(&index) {
+                Some((w, n)) => (Some(w.into_inner().map_err(|e| io(e.into_error()))?), n),
+                None => (None, 0),
+            };
+            let mut reader = file
+                .map(|mut f| std::io::Seek::rewind(&mut f).map(|_| std::io::BufReader::new(f)))
+                .transpose()
+                .map_err(io)?;
+            let entries = std::iter::from_fn(|| {
+                let r = reader.as_mut()?;
+                let mut len = [0u8; 4];
+                std::io::Read::read_exact(r, &mut len).ok()?;
+                let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+                std::io::Read::read_exact(r, &mut body).ok()?;
+                crate::format::meta::from_cbor::<CatalogEntry>(&body).ok()
+            });
+            let complete = info.status != crate::format::setcat::SESSION_NO_END;
+            let rec = SessionRecord {
+                uuid: info.session_uuid,
+                number: info.session,
+                data_tape_file: info.data_tape_file,
+                catalog_tape_file: complete.then_some(info.data_tape_file + 1),
+                host: Some(info.host.clone()),
+                started: Some(info.started),
+                sources: Vec::new(),
+                tapir_version: None,
+                end: info.ended.map(|ended| SessionEnd {
+                    entries: info.entries,
+                    stored_bytes: 0,
+                    ended,
+                    warnings: 0,
+                    status: info.status,
+                    skipped: 0,
+                }),
+                complete,
+                origin: Origin::SetCopy,
+                lost_blocks: 0,
+            };
+            let action = self.merge_session_stream(volume, &rec, count, entries)?;
+            report.sessions += 1;
+            report.entries += count;
+            if action == MergeAction::Added {
+                report.added += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

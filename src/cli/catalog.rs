@@ -845,15 +845,49 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
             who: invoking_user(),
         },
     )?;
-    let damaged = listing
-        .sessions
-        .iter()
-        .any(|s| !s.incomplete.is_empty() || !s.lost.is_empty());
+    // The last set catalog copy on the cartridge describes the rest of its
+    // set: one cartridge rebuilds the catalog for all of it.
+    let mut set_copy = None;
+    let mut set_copy_problem = None;
+    if let (Some(set), Some((number, file))) = (
+        listing.map.label.set.as_ref(),
+        listing
+            .map
+            .sessions
+            .iter()
+            .rev()
+            .find_map(|s| s.set_catalog_file.map(|f| (s.number, f))),
+    ) {
+        match pipeline::setcat::read_set_catalog(drive.as_mut(), set.set_uuid, file, number) {
+            Ok(mut copy) => {
+                if !copy.digest_ok || !copy.lost.is_empty() {
+                    set_copy_problem = Some(format!(
+                        "the set catalog copy in tape file {file} is damaged; imported what could be read"
+                    ));
+                }
+                set_copy =
+                    Some(cat.import_set_copy(&mut copy.builder, &listing.map.label.volume_uuid)?);
+            }
+            Err(e) => {
+                set_copy_problem = Some(format!(
+                    "the set catalog copy in tape file {file} cannot be read: {e}"
+                ))
+            }
+        }
+    }
+    let damaged = set_copy_problem.is_some()
+        || listing
+            .sessions
+            .iter()
+            .any(|s| !s.incomplete.is_empty() || !s.lost.is_empty());
     let interrupted = listing.sessions.iter().any(|s| !s.closed);
     if g.json {
         let mut v = serde_json::to_value(&report)?;
         v["catalog"] = json!(path.display().to_string());
-        v["unchanged"] = json!(report.unchanged());
+        v["unchanged"] =
+            json!(report.unchanged() && set_copy.as_ref().is_none_or(|c| c.added == 0));
+        v["set_copy"] = json!(set_copy);
+        v["set_copy_problem"] = json!(set_copy_problem);
         print_json(&v);
     } else {
         println!(
@@ -895,6 +929,15 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
         }
         if let Some(l) = &report.location_recorded {
             println!("  location: {l}");
+        }
+        if let Some(c) = &set_copy {
+            println!(
+                "  from its set catalog copy: {} other cartridge(s), {} session(s) ({} new), {} entries",
+                c.cartridges, c.sessions, c.added, c.entries
+            );
+        }
+        if let Some(p) = &set_copy_problem {
+            println!("  warning: {p}");
         }
     }
     Ok(if damaged {

@@ -403,6 +403,52 @@ fn note_in_catalog(
     }
 }
 
+/// Tell the host catalog where a changer command put a cartridge (a
+/// cartridge the catalog does not know is left alone).
+fn note_changer_moves(
+    cli: &Cli,
+    dir: &std::path::Path,
+    command: &ChangerCommand,
+    inv: &tapir::device::ChangerInventory,
+) {
+    use tapir::catalog::location::{Location, LocationKind};
+    let library = tapir::device::describe(dir);
+    let moved: Vec<(String, Location)> = match command {
+        ChangerCommand::Status => return,
+        ChangerCommand::Load { .. } => inv
+            .drive
+            .iter()
+            .map(|(b, _)| {
+                let loc = Location {
+                    kind: LocationKind::Drive,
+                    name: library.clone(),
+                };
+                (b.clone(), loc)
+            })
+            .collect(),
+        ChangerCommand::Unload => inv
+            .slots
+            .iter()
+            .filter_map(|(slot, b)| {
+                let loc = Location {
+                    kind: LocationKind::Slot,
+                    name: format!("{slot} in {library}"),
+                };
+                b.clone().map(|b| (b, loc))
+            })
+            .collect(),
+    };
+    note_in_catalog(cli, |c| {
+        for (barcode, loc) in &moved {
+            match c.note_seen(barcode, loc, "tapir changer", "moved by the changer") {
+                Ok(_) | Err(tapir::catalog::Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    });
+}
+
 fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     let spec = device_spec(cli)?;
     match spec.strip_prefix("vtape:") {
@@ -484,7 +530,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 }
                 ChangerCommand::Unload => lib.unload().map_err(Error::from)?,
             }
-            output::changer_status(cli.json, &lib.inventory().map_err(Error::from)?);
+            let inv = lib.inventory().map_err(Error::from)?;
+            note_changer_moves(cli, &dir, command, &inv);
+            output::changer_status(cli.json, &inv);
             Ok(ExitStatus::Success)
         }
         Command::Label {

@@ -612,13 +612,9 @@ fn set_catalog_so_far(
         }
     }
     builder.upsert_volume(VolumeInfo {
-        volume_seq: membership.volume_seq,
-        volume_uuid: map.label.volume_uuid,
-        label: map.label.label.clone(),
-        pool: map.label.pool.clone(),
         location: Some("in the drive".into()),
         location_at: Some(Timestamp::now()),
-        full: false,
+        ..VolumeInfo::of_label(&map.label)
     });
     Ok((builder, warnings))
 }
@@ -1253,6 +1249,7 @@ impl Producer<'_, '_> {
         start: SessionStart,
         data_file: u32,
         room: Option<u64>,
+        continues: Option<u32>,
     ) -> Result<()> {
         let membership = label.set.clone().expect("a set cartridge");
         let buffer = self.chan.take()?;
@@ -1278,7 +1275,7 @@ impl Producer<'_, '_> {
             ended: None,
             status: SESSION_NO_END,
             entries: 0,
-            continues: self.part.as_ref().map(|p| p.set_index),
+            continues,
             host: start.host.clone(),
         });
         self.part = Some(Part {
@@ -1420,23 +1417,28 @@ impl Producer<'_, '_> {
             s.status = status;
             s.entries = part.entries;
         }
+        let known = self
+            .ctx
+            .set_catalog
+            .volumes()
+            .iter()
+            .find(|v| v.volume_uuid == part.label.volume_uuid)
+            .cloned();
         self.ctx.set_catalog.upsert_volume(VolumeInfo {
-            volume_seq: membership.volume_seq,
-            volume_uuid: part.label.volume_uuid,
-            label: part.label.label.clone(),
-            pool: part.label.pool.clone(),
-            location: None,
-            location_at: None,
             full: status == SESSION_CONTINUES,
+            ..known.unwrap_or_else(|| VolumeInfo::of_label(&part.label))
         });
         let mut set_framer = StreamFramer::new(
             identity(BlockKind::SetCatalog, part.data_file + 2),
             part.label.block_size,
             fresh,
         );
-        self.ctx
-            .set_catalog
-            .write(membership.volume_seq, &mut set_framer, &mut emit)?;
+        self.ctx.set_catalog.write(
+            membership.volume_seq,
+            part.label.block_size,
+            &mut set_framer,
+            &mut emit,
+        )?;
         let last = set_framer.finish();
         progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
         chan.send(ToDrive::Block(last))?;
@@ -1475,6 +1477,7 @@ impl Producer<'_, '_> {
         }
         let previous = self.part.as_ref().expect("a part is open");
         let previous_label = previous.label.clone();
+        let previous_index = previous.set_index;
         let previous_start = previous.start.clone();
         let part_number = previous_start.continues.as_ref().map_or(1, |l| l.part) + 1;
         if let Some(tx) = &self.ctx.to_catalog {
@@ -1510,13 +1513,9 @@ impl Producer<'_, '_> {
         }
         let membership = ready.label.set.clone().expect("labelled into the set");
         self.ctx.set_catalog.upsert_volume(VolumeInfo {
-            volume_seq: membership.volume_seq,
-            volume_uuid: ready.label.volume_uuid,
-            label: ready.label.label.clone(),
-            pool: ready.label.pool.clone(),
             location: Some("in the drive".into()),
             location_at: Some(Timestamp::now()),
-            full: false,
+            ..VolumeInfo::of_label(&ready.label)
         });
         let first = previous_start
             .continues
@@ -1546,6 +1545,7 @@ impl Producer<'_, '_> {
             start,
             super::volume::FIRST_SESSION_FILE,
             ready.room,
+            Some(previous_index),
         )?;
         if let Some((entry, offset, _)) = cut_entry {
             let mut again = entry.clone();
@@ -1608,7 +1608,7 @@ fn produce(
         },
         current_continued_from: None,
     };
-    pr.open_part(label, start, data_file, room)?;
+    pr.open_part(label, start, data_file, room, None)?;
 
     let mut since_checkpoint_bytes = 0u64;
     let mut last_checkpoint = Instant::now();
