@@ -330,3 +330,73 @@ fn one_cartridge_rebuilds_the_host_catalog_for_its_whole_set() {
     let (_, again) = lab.json(["--catalog", fresh, "catalog", "import"]);
     assert_eq!(again["set_copy"]["added"], 0, "{again}");
 }
+
+#[test]
+fn a_single_drive_asks_the_operator_for_the_next_cartridge_and_waits() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let lab = Lab::new(3, "5M");
+    // Without a changer there is no barcode to label a blank one with: the
+    // operator's cartridges are labelled beforehand.
+    for c in ["TAP002L9", "TAP001L9"] {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        assert_ok(&lab.tapir(["label", "--label", c, "--block-size", "64K"]));
+    }
+    let tree = make_tree(&lab.path("src"), 3);
+    let mut child = Command::new(TAPIR)
+        .current_dir(lab.path("src"))
+        .args([
+            "--device",
+            &lab.device(),
+            "--json",
+            "write",
+            "--ask-operator",
+        ])
+        .args(["--operator-timeout", "600", "--set", "manual", "."])
+        .env("TAPIR_CATALOG", lab.catalog())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the request, as an operator would.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut asked = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tapir ended without asking: {asked}"
+        );
+        asked.push_str(&line);
+        if line.contains("OPERATOR:") {
+            break;
+        }
+    }
+    assert!(
+        asked.contains("TAP001L9") && asked.contains("insert the next cartridge"),
+        "{asked}"
+    );
+    // The operator puts in the next cartridge (the drive is looked at now
+    // and then, so the changer may find it busy for a moment).
+    let loaded = (0..100).any(|_| code(&lab.tapir(["changer", "load", "TAP002L9"])) == 0);
+    assert!(loaded, "the operator could not load the cartridge");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let w: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cartridges = cartridges_of(&w);
+    assert_eq!(&cartridges[..2], ["TAP001L9", "TAP002L9"], "{w}");
+    assert_eq!(cartridges.len(), 2, "{w}");
+
+    // And the two restore as one set.
+    let whole = lab.path("whole");
+    for c in &cartridges {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        let r = lab.tapir(["restore", "--partials", "--to", whole.to_str().unwrap()]);
+        assert!([0, 1].contains(&code(&r)), "{}", text(&r.stdout));
+    }
+    let got: BTreeMap<String, Vec<u8>> = files_under(&whole)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("./").to_string(), v))
+        .collect();
+    assert!(got == tree, "restored set differs from the source");
+}

@@ -105,6 +105,14 @@ enum Command {
         /// Do not record this session in the host catalog.
         #[arg(long)]
         no_catalog: bool,
+        /// When a cartridge fills, ask an operator for the next one and wait
+        /// (the default for a single drive) instead of using the library's
+        /// changer.
+        #[arg(long)]
+        ask_operator: bool,
+        /// How long to wait for the operator to insert the next cartridge.
+        #[arg(long, value_name = "SECONDS", default_value_t = 8 * 3600)]
+        operator_timeout: u64,
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
@@ -565,9 +573,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             spool_window,
             spool_size,
             no_catalog,
+            ask_operator,
+            operator_timeout,
             paths,
         } => {
-            let mut drive = open(cli)?;
+            let drive = open(cli)?;
             // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
             let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -600,22 +610,26 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 }),
                 ..Default::default()
             };
-            // A library can load the next cartridge when one fills.
-            let mut supply = match tapir::device::open::DeviceSpec::parse(device_spec(cli)?) {
-                Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir)) => {
-                    Some(pipeline::span::LibrarySupply::new(
-                        VirtualLibrary::open(dir).map_err(Error::from)?,
-                    )?)
-                }
-                _ => None,
-            };
-            let summary =
-                output::with_write_progress(cli.json, |progress| match supply.as_mut() {
-                    Some(supply) => {
-                        pipeline::writer::write_session_spanning(drive, supply, &opts, progress)
+            // When a cartridge fills: a library loads the next one; with a
+            // single drive (or when asked) an operator does.
+            let spec = device_spec(cli)?;
+            let mut supply: Box<dyn pipeline::span::CartridgeSupply> =
+                match tapir::device::open::DeviceSpec::parse(spec) {
+                    Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir)) if !*ask_operator => {
+                        Box::new(pipeline::span::LibrarySupply::new(
+                            VirtualLibrary::open(dir).map_err(Error::from)?,
+                        )?)
                     }
-                    None => pipeline::writer::write_session(drive.as_mut(), &opts, progress),
-                })?;
+                    _ => Box::new(pipeline::span::OperatorSupply {
+                        device: spec.to_string(),
+                        timeout: std::time::Duration::from_secs(*operator_timeout),
+                        poll: std::time::Duration::from_millis(500),
+                        tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
+                    }),
+                };
+            let summary = output::with_write_progress(cli.json, |progress| {
+                pipeline::writer::write_session_spanning(drive, supply.as_mut(), &opts, progress)
+            })?;
             output::written(cli.json, &summary);
             Ok(if summary.interrupted {
                 ExitStatus::Interrupted

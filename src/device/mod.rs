@@ -215,6 +215,11 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn room_before_early_warning(&mut self) -> Option<u64> {
         None
     }
+    /// Rewind and eject the cartridge, so an operator can take it out.
+    /// Drives an operator cannot reach (a virtual library's) do nothing.
+    fn eject(&mut self) -> DeviceResult<()> {
+        Ok(())
+    }
 }
 
 /// A media changer: slots, a drive, and moves between them.

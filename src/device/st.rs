@@ -2483,6 +2483,10 @@ impl TapeDrive for StDrive {
     /// makes more fit, data still in its buffer is not counted, and early
     /// warning comes somewhat before the end it measures to. `None` when
     /// the drive reports neither (scsi_debug and tgt do not).
+    fn eject(&mut self) -> DeviceResult<()> {
+        self.unload()
+    }
+
     fn room_before_early_warning(&mut self) -> Option<u64> {
         let partition = self.st_status().ok()?.partition;
         let capacity = match self.scsi().tape_capacity() {

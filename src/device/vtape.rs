@@ -82,7 +82,8 @@ const OFF_CRC: usize = HEADER_LEN - 4;
 
 /// Faults a test can inject into a virtual tape, from `<image>.faults.json`
 /// at open or via [`VirtualTape::set_faults`]. Block numbers are logical
-/// record indexes from the beginning of tape (blocks and filemarks counted).
+/// record indexes from the beginning of tape (blocks and filemarks counted),
+/// except for `kill_after_blocks`, which counts writes since the open.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -101,6 +102,20 @@ pub struct Faults {
     /// How many times the read fault fires before reads of that record
     /// succeed (for retry tests); `None`: it always fires.
     pub read_fail_count: Option<u32>,
+    /// A crash: once this drive has written this many data blocks since it
+    /// was opened, the next block or filemark write does not happen; the
+    /// process kills itself with SIGKILL instead (0: the first write). No
+    /// destructor runs and nothing else is flushed, written or closed.
+    pub kill_after_blocks: Option<u64>,
+    /// With `kill_after_blocks`: the dying write leaves a torn record, the
+    /// first half of its bytes (a block's record as framed, or 4 bytes of
+    /// a filemark), written where the record would have gone.
+    pub kill_torn: bool,
+    /// With `kill_after_blocks`: power loss rather than a process crash.
+    /// The image is first cut back to what the last fsync made durable, so
+    /// every record written since is lost (any torn record then follows
+    /// what is left).
+    pub kill_lose_unsynced: bool,
 }
 
 /// Where the fault sidecar of an image lives: `<image>.faults.json`.
@@ -343,6 +358,12 @@ pub struct VirtualTape {
     file_len: u64,
     faults: Faults,
     read_faults_fired: u32,
+    /// Data blocks written since the open (for `kill_after_blocks`).
+    blocks_written: u64,
+    /// Length of the image that the last fsync made durable: the file as
+    /// it was at open or at the last sync, cut to the shortest length it
+    /// has had since (for `kill_lose_unsynced`).
+    durable_len: u64,
     /// The last operation was a data write (st: `rw == ST_WRITING`).
     pending_write: bool,
     /// Speed model of a real drive, when the library asks for one.
@@ -471,6 +492,8 @@ impl VirtualTape {
             file_len,
             faults,
             read_faults_fired: 0,
+            blocks_written: 0,
+            durable_len: file_len,
             pending_write: false,
             sim: None,
             lock: None,
@@ -692,6 +715,7 @@ impl VirtualTape {
         }
         let end = self.offsets[p];
         if self.file_len != end {
+            self.durable_len = self.durable_len.min(end);
             self.file
                 .set_len(end)
                 .map_err(|e| self.io_error("truncating the image", e))?;
@@ -712,6 +736,7 @@ impl VirtualTape {
             Err(e) => {
                 // Leave no partial record behind; if even that fails, make
                 // the next write truncate (file_len no longer equals the end).
+                self.durable_len = self.durable_len.min(start);
                 self.file_len = match self.file.set_len(start) {
                     Ok(()) => start,
                     Err(_) => u64::MAX,
@@ -721,10 +746,58 @@ impl VirtualTape {
         }
     }
 
-    fn sync(&self) -> DeviceResult<()> {
+    fn sync(&mut self) -> DeviceResult<()> {
         self.file
             .sync_data()
-            .map_err(|e| self.io_error("syncing the image to disk", e))
+            .map_err(|e| self.io_error("syncing the image to disk", e))?;
+        self.durable_len = self.file_len;
+        Ok(())
+    }
+
+    /// The `kill_after_blocks` fault fires at this write.
+    fn kill_fault_fires(&self) -> bool {
+        self.faults
+            .kill_after_blocks
+            .is_some_and(|n| self.blocks_written >= n)
+    }
+
+    /// Leave the image as the crash the kill fault asks for would: cut back
+    /// to the durable length (`kill_lose_unsynced`), then the first half of
+    /// `record`, the record being written at the position (`kill_torn`).
+    /// Errors are ignored: the process is about to die.
+    fn leave_image_as_crash_would(&mut self, record: &[u8]) {
+        let mut cut = None;
+        if self.faults.kill_torn {
+            // The write would first have cut everything after the position.
+            cut = Some(self.offsets[self.pos]);
+        }
+        if self.faults.kill_lose_unsynced {
+            cut = Some(cut.map_or(self.durable_len, |c| c.min(self.durable_len)));
+        }
+        if let Some(c) = cut.filter(|&c| c < self.file_len) {
+            let _ = self.file.set_len(c);
+            self.file_len = c;
+        }
+        if self.faults.kill_torn {
+            // O_APPEND: the torn part lands at the end of what is left.
+            let half = &record[..record.len() / 2];
+            let _ = append_all(&self.file, &mut [IoSlice::new(half)]);
+        }
+    }
+
+    /// The `kill_after_blocks` fault: die now, mid-write, like a crash or a
+    /// power loss. SIGKILL runs no destructor, flushes no buffer and writes
+    /// no closing filemark.
+    fn die_for_kill_fault(&mut self, record: &[u8]) -> ! {
+        let blocks = self.blocks_written;
+        tracing::debug!(device = %self.name, blocks, "kill fault: SIGKILL");
+        self.leave_image_as_crash_would(record);
+        // SAFETY: raise has no memory-safety preconditions; SIGKILL cannot
+        // be caught, so the process ends here.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+        std::process::abort()
     }
 
     /// The implicit filemark st writes before rewind, locate, backward file
@@ -839,9 +912,13 @@ impl BlockWrite for VirtualTape {
                 block: at.block,
             });
         }
-        self.truncate_at(p)?;
         let word = (n as u32).to_le_bytes();
         let crc = crc32fast::hash(block).to_le_bytes();
+        if self.kill_fault_fires() {
+            let record = [&word[..], block, &crc[..], &word[..]].concat();
+            self.die_for_kill_fault(&record);
+        }
+        self.truncate_at(p)?;
         let mut bufs = [
             IoSlice::new(&word),
             IoSlice::new(block),
@@ -853,6 +930,7 @@ impl BlockWrite for VirtualTape {
         self.offsets.push(end);
         self.pos = p + 1;
         self.pending_write = true;
+        self.blocks_written += 1;
         if let Some(sim) = self.sim.as_mut() {
             sim.write(n);
         }
@@ -872,6 +950,9 @@ impl BlockWrite for VirtualTape {
         self.check_writable()?;
         self.pending_write = false;
         if count > 0 {
+            if self.kill_fault_fires() {
+                self.die_for_kill_fault(&FILEMARK_BYTES);
+            }
             let p = self.pos;
             self.truncate_at(p)?;
             let mut left = count as usize;
@@ -1709,6 +1790,117 @@ mod tests {
     }
 
     #[test]
+    fn kill_fault_counts_blocks_written_since_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut tape) = new_tape(&dir, MIB, 0);
+        tape.write_block(b"before").unwrap();
+        tape.write_filemarks(1, false).unwrap();
+        drop(tape);
+        let mut tape = VirtualTape::open(&path, "t").unwrap();
+        tape.set_faults(Faults {
+            kill_after_blocks: Some(2),
+            ..Faults::default()
+        });
+        tape.seek_end_of_data().unwrap();
+        assert!(!tape.kill_fault_fires());
+        tape.write_block(b"one").unwrap();
+        // Filemarks are not counted.
+        tape.write_filemarks(1, true).unwrap();
+        assert!(!tape.kill_fault_fires());
+        tape.write_block(b"two").unwrap();
+        assert!(tape.kill_fault_fires(), "the third write dies");
+        tape.set_faults(Faults {
+            kill_after_blocks: Some(0),
+            ..Faults::default()
+        });
+        assert!(tape.kill_fault_fires());
+        // Dropping would write st's closing filemark, and die.
+        tape.set_faults(Faults::default());
+    }
+
+    /// The records of the image at `path`, read from a fresh open.
+    fn records_of(path: &Path) -> Vec<Result<Vec<u8>, &'static str>> {
+        let mut tape = VirtualTape::open(path, "t").unwrap();
+        read_all(&mut tape)
+    }
+
+    #[test]
+    fn kill_fault_leaves_a_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut tape) = new_tape(&dir, MIB, 0);
+        tape.write_block(b"kept").unwrap();
+        tape.write_block(b"also kept").unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        tape.set_faults(Faults {
+            kill_after_blocks: Some(2),
+            kill_torn: true,
+            ..Faults::default()
+        });
+        let record = [&10u32.to_le_bytes()[..], b"0123456789", &[0; 8]].concat();
+        tape.leave_image_as_crash_would(&record);
+        std::mem::forget(tape); // a killed process writes no closing filemark
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len + 11);
+        assert_eq!(
+            records_of(&path),
+            vec![Ok(b"kept".to_vec()), Ok(b"also kept".to_vec())]
+        );
+
+        // Torn in the middle of the tape: what followed the position is cut first.
+        let mut tape = VirtualTape::open(&path, "t").unwrap();
+        tape.set_faults(Faults {
+            kill_torn: true,
+            ..Faults::default()
+        });
+        tape.space_blocks(1).unwrap();
+        tape.leave_image_as_crash_would(&FILEMARK_BYTES);
+        drop(tape);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            HEADER_LEN as u64 + 16 + 4
+        );
+        assert_eq!(records_of(&path), vec![Ok(b"kept".to_vec())]);
+    }
+
+    #[test]
+    fn kill_fault_can_lose_what_was_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut tape) = new_tape(&dir, MIB, 0);
+        tape.write_block(b"synced").unwrap();
+        tape.write_filemarks(1, false).unwrap();
+        tape.write_block(b"written").unwrap();
+        tape.write_filemarks(1, true).unwrap();
+        tape.set_faults(Faults {
+            kill_lose_unsynced: true,
+            ..Faults::default()
+        });
+        tape.leave_image_as_crash_would(b"ignored");
+        std::mem::forget(tape);
+        assert_eq!(records_of(&path), vec![Ok(b"synced".to_vec()), Err("FM")]);
+
+        // A flush makes everything durable; a truncation since is not undone.
+        let mut tape = VirtualTape::open(&path, "t").unwrap();
+        tape.seek_end_of_data().unwrap();
+        tape.write_block(b"second").unwrap();
+        tape.flush().unwrap();
+        tape.rewind().unwrap();
+        tape.write_block(b"rewritten").unwrap();
+        tape.write_block(b"lost").unwrap();
+        tape.set_faults(Faults {
+            kill_lose_unsynced: true,
+            kill_torn: true,
+            ..Faults::default()
+        });
+        tape.leave_image_as_crash_would(&[1, 2, 3, 4, 5, 6]);
+        std::mem::forget(tape);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            HEADER_LEN as u64 + 3,
+            "cut at the rewrite, then half a record"
+        );
+        assert!(records_of(&path).is_empty());
+    }
+
+    #[test]
     fn faults_load_from_sidecar_file() {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut tape) = new_tape(&dir, MIB, 0);
@@ -1730,6 +1922,17 @@ mod tests {
             tape.read_block(&mut buf),
             Err(DeviceError::MediumError { .. })
         ));
+        drop(tape);
+        std::fs::write(&sidecar, r#"{"kill_after_blocks": 7, "kill_torn": true}"#).unwrap();
+        let tape = VirtualTape::open(&path, "t").unwrap();
+        assert_eq!(
+            tape.faults(),
+            &Faults {
+                kill_after_blocks: Some(7),
+                kill_torn: true,
+                ..Faults::default()
+            }
+        );
         drop(tape);
         std::fs::write(&sidecar, r#"{"fail_reed_at_block": 1}"#).unwrap();
         assert!(matches!(

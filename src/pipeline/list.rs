@@ -78,7 +78,11 @@ pub fn session_entries(
     label: &VolumeLabel,
     s: &SessionOnTape,
 ) -> Result<SessionEntries> {
-    if let Some(cat) = read_catalog(drive, label, s)? {
+    let catalog = read_catalog(drive, label, s)?;
+    // A catalog without its end record was cut short: the write never
+    // finished (§11.1), whatever the data stream holds.
+    let cut_short = catalog.as_ref().is_some_and(|c| c.end.is_none());
+    if let Some(cat) = catalog {
         if cat.digest_ok && cat.lost.is_empty() {
             return Ok(SessionEntries {
                 session: s.clone(),
@@ -91,7 +95,11 @@ pub fn session_entries(
             });
         }
     }
-    scan_session(drive, label, s)
+    let mut scanned = scan_session(drive, label, s)?;
+    if cut_short {
+        scanned.closed = false;
+    }
+    Ok(scanned)
 }
 
 /// Rebuild a session's entry list from its data stream.

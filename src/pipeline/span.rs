@@ -180,3 +180,66 @@ pub fn load_continuation(
         });
     }
 }
+
+/// An operator changes cartridges: the full one is ejected, the operator
+/// is told what to insert, and the drive is watched until a different
+/// cartridge is in it.
+pub struct OperatorSupply {
+    /// How to open the drive again (the device as the user gave it).
+    pub device: String,
+    /// How long to wait for the operator.
+    pub timeout: std::time::Duration,
+    /// How often to look at the drive while waiting.
+    pub poll: std::time::Duration,
+    /// Where the operator reads what to do.
+    pub tell: Box<dyn FnMut(&str) + Send>,
+}
+
+impl CartridgeSupply for OperatorSupply {
+    fn next(&mut self, mut current: Box<dyn TapeDrive>) -> Result<Option<Candidate>> {
+        let previous = match read_label(current.as_mut()) {
+            Ok(LabelState::Tapir(l)) => Some((l.volume_uuid, l.label)),
+            _ => None,
+        };
+        current.eject()?;
+        drop(current);
+        let what = previous.as_ref().map_or_else(
+            || "the cartridge in the drive".to_string(),
+            |(_, l)| format!("cartridge {l}"),
+        );
+        (self.tell)(&format!(
+            "{what} is done: take it out and insert the next cartridge (an empty one of the pool) into {}; waiting up to {} s",
+            self.device,
+            self.timeout.as_secs()
+        ));
+        let started = std::time::Instant::now();
+        loop {
+            match crate::device::open::open_drive(&self.device) {
+                Ok(mut drive) => {
+                    let same = match read_label(drive.as_mut()) {
+                        Ok(LabelState::Tapir(l)) => {
+                            previous.as_ref().is_some_and(|(u, _)| *u == l.volume_uuid)
+                        }
+                        Ok(_) => false,
+                        Err(_) => false,
+                    };
+                    if !same {
+                        return Ok(Some((drive, None)));
+                    }
+                }
+                Err(crate::device::DeviceError::NoMedium { .. }) => {}
+                Err(crate::device::DeviceError::InvalidRequest { .. }) => {} // busy: someone is loading
+                Err(e) => return Err(e.into()),
+            }
+            if started.elapsed() >= self.timeout {
+                return Ok(None);
+            }
+            // Waiting for a person: polling the drive is all there is.
+            std::thread::sleep(self.poll);
+        }
+    }
+
+    fn whereabouts(&self, _barcode: &str) -> Option<String> {
+        Some("taken out of the drive by the operator".into())
+    }
+}

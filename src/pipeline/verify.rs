@@ -140,6 +140,24 @@ pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySumm
         .filter(|s| only.is_none_or(|n| n == s.number))
     {
         sum.sessions += 1;
+        if let Some(file) = s.set_catalog_file {
+            match super::setcat::read_set_catalog(drive, set_uuid, file, s.number) {
+                Ok(copy) if copy.digest_ok && copy.lost.is_empty() => {}
+                Ok(copy) => sum.problems.push(format!(
+                    "set catalog copy in tape file {file} (after session {}): {}",
+                    s.number,
+                    if copy.lost.is_empty() {
+                        "incomplete (its end record is missing or does not match)".to_string()
+                    } else {
+                        format!("{} unreadable stretch(es) of blocks", copy.lost.len())
+                    }
+                )),
+                Err(e) => sum.problems.push(format!(
+                    "set catalog copy in tape file {file} (after session {}): {e}",
+                    s.number
+                )),
+            }
+        }
         let catalog = read_catalog(drive, &map.label, s)?;
         let mut listed: Vec<CatalogEntry> = Vec::new();
         match &catalog {

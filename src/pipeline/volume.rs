@@ -162,9 +162,10 @@ pub struct TapeMap {
 
 impl TapeMap {
     /// Tape file number the next session's data goes to (after closing an
-    /// interrupted file).
+    /// interrupted file). Never one of the label's tape files, even when a
+    /// crash cut them short: a session written there would not be found.
     pub fn next_file(&self) -> u32 {
-        self.closed_files + u32::from(self.open_last_file)
+        (self.closed_files + u32::from(self.open_last_file)).max(FIRST_SESSION_FILE)
     }
     pub fn next_session(&self) -> u32 {
         self.sessions.iter().map(|s| s.number).max().unwrap_or(0) + 1

@@ -234,7 +234,16 @@ fn write_job(
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
     let (set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
-    let data_file = if new_set {
+    // A crash while the label and rescue kit were being rewritten leaves
+    // them cut short, with nothing after: they are written again.
+    let label_cut_short = !new_set
+        && map.sessions.is_empty()
+        && map.unknown_files.is_empty()
+        && map.closed_files < super::volume::FIRST_SESSION_FILE;
+    if label_cut_short {
+        write_label(drive, &map.label, true)?;
+    }
+    let data_file = if new_set || label_cut_short {
         super::volume::FIRST_SESSION_FILE
     } else {
         position_for_append(drive, &map)?
@@ -552,34 +561,44 @@ fn set_catalog_so_far(
 ) -> Result<(SetCatalogBuilder, Vec<String>)> {
     let mut warnings = Vec::new();
     let membership = map.label.set.as_ref().expect("set prepared");
-    let last_copy = map
-        .sessions
-        .iter()
-        .rev()
-        .find_map(|s| s.set_catalog_file.map(|f| (s.number, f)));
     let fresh = || SetCatalogBuilder::new(membership.set_uuid, membership.set_name.clone());
-    let (mut builder, after) = match last_copy {
-        Some((number, file)) => {
-            match super::setcat::read_set_catalog(drive, membership.set_uuid, file, number) {
-                Ok(copy) => {
-                    if !copy.digest_ok || !copy.lost.is_empty() {
-                        warnings.push(format!(
-                            "{}: the set catalog copy in tape file {file} is damaged; the new copy holds what could be read of it",
-                            drive.name()
-                        ));
-                    }
-                    (copy.builder, number)
-                }
-                Err(e) => {
-                    warnings.push(format!(
-                        "{}: the set catalog copy in tape file {file} cannot be read ({e}); the new copy covers this cartridge's sessions only",
-                        drive.name()
-                    ));
-                    (fresh()?, 0)
-                }
+    // The newest copy that reads intact; a copy cut short by a crash (or
+    // damaged) is passed over, and the sessions after the one used are
+    // added from their own catalogs or by scanning them.
+    let mut found = None;
+    for s in map.sessions.iter().rev() {
+        let Some(file) = s.set_catalog_file else {
+            continue;
+        };
+        match super::setcat::read_set_catalog(drive, membership.set_uuid, file, s.number) {
+            Ok(copy) if copy.digest_ok && copy.lost.is_empty() => {
+                found = Some((copy.builder, s.number));
+                break;
             }
+            // Nothing is lost by passing it over: the new copy is rebuilt
+            // from an earlier one and the sessions' own catalogs.
+            Ok(_) => tracing::warn!(
+                "{}: the set catalog copy in tape file {file} is damaged or incomplete; using an earlier copy and the sessions after it",
+                drive.name()
+            ),
+            Err(e) => tracing::warn!(
+                "{}: the set catalog copy in tape file {file} cannot be read ({e}); using an earlier copy and the sessions after it",
+                drive.name()
+            ),
         }
-        None => (fresh()?, 0),
+    }
+    let (mut builder, after) = match found {
+        Some(f) => f,
+        None => {
+            if membership.volume_seq > 1 {
+                warnings.push(format!(
+                    "{}: no intact set catalog copy on cartridge {}: the new copy covers this cartridge's sessions only",
+                    drive.name(),
+                    map.label.label
+                ));
+            }
+            (fresh()?, 0)
+        }
     };
     for s in map.sessions.iter().filter(|s| s.number > after) {
         let listing = super::list::list_cartridge(drive, Some(s.number))?;
@@ -702,7 +721,10 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
         host: hostname(),
     });
     // Safe: the cartridge holds only its label and rescue kit. The session's
-    // final synchronous filemark makes the new label durable with it.
+    // first checkpoint or final filemark makes the new label durable with
+    // it (a synchronous filemark here would cost a stop of the drive); a
+    // power loss before that may leave the cartridge blank, to be labelled
+    // again, with nothing lost.
     write_label(drive, &map.label, false)?;
     Ok(true)
 }
