@@ -387,6 +387,13 @@ pub fn to_cbor<T: Encode<()>>(value: &T) -> Vec<u8> {
     minicbor::to_vec(value).expect("encoding to a Vec cannot fail")
 }
 
+/// Encode into `out` (cleared first): a buffer reused per entry saves the
+/// allocations of a fresh one on the write path.
+pub fn to_cbor_into<T: Encode<()>>(value: &T, out: &mut Vec<u8>) {
+    out.clear();
+    minicbor::encode(value, &mut *out).expect("encoding to a Vec cannot fail");
+}
+
 /// Decode a metadata structure from CBOR bytes.
 pub fn from_cbor<'b, T: Decode<'b, ()>>(bytes: &'b [u8]) -> Result<T, FormatError> {
     Ok(minicbor::decode(bytes)?)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::device::{TapeDrive, WriteOutcome};
 use crate::format::label::{SetMembership, VolumeLabel};
 use crate::format::meta::{
-    to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
+    to_cbor, to_cbor_into, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
     SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp, END_COMPLETE, END_CONTINUES,
     END_INTERRUPTED, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR, SESSION_CONTINUES,
     SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
@@ -1060,11 +1060,10 @@ impl CatalogSpill {
             bytes: 0,
         })
     }
-    fn push(&mut self, e: &CatalogEntry) -> Result<()> {
-        let body = to_cbor(e);
+    fn push_encoded(&mut self, body: &[u8]) -> Result<()> {
         self.out
             .write_all(&(body.len() as u32).to_le_bytes())
-            .and_then(|_| self.out.write_all(&body))
+            .and_then(|_| self.out.write_all(body))
             .map_err(|e| Error::io("writing the catalog spill file", e))?;
         self.count += 1;
         self.bytes += body.len() as u64 + crate::format::record::RECORD_HEADER_LEN as u64;
@@ -1239,6 +1238,9 @@ struct Producer<'a, 'p> {
     /// offset its content resumes from there (spanning).
     current_position: StreamPosition,
     current_continued_from: Option<u64>,
+    /// Reused encoding buffers (one allocation, not one per entry).
+    scratch: Vec<u8>,
+    scratch_entry: Vec<u8>,
 }
 
 impl Producer<'_, '_> {
@@ -1349,10 +1351,15 @@ impl Producer<'_, '_> {
     /// Record a closed entry (or entry part) in the catalogs.
     fn list_entry(&mut self, listed: CatalogEntry) -> Result<()> {
         let part = self.part.as_mut().expect("a part is open");
-        part.spill.push(&listed)?;
+        let mut body = std::mem::take(&mut self.scratch);
+        to_cbor_into(&listed, &mut body);
+        part.spill.push_encoded(&body)?;
         part.entries += 1;
         let index = part.set_index;
-        self.ctx.set_catalog.add_entry(index, &listed)?;
+        self.ctx
+            .set_catalog
+            .add_encoded_entry(index, &listed.path, &body)?;
+        self.scratch = body;
         // Live recording covers a job on one cartridge; a spanning job's
         // parts are recorded from their spills once all are on tape.
         if let Some(tx) = &self.ctx.to_catalog {
@@ -1629,6 +1636,8 @@ fn produce(
             offset: 0,
         },
         current_continued_from: None,
+        scratch: Vec::new(),
+        scratch_entry: Vec::new(),
     };
     pr.open_part(label, start, data_file, room, None)?;
 
@@ -1689,7 +1698,8 @@ fn produce(
             pr.p.warnings.push(w);
             continue;
         }
-        let entry_cbor = to_cbor(&entry);
+        let mut entry_cbor = std::mem::take(&mut pr.scratch_entry);
+        to_cbor_into(&entry, &mut entry_cbor);
         // An entry, its catalog records and end record, and its first
         // chunk: a file is not begun on a cartridge that cannot take any of it.
         let first_chunk = if file.is_some() {
@@ -1701,6 +1711,7 @@ fn produce(
             pr.continue_on_next_cartridge(None)?;
         }
         pr.current_position = pr.push(RecordType::Entry, &[&entry_cbor])?;
+        pr.scratch_entry = entry_cbor;
         pr.current_continued_from = None;
         pr.part().progressed = true;
         let end = match &file {
@@ -1730,7 +1741,10 @@ fn produce(
             tracing::warn!("{w}");
             pr.p.warnings.push(w);
         }
-        pr.push(RecordType::EntryEnd, &[&to_cbor(&end)])?;
+        let mut end_cbor = std::mem::take(&mut pr.scratch);
+        to_cbor_into(&end, &mut end_cbor);
+        pr.push(RecordType::EntryEnd, &[&end_cbor])?;
+        pr.scratch = end_cbor;
         let mut listed = super::list::catalog_entry_of(&entry, pr.current_position);
         listed.continued_from = pr.current_continued_from;
         listed.blake3 = end.blake3;
