@@ -405,3 +405,41 @@ fn restoring_one_file_seeks_to_it_and_reads_only_its_blocks() {
     assert!(s["blocks_read"].as_u64().unwrap() <= 2 * 18, "{s}");
     assert_eq!(fs::read(out2.join("d/big7")).unwrap(), vec![7u8; 4 << 20]);
 }
+
+#[test]
+fn one_path_is_found_in_the_set_catalog_pages_not_the_whole_catalog() {
+    let lab = Lab::new(1, "1G");
+    let src = lab.path("src");
+    // 30,000 entries: their catalogs take several MB; one path needs a few pages.
+    for d in 0..30 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            fs::write(dir.join(format!("file-with-a-longish-name-{f:04}")), b"").unwrap();
+        }
+    }
+    fs::write(src.join("d17/needle"), b"found").unwrap();
+    lab.label("TAP001L9");
+    assert_ok(&lab.tapir_in(&src, ["write", "."]));
+    let out = lab.path("out");
+    let (code, s) = lab.json(["restore", "--to", out.to_str().unwrap(), "d17/needle"]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["restored"], 1, "{s}");
+    assert_eq!(fs::read(out.join("d17/needle")).unwrap(), b"found");
+    let catalog = s["catalog_bytes_read"].as_u64().unwrap();
+    assert!(catalog > 0, "the set catalog copy was not used: {s}");
+    // The index and at most two pages of 1 MiB (the whole catalog is larger).
+    assert!(catalog <= 3 << 20, "{catalog} catalog bytes read: {s}");
+    assert!(s["blocks_read"].as_u64().unwrap() <= 2, "{s}");
+
+    // A pattern with a wildcard lists the sessions' catalogs instead.
+    let (code, s) = lab.json([
+        "restore",
+        "--to",
+        lab.path("out2").to_str().unwrap(),
+        "d17/need*",
+    ]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["restored"], 1, "{s}");
+    assert_eq!(s["catalog_bytes_read"], 0, "{s}");
+}

@@ -464,6 +464,12 @@ pub fn restored(json: bool, s: &RestoreSummary) {
         "  read {} blocks ({} bytes) with {} positioning operation(s) in {:.2} s",
         s.blocks_read, s.bytes_read, s.seeks, s.seconds
     );
+    if s.catalog_bytes_read > 0 {
+        println!(
+            "  found in the set catalog copy's index and pages: {} blocks ({} bytes) read",
+            s.catalog_blocks_read, s.catalog_bytes_read
+        );
+    }
     for p in &s.skipped_existing {
         println!("  skipped (exists; --overwrite replaces): {p}");
     }

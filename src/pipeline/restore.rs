@@ -83,6 +83,11 @@ pub struct RestoreSummary {
     /// Spanning entries completed by joining their parts (whole hash checked).
     pub joined: u64,
     pub ownership_left_as_user: bool,
+    /// Catalog read to find the entries: from the set catalog copy's index
+    /// and pages when the patterns name paths (0: not counted, the
+    /// sessions' own catalogs were read whole).
+    pub catalog_blocks_read: u64,
+    pub catalog_bytes_read: u64,
     /// Reading done: blocks and bytes read, positioning operations, time.
     pub blocks_read: u64,
     pub bytes_read: u64,
@@ -128,7 +133,11 @@ pub fn pattern_selects(pattern: &[u8], path: &[u8]) -> bool {
 
 /// Restore from the loaded cartridge.
 pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<RestoreSummary> {
-    let listing = list_cartridge(drive, opts.session)?;
+    let mut catalog_read = (0u64, 0u64);
+    let listing = match listing_from_set_catalog(drive, opts, &mut catalog_read)? {
+        Some(l) => l,
+        None => list_cartridge(drive, opts.session)?,
+    };
     let label = listing.map.label.clone();
     let set_uuid = label.set_uuid();
     let patterns: Vec<Vec<u8>> = opts
@@ -137,6 +146,8 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         .map(|p| super::glob::normalise_pattern(p))
         .collect();
     let mut summary = RestoreSummary {
+        catalog_blocks_read: catalog_read.0,
+        catalog_bytes_read: catalog_read.1,
         cartridge: label.label.clone(),
         volume_uuid: label.volume_uuid,
         target: opts.target.display().to_string(),
@@ -682,4 +693,77 @@ impl Restorer<'_> {
         self.summary.joined += 1;
         Ok(())
     }
+}
+
+/// When every pattern names a path (no wildcards), find the entries in the
+/// last set catalog copy's index and pages instead of reading every
+/// session's catalog: a few blocks, however full the cartridge. None when
+/// that does not apply (then the sessions' catalogs are listed).
+fn listing_from_set_catalog(
+    drive: &mut dyn TapeDrive,
+    opts: &RestoreOptions,
+    read: &mut (u64, u64),
+) -> Result<Option<super::list::Listing>> {
+    let literal = |p: &String| !p.bytes().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'));
+    if opts.patterns.is_empty()
+        || opts.session.is_some()
+        || opts.selection.is_some()
+        || !opts.patterns.iter().all(literal)
+    {
+        return Ok(None);
+    }
+    let map = super::volume::map_tape(drive)?;
+    let Some(set) = map.label.set.clone() else {
+        return Ok(None);
+    };
+    let Some((number, file)) = map
+        .sessions
+        .iter()
+        .rev()
+        .find_map(|s| s.set_catalog_file.map(|f| (s.number, f)))
+    else {
+        return Ok(None);
+    };
+    // Sessions written after the copy are not in it.
+    if map.sessions.iter().any(|s| s.number > number) {
+        return Ok(None);
+    }
+    let mut by_session: HashMap<u32, Vec<CatalogEntry>> = HashMap::new();
+    for p in &opts.patterns {
+        let path = super::glob::normalise_pattern(p);
+        let found =
+            super::setcat::find_in_set_catalog(drive, set.set_uuid, file, number, &path, true)?;
+        read.0 += found.blocks_read;
+        read.1 += found.bytes_read;
+        if !found.lost.is_empty() {
+            return Ok(None); // a damaged copy: the sessions' catalogs decide
+        }
+        for e in found.entries {
+            let Some(info) = found.sessions.get(e.session as usize) else {
+                continue;
+            };
+            if info.volume_seq == set.volume_seq {
+                by_session.entry(info.session).or_default().push(e.entry);
+            }
+        }
+    }
+    let sessions = map
+        .sessions
+        .iter()
+        .map(|s| {
+            let mut entries = by_session.remove(&s.number).unwrap_or_default();
+            entries.sort_by_key(|e| e.position);
+            entries.dedup_by_key(|e| e.position);
+            SessionEntries {
+                session: s.clone(),
+                source: ListSource::Catalog,
+                entries,
+                incomplete: Vec::new(),
+                summary: None,
+                lost: Vec::new(),
+                closed: s.catalog_file.is_some(),
+            }
+        })
+        .collect();
+    Ok(Some(super::list::Listing { map, sessions }))
 }

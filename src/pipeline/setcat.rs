@@ -454,7 +454,12 @@ impl SetCatalogBuilder {
 
     /// [`Self::add_entry`] for an entry already encoded as a `CatalogEntry`
     /// (the writer encodes each once for both catalogs).
-    pub fn add_encoded_entry(&mut self, session: u32, path: &[u8], entry_cbor: &[u8]) -> Result<()> {
+    pub fn add_encoded_entry(
+        &mut self,
+        session: u32,
+        path: &[u8],
+        entry_cbor: &[u8],
+    ) -> Result<()> {
         if session >= MAX_SESSIONS {
             return Err(Error::Usage(format!(
                 "set catalog: session index {session} is out of range"

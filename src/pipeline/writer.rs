@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use crate::device::{TapeDrive, WriteOutcome};
 use crate::format::label::{SetMembership, VolumeLabel};
 use crate::format::meta::{
-    to_cbor, to_cbor_into, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd, EntryKind,
-    SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp, END_COMPLETE, END_CONTINUES,
-    END_INTERRUPTED, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR, SESSION_CONTINUES,
+    to_cbor, to_cbor_into, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, Entry, EntryEnd,
+    EntryKind, SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp, END_COMPLETE,
+    END_CONTINUES, END_INTERRUPTED, END_SOURCE_CHANGED, END_SOURCE_READ_ERROR, SESSION_CONTINUES,
     SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
 };
 use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
