@@ -255,31 +255,25 @@ impl Image {
                     f,
                     stream,
                 )),
-                3 => {
+                // A session's catalog (3) and the set catalog copy after it (4).
+                kind @ (3 | 4) => {
                     let s = sessions
                         .last_mut()
                         .filter(|s| s.number == Block::parse(first).session)
                         .expect("a catalog follows its session's data");
-                    s.catalog = Some(CatalogImage {
-                        has_end: stream.records.iter().any(|r| r.rtype == 0x12),
+                    let end = if kind == 3 { 0x12 } else { 0x25 };
+                    let image = CatalogImage {
+                        has_end: stream.records.iter().any(|r| r.rtype == end),
                         complete: stream.last_in_file
                             && !stream.partial
-                            && stream.records.last().is_some_and(|r| r.rtype == 0x12),
+                            && stream.records.last().is_some_and(|r| r.rtype == end),
                         closed_by_filemark,
-                    });
-                }
-                4 => {
-                    let s = sessions
-                        .last_mut()
-                        .filter(|s| s.number == Block::parse(first).session)
-                        .expect("a set catalog copy follows its session's catalog");
-                    s.set_catalog = Some(CatalogImage {
-                        has_end: stream.records.iter().any(|r| r.rtype == 0x25),
-                        complete: stream.last_in_file
-                            && !stream.partial
-                            && stream.records.last().is_some_and(|r| r.rtype == 0x25),
-                        closed_by_filemark,
-                    });
+                    };
+                    if kind == 3 {
+                        s.catalog = Some(image);
+                    } else {
+                        s.set_catalog = Some(image);
+                    }
                 }
                 k => panic!("tape file {f} starts with a block of kind {k}"),
             }

@@ -739,7 +739,7 @@ fn listing_from_set_catalog(
             return Ok(None); // a damaged copy: the sessions' catalogs decide
         }
         for e in found.entries {
-            let Some(info) = found.sessions.get(e.session as usize) else {
+            let Some(info) = found.sessions.iter().find(|s| s.index == e.session) else {
                 continue;
             };
             if info.volume_seq == set.volume_seq {

@@ -93,6 +93,21 @@ impl SetRestoreSummary {
     }
 }
 
+/// Paths chosen for restore: by volume, then session number on it.
+type Chosen = BTreeMap<u32, HashMap<u32, HashSet<Vec<u8>>>>;
+
+/// Choose `path` of the session part with index `session` in the copy.
+fn choose(chosen: &mut Chosen, sessions: &HashMap<u32, SessionInfo>, session: u32, path: Vec<u8>) {
+    if let Some(info) = sessions.get(&session) {
+        chosen
+            .entry(info.volume_seq)
+            .or_default()
+            .entry(info.session)
+            .or_default()
+            .insert(path);
+    }
+}
+
 /// Restore the newest version of every selected path in the whole set.
 pub fn restore_set(
     mut drive: Box<dyn TapeDrive>,
@@ -120,7 +135,12 @@ pub fn restore_set(
             ))
         })?;
     let mut copy = super::setcat::read_set_catalog(drive.as_mut(), set.set_uuid, file, number)?;
-    let sessions: Vec<SessionInfo> = copy.builder.sessions().to_vec();
+    let sessions: HashMap<u32, SessionInfo> = copy
+        .builder
+        .sessions()
+        .iter()
+        .map(|s| (s.index, s.clone()))
+        .collect();
     let volumes: Vec<VolumeInfo> = copy.builder.volumes().to_vec();
     let patterns: Vec<Vec<u8>> = opts
         .patterns
@@ -131,7 +151,7 @@ pub fn restore_set(
     // Newest version of each path: the entries of one path come in
     // session order, so the last one wins, with the parts before it that
     // it continues.
-    let mut chosen: BTreeMap<u32, HashMap<u32, HashSet<Vec<u8>>>> = BTreeMap::new();
+    let mut chosen: Chosen = BTreeMap::new();
     let mut summary = SetRestoreSummary {
         set_name: set.set_name.clone(),
         ..Default::default()
@@ -139,7 +159,7 @@ pub fn restore_set(
     let mut group: Vec<(u32, CatalogEntry)> = Vec::new();
     let mut links: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut flush = |group: &mut Vec<(u32, CatalogEntry)>,
-                     chosen: &mut BTreeMap<u32, HashMap<u32, HashSet<Vec<u8>>>>,
+                     chosen: &mut Chosen,
                      summary: &mut SetRestoreSummary| {
         let Some((last_session, last)) = group.last().cloned() else {
             return;
@@ -147,9 +167,7 @@ pub fn restore_set(
         summary.selected += 1;
         let mut take = vec![(last_session, last.clone())];
         // A continued entry: walk back the parts it continues.
-        let mut want = sessions
-            .get(last_session as usize)
-            .and_then(|s| s.continues);
+        let mut want = sessions.get(&last_session).and_then(|s| s.continues);
         let mut needs_more = last.continued_from.is_some();
         for (s, e) in group.iter().rev().skip(1) {
             if !needs_more {
@@ -158,7 +176,7 @@ pub fn restore_set(
             if Some(*s) == want {
                 take.push((*s, e.clone()));
                 needs_more = e.continued_from.is_some();
-                want = sessions.get(*s as usize).and_then(|x| x.continues);
+                want = sessions.get(s).and_then(|x| x.continues);
             }
         }
         if needs_more {
@@ -173,14 +191,7 @@ pub fn restore_set(
             }
         }
         for (s, e) in take {
-            if let Some(info) = sessions.get(s as usize) {
-                chosen
-                    .entry(info.volume_seq)
-                    .or_default()
-                    .entry(info.session)
-                    .or_default()
-                    .insert(e.path);
-            }
+            choose(chosen, &sessions, s, e.path);
         }
         group.clear();
     };
@@ -199,14 +210,7 @@ pub fn restore_set(
     flush(&mut group, &mut chosen, &mut summary);
     // A hard link needs the file it links to, from the same session.
     for (s, target) in links {
-        if let Some(info) = sessions.get(s as usize) {
-            chosen
-                .entry(info.volume_seq)
-                .or_default()
-                .entry(info.session)
-                .or_default()
-                .insert(target);
-        }
+        choose(&mut chosen, &sessions, s, target);
     }
 
     for (volume_seq, selection) in chosen {
