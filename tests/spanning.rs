@@ -400,3 +400,62 @@ fn a_single_drive_asks_the_operator_for_the_next_cartridge_and_waits() {
         .collect();
     assert!(got == tree, "restored set differs from the source");
 }
+
+#[test]
+fn a_whole_set_restore_at_a_single_drive_asks_for_each_cartridge_in_order() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let lab = Lab::new(8, "5M");
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    let tree = make_tree(&lab.path("src"), 5);
+    let (written, w) = write_tree(&lab, "big");
+    assert_eq!(written, 0, "{w}");
+    let cartridges = cartridges_of(&w);
+    assert!(cartridges.len() >= 3, "{w}");
+
+    // The last cartridge is in the drive; the operator brings the others.
+    let whole = lab.path("whole");
+    let mut child = Command::new(TAPIR)
+        .args([
+            "--device",
+            &lab.device(),
+            "--json",
+            "restore",
+            "--whole-set",
+        ])
+        .args(["--ask-operator", "--operator-timeout", "600", "--to"])
+        .arg(&whole)
+        .env("TAPIR_CATALOG", lab.catalog())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut asked_for = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break; // tapir finished
+        }
+        let Some(rest) = line.split("insert cartridge ").nth(1) else {
+            continue;
+        };
+        let label = rest.split_whitespace().next().unwrap().to_string();
+        let loaded = (0..100).any(|_| code(&lab.tapir(["changer", "load", &label])) == 0);
+        assert!(loaded, "could not load {label}");
+        asked_for.push(label);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // Asked for in set order: every cartridge before the last one.
+    assert_eq!(
+        asked_for,
+        cartridges[..cartridges.len() - 1],
+        "{asked_for:?}"
+    );
+    let got: BTreeMap<String, Vec<u8>> = files_under(&whole)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("./").to_string(), v))
+        .collect();
+    assert!(got == tree, "restored set differs from the source");
+}

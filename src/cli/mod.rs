@@ -148,6 +148,13 @@ enum Command {
         /// cartridge, loading each cartridge it needs from the library.
         #[arg(long, conflicts_with = "session")]
         whole_set: bool,
+        /// With --whole-set: ask an operator for each cartridge (the
+        /// default for a single drive) instead of using the library.
+        #[arg(long, requires = "whole_set")]
+        ask_operator: bool,
+        /// How long to wait for the operator to insert each cartridge.
+        #[arg(long, value_name = "SECONDS", default_value_t = 8 * 3600)]
+        operator_timeout: u64,
         /// Glob patterns over archive paths; a directory selects its contents.
         patterns: Vec<String>,
     },
@@ -663,6 +670,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             session,
             partials,
             whole_set,
+            ask_operator,
+            operator_timeout,
             patterns,
         } => {
             let mut drive = open(cli)?;
@@ -676,21 +685,24 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 numeric_owner: *numeric_owner,
             };
             if *whole_set {
-                let dir = match tapir::device::open::DeviceSpec::parse(device_spec(cli)?) {
-                    Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir)) => dir,
-                    _ => {
-                        return Err(Error::Usage(
-                            "--whole-set needs a library (vtape:DIR) to load the set's cartridges; \
-                             with a single drive, restore each cartridge in set order with --partials"
-                                .into(),
-                        )
-                        .into())
-                    }
-                };
-                let mut loader = pipeline::setrestore::LibraryLoader {
-                    lib: VirtualLibrary::open(dir).map_err(Error::from)?,
-                };
-                let summary = pipeline::setrestore::restore_set(drive, &mut loader, &opts)?;
+                let spec = device_spec(cli)?;
+                let mut loader: Box<dyn pipeline::setrestore::VolumeLoader> =
+                    match tapir::device::open::DeviceSpec::parse(spec) {
+                        Ok(tapir::device::open::DeviceSpec::VirtualLibrary(dir))
+                            if !*ask_operator =>
+                        {
+                            Box::new(pipeline::setrestore::LibraryLoader {
+                                lib: VirtualLibrary::open(dir).map_err(Error::from)?,
+                            })
+                        }
+                        _ => Box::new(pipeline::setrestore::OperatorLoader {
+                            device: spec.to_string(),
+                            timeout: std::time::Duration::from_secs(*operator_timeout),
+                            poll: std::time::Duration::from_millis(500),
+                            tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
+                        }),
+                    };
+                let summary = pipeline::setrestore::restore_set(drive, loader.as_mut(), &opts)?;
                 for c in &summary.cartridges {
                     let errors = (c.damaged.len() + c.lost_blocks.len()) as u64;
                     note_in_catalog(cli, |cat| cat.record_read(&c.volume_uuid, errors));

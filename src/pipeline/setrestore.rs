@@ -258,3 +258,68 @@ pub fn restore_set(
     }
     Ok(summary)
 }
+
+/// An operator brings the cartridges: the one in the drive is ejected and
+/// the operator told which to insert; the drive is watched until it holds
+/// that cartridge.
+pub struct OperatorLoader {
+    pub device: String,
+    pub timeout: std::time::Duration,
+    pub poll: std::time::Duration,
+    pub tell: Box<dyn FnMut(&str)>,
+}
+
+impl VolumeLoader for OperatorLoader {
+    fn load(
+        &mut self,
+        mut current: Box<dyn TapeDrive>,
+        want: &VolumeInfo,
+    ) -> Result<Box<dyn TapeDrive>> {
+        current.eject()?;
+        drop(current);
+        (self.tell)(&format!(
+            "insert cartridge {} (volume {} of the set{}) into {}; waiting up to {} s",
+            want.label,
+            want.volume_seq,
+            want.location
+                .as_deref()
+                .map(|l| format!(", last known to be: {l}"))
+                .unwrap_or_default(),
+            self.device,
+            self.timeout.as_secs()
+        ));
+        let started = std::time::Instant::now();
+        let mut told_wrong = None;
+        loop {
+            match crate::device::open::open_drive(&self.device) {
+                Ok(mut drive) => match read_label(drive.as_mut()) {
+                    Ok(LabelState::Tapir(l)) if l.volume_uuid == want.volume_uuid => {
+                        return Ok(drive)
+                    }
+                    Ok(LabelState::Tapir(l)) if told_wrong.as_ref() != Some(&l.volume_uuid) => {
+                        (self.tell)(&format!(
+                            "the drive holds {}, not {}: insert {}",
+                            l.label, want.label, want.label
+                        ));
+                        told_wrong = Some(l.volume_uuid);
+                    }
+                    _ => {}
+                },
+                Err(crate::device::DeviceError::NoMedium { .. })
+                | Err(crate::device::DeviceError::InvalidRequest { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if started.elapsed() >= self.timeout {
+                return Err(Error::Refused(format!(
+                    "{}: cartridge {} (volume {}) was not inserted within {} s; what was restored so far stays",
+                    self.device,
+                    want.label,
+                    want.volume_seq,
+                    self.timeout.as_secs()
+                )));
+            }
+            // Waiting for a person: polling the drive is all there is.
+            std::thread::sleep(self.poll);
+        }
+    }
+}
