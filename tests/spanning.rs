@@ -456,3 +456,190 @@ fn a_whole_set_restore_at_a_single_drive_asks_for_each_cartridge_in_order() {
         .collect();
     assert!(got == tree, "restored set differs from the source");
 }
+
+/// Label the loaded cartridge TAP001L9 with 64 KiB blocks.
+fn label_small_blocks(lab: &Lab) {
+    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+}
+
+#[test]
+fn one_file_over_several_cartridges_comes_back_whole_both_ways() {
+    let lab = Lab::new(8, "5M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = noise(7, 13_000_000);
+    fs::write(src.join("huge"), &data).unwrap();
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 0, "{w}");
+    let carts = cartridges_of(&w);
+    assert!(carts.len() >= 4, "13 MB on 5 MB cartridges: {w}");
+
+    assert_ok(&lab.tapir(["changer", "load", carts.last().unwrap()]));
+    let whole = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", whole.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    assert!(fs::read(whole.join("huge")).unwrap() == data);
+
+    let by_hand = lab.path("by-hand");
+    for c in &carts {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        let r = lab.tapir(["restore", "--partials", "--to", by_hand.to_str().unwrap()]);
+        assert!([0, 1].contains(&common::code(&r)), "{}", text(&r.stdout));
+    }
+    assert!(fs::read(by_hand.join("huge")).unwrap() == data);
+    assert!(!by_hand.join("huge.partial").exists());
+}
+
+#[test]
+fn a_first_part_never_replaces_an_existing_file() {
+    let lab = Lab::new(8, "5M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), noise(3, 7_000_000)).unwrap();
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 0, "{w}");
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
+    let to = lab.path("out");
+    fs::create_dir_all(&to).unwrap();
+    fs::write(to.join("f"), b"precious").unwrap();
+    for partials in [false, true] {
+        let mut args = vec!["restore", "--overwrite", "--to", to.to_str().unwrap(), "f"];
+        if partials {
+            args.insert(1, "--partials");
+        }
+        let (code, r) = lab.json(args);
+        assert_eq!(code, 1, "{r}");
+        assert_eq!(r["spanning"].as_array().unwrap().len(), 1, "{r}");
+        assert_eq!(fs::read(to.join("f")).unwrap(), b"precious", "{r}");
+        assert_eq!(to.join("f.partial").exists(), partials);
+    }
+}
+
+#[test]
+fn whole_set_restores_hard_links_from_the_right_version_and_part() {
+    // A link whose target was written on an earlier cartridge.
+    let lab = Lab::new(8, "5M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a_target"), b"hello target").unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("d/big{i}")), noise(i, 1_800_000)).unwrap();
+    }
+    fs::hard_link(src.join("a_target"), src.join("zz_link")).unwrap();
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 0, "{w}");
+    let carts = cartridges_of(&w);
+    assert!(carts.len() >= 2, "{w}");
+    assert_ok(&lab.tapir(["changer", "load", carts.last().unwrap()]));
+    let to = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(fs::read(to.join("zz_link")).unwrap(), b"hello target");
+
+    // A link to an older version of a path that a later session replaced:
+    // the newest version wins.
+    let lab = Lab::new(2, "50M");
+    label_small_blocks(&lab);
+    let s1 = lab.path("s1");
+    fs::create_dir_all(&s1).unwrap();
+    fs::write(s1.join("A"), b"old version").unwrap();
+    fs::hard_link(s1.join("A"), s1.join("Z")).unwrap();
+    assert_ok(&lab.tapir_in(&s1, ["write", "--set", "x", "."]));
+    fs::remove_file(s1.join("Z")).unwrap();
+    fs::remove_file(s1.join("A")).unwrap();
+    fs::write(s1.join("A"), b"NEW version").unwrap();
+    assert_ok(&lab.tapir_in(&s1, ["write", "--set", "x", "."]));
+    let to = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(fs::read(to.join("A")).unwrap(), b"NEW version", "{r}");
+    // The link keeps the content it had: the older version's inode.
+    assert_eq!(fs::read(to.join("Z")).unwrap(), b"old version", "{r}");
+
+    // Restoring a link by its name brings its target along.
+    let out = lab.path("by-name");
+    let (code, r) = lab.json([
+        "restore",
+        "--session",
+        "1",
+        "--to",
+        out.to_str().unwrap(),
+        "Z",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    let out = lab.path("by-name-latest");
+    let (code, r) = lab.json(["restore", "--to", out.to_str().unwrap(), "A"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(fs::read(out.join("A")).unwrap(), b"NEW version");
+}
+
+#[test]
+fn a_literal_hard_link_restores_with_its_target() {
+    let lab = Lab::new(1, "50M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"content").unwrap();
+    fs::hard_link(src.join("a"), src.join("z")).unwrap();
+    assert_ok(&lab.tapir_in(&src, ["write", "--set", "x", "."]));
+    let to = lab.path("out");
+    let (code, r) = lab.json(["restore", "--to", to.to_str().unwrap(), "z"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(fs::read(to.join("z")).unwrap(), b"content");
+}
+
+#[test]
+fn a_full_cartridge_takes_no_further_session() {
+    let lab = Lab::new(4, "5M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), noise(7, 6_000_000)).unwrap();
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 0, "{w}");
+    assert_eq!(cartridges_of(&w).len(), 2, "{w}");
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
+    let before: Vec<Vec<u8>> = ["TAP001L9", "TAP003L9"]
+        .iter()
+        .map(|b| fs::read(lab.image(b)).unwrap())
+        .collect();
+    fs::write(src.join("b"), b"later").unwrap();
+    let out = lab.tapir_in(&src, ["write", "--set", "big", "b"]);
+    assert_code(&out, 3);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is full") && err.contains("last cartridge"),
+        "{err}"
+    );
+    let after: Vec<Vec<u8>> = ["TAP001L9", "TAP003L9"]
+        .iter()
+        .map(|b| fs::read(lab.image(b)).unwrap())
+        .collect();
+    assert!(before == after, "a refused append wrote something");
+    // The set's last cartridge takes it.
+    assert_ok(&lab.tapir(["changer", "load", "TAP002L9"]));
+    assert_ok(&lab.tapir_in(&src, ["write", "--set", "big", "b"]));
+}
+
+#[test]
+fn parts_left_waiting_are_reported_whatever_their_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let lab = Lab::new(8, "5M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    fs::write(src.join(name), noise(7, 7_000_000)).unwrap();
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 0, "{w}");
+    // The first cartridge's copy knows only the first part.
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
+    let to = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["incomplete"].as_array().unwrap().len(), 1, "{r}");
+    assert!(!to.join(name).exists());
+}

@@ -678,6 +678,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             let opts = pipeline::restore::RestoreOptions {
                 partials: *partials,
                 selection: None,
+                replace_own: Default::default(),
                 target: to.clone(),
                 patterns: patterns.clone(),
                 session: *session,

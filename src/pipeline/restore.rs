@@ -31,6 +31,10 @@ pub struct RestoreOptions {
     /// the cartridge) instead of choosing versions by `patterns`: a restore
     /// of a whole set has chosen them from the set catalog.
     pub selection: Option<HashMap<u32, HashSet<Vec<u8>>>>,
+    /// Paths restored more than once in one job (an older version a hard
+    /// link needs, then the newest): a later one replaces what this job
+    /// restored there earlier, never a file that was there before.
+    pub replace_own: HashSet<Vec<u8>>,
 }
 
 /// Suffix of a file holding some parts of an entry that spans cartridges.
@@ -82,6 +86,12 @@ pub struct RestoreSummary {
     pub spanning: Vec<NotRestored>,
     /// Spanning entries completed by joining their parts (whole hash checked).
     pub joined: u64,
+    /// The raw paths of `spanning` and of the joined entries, for a restore
+    /// across cartridges to follow them (names need not be UTF-8).
+    #[serde(skip)]
+    pub spanning_paths: Vec<Vec<u8>>,
+    #[serde(skip)]
+    pub joined_paths: Vec<Vec<u8>>,
     pub ownership_left_as_user: bool,
     /// Catalog read to find the entries: from the set catalog copy's index
     /// and pages when the patterns name paths (0: not counted, the
@@ -133,6 +143,64 @@ pub fn pattern_selects(pattern: &[u8], path: &[u8]) -> bool {
 
 /// Restore from the loaded cartridge.
 pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<RestoreSummary> {
+    let mut into = RestoreInto::open(opts)?;
+    let mut summary = into.cartridge(drive, opts)?;
+    into.finish(&mut summary)?;
+    Ok(summary)
+}
+
+/// A restore target kept open across cartridges (a whole set is restored
+/// into one target; directory metadata is applied once, at the end).
+pub struct RestoreInto {
+    target: RestoreTarget,
+    policy: OwnershipPolicy,
+    /// Files of `RestoreOptions::replace_own` this job has created.
+    own: HashSet<Vec<u8>>,
+}
+
+impl RestoreInto {
+    pub fn open(opts: &RestoreOptions) -> Result<Self> {
+        let policy = if opts.numeric_owner && super::target::is_root() {
+            OwnershipPolicy::Preserve { numeric_only: true }
+        } else {
+            OwnershipPolicy::for_current_user()
+        };
+        Ok(RestoreInto {
+            target: RestoreTarget::open(&opts.target)?,
+            policy,
+            own: HashSet::new(),
+        })
+    }
+
+    /// Apply what waits until the end (directory metadata, inode flags);
+    /// its warnings go to `summary`.
+    pub fn finish(self, summary: &mut RestoreSummary) -> Result<()> {
+        summary.warnings.extend(self.target.finish(&self.policy)?);
+        if summary.ownership_left_as_user {
+            summary.warnings.push(
+                "not running as root: ownership left as the restoring user's (as tar does)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Restore from the loaded cartridge into the open target.
+    pub fn cartridge(
+        &mut self,
+        drive: &mut dyn TapeDrive,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
+        restore_cartridge(drive, opts, &mut self.target, &self.policy, &mut self.own)
+    }
+}
+
+fn restore_cartridge(
+    drive: &mut dyn TapeDrive,
+    opts: &RestoreOptions,
+    target: &mut RestoreTarget,
+    policy: &OwnershipPolicy,
+    own: &mut HashSet<Vec<u8>>,
+) -> Result<RestoreSummary> {
     let mut catalog_read = (0u64, 0u64);
     let listing = match listing_from_set_catalog(drive, opts, &mut catalog_read)? {
         Some(l) => l,
@@ -177,13 +245,7 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         }
     }
 
-    let policy = if opts.numeric_owner && super::target::is_root() {
-        OwnershipPolicy::Preserve { numeric_only: true }
-    } else {
-        OwnershipPolicy::for_current_user()
-    };
     summary.ownership_left_as_user = !super::target::is_root();
-    let mut target = RestoreTarget::open(&opts.target)?;
     let started = std::time::Instant::now();
     for s in &listing.sessions {
         let Some(paths) = chosen.get(&s.session.number) else {
@@ -200,11 +262,22 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         } else {
             Vec::new()
         };
+        // Entries whose content goes on on the next cartridge: their part
+        // here never takes the entry's own name.
+        let continues: HashSet<Vec<u8>> = s
+            .entries
+            .iter()
+            .filter(|e| e.status == crate::format::meta::END_CONTINUES && paths.contains(&e.path))
+            .map(|e| e.path.clone())
+            .collect();
         let mut v = Restorer {
-            target: &mut target,
-            policy: &policy,
+            target: &mut *target,
+            policy,
             overwrite: opts.overwrite,
             partials: opts.partials,
+            continues: &continues,
+            replace_own: &opts.replace_own,
+            own: &mut *own,
             wanted: paths,
             session: s.session.number,
             current: None,
@@ -258,12 +331,6 @@ pub fn restore(drive: &mut dyn TapeDrive, opts: &RestoreOptions) -> Result<Resto
         summary.lost_blocks.extend(lost);
     }
     summary.seconds = started.elapsed().as_secs_f64();
-    summary.warnings.extend(target.finish(&policy)?);
-    if summary.ownership_left_as_user {
-        summary.warnings.push(
-            "not running as root: ownership left as the restoring user's (as tar does)".into(),
-        );
-    }
     Ok(summary)
 }
 
@@ -367,6 +434,10 @@ struct Restorer<'a> {
     policy: &'a OwnershipPolicy,
     overwrite: bool,
     partials: bool,
+    /// Paths whose part on this cartridge is not their last.
+    continues: &'a HashSet<Vec<u8>>,
+    replace_own: &'a HashSet<Vec<u8>>,
+    own: &'a mut HashSet<Vec<u8>>,
     wanted: &'a HashSet<Vec<u8>>,
     session: u32,
     current: Option<CurrentFile>,
@@ -417,6 +488,24 @@ impl Restorer<'_> {
                 self.summary.restored += 1;
                 return Ok(false);
             }
+            EntryKind::File if entry.continued_from.is_none() && self.continues.contains(path) => {
+                // A first part: kept as PATH.partial, or not written at all.
+                let file = if self.partials {
+                    match self.target.create_file(&partial_path(path), true)? {
+                        Created::New(f) => Some(f),
+                        Created::Exists => None,
+                    }
+                } else {
+                    None
+                };
+                let content = file.is_some();
+                self.current = Some(CurrentFile {
+                    entry: entry.clone(),
+                    file,
+                    partial: Some(false),
+                });
+                return Ok(content);
+            }
             EntryKind::File if entry.continued_from.is_some() => {
                 // A later part: join the earlier parts if they are here.
                 let partial = partial_path(path);
@@ -442,8 +531,14 @@ impl Restorer<'_> {
                 });
                 return Ok(content);
             }
-            EntryKind::File => match self.target.create_file(path, self.overwrite)? {
+            EntryKind::File => match self
+                .target
+                .create_file(path, self.overwrite || self.own.contains(path))?
+            {
                 Created::New(f) => {
+                    if self.replace_own.contains(path) {
+                        self.own.insert(path.to_vec());
+                    }
                     self.current = Some(CurrentFile {
                         entry: entry.clone(),
                         file: Some(f),
@@ -617,6 +712,7 @@ impl Restorer<'_> {
         };
         let Some(f) = cur.file else {
             // The first part, not kept: say what is missing.
+            self.summary.spanning_paths.push(path.clone());
             self.summary.spanning.push(spanning(format!(
                 "spans cartridges: this cartridge holds {}{}",
                 describe_part(continued_from, continues),
@@ -639,6 +735,7 @@ impl Restorer<'_> {
             if !kept {
                 let _ = self.target.remove_file(&path);
             }
+            self.summary.spanning_paths.push(path.clone());
             self.summary.spanning.push(spanning(if kept {
                 format!(
                     "spans cartridges: kept as {} with {}",
@@ -659,6 +756,7 @@ impl Restorer<'_> {
         }
         let joined_earlier = cur.partial == Some(true);
         if continues || !joined_earlier {
+            self.summary.spanning_paths.push(path.clone());
             self.summary.spanning.push(spanning(format!(
                 "spans cartridges: kept as {} with {}",
                 show(&partial),
@@ -691,6 +789,7 @@ impl Restorer<'_> {
         self.metadata(&cur.entry)?;
         self.summary.restored += 1;
         self.summary.joined += 1;
+        self.summary.joined_paths.push(path);
         Ok(())
     }
 }
@@ -737,6 +836,15 @@ fn listing_from_set_catalog(
         read.1 += found.bytes_read;
         if !found.lost.is_empty() {
             return Ok(None); // a damaged copy: the sessions' catalogs decide
+        }
+        // A hard link needs its target too, which the lookup did not name:
+        // the sessions' catalogs decide then.
+        if found
+            .entries
+            .iter()
+            .any(|e| e.entry.kind == EntryKind::HardLink.code())
+        {
+            return Ok(None);
         }
         for e in found.entries {
             let Some(info) = found.sessions.iter().find(|s| s.index == e.session) else {

@@ -10,7 +10,7 @@ use crate::device::{Changer, TapeDrive};
 use crate::format::meta::{CatalogEntry, EntryKind};
 use crate::format::setcat::{SessionInfo, VolumeInfo};
 
-use super::restore::{pattern_selects, restore, RestoreOptions, RestoreSummary};
+use super::restore::{pattern_selects, RestoreInto, RestoreOptions, RestoreSummary};
 use super::volume::{map_tape, read_label, LabelState};
 use super::{Error, Result};
 
@@ -158,6 +158,7 @@ pub fn restore_set(
     };
     let mut group: Vec<(u32, CatalogEntry)> = Vec::new();
     let mut links: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut chosen_paths: HashSet<Vec<u8>> = HashSet::new();
     let mut flush = |group: &mut Vec<(u32, CatalogEntry)>,
                      chosen: &mut Chosen,
                      summary: &mut SetRestoreSummary| {
@@ -193,6 +194,7 @@ pub fn restore_set(
         for (s, e) in take {
             choose(chosen, &sessions, s, e.path);
         }
+        chosen_paths.insert(last.path);
         group.clear();
     };
     copy.builder.for_each_entry(|e| {
@@ -208,11 +210,55 @@ pub fn restore_set(
         Ok(())
     })?;
     flush(&mut group, &mut chosen, &mut summary);
-    // A hard link needs the file it links to, from the same session.
+    // A hard link needs the file it links to: from the link's own session
+    // part or the parts it continues (where the target was written before
+    // it), even when a newer version of that path is restored too.
+    let mut needed: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
     for (s, target) in links {
-        choose(&mut chosen, &sessions, s, target);
+        needed.entry(target).or_default().push(s);
     }
-
+    if !needed.is_empty() {
+        let chain = |mut s: Option<u32>| {
+            let mut parts = Vec::new();
+            while let Some(x) = s {
+                parts.push(x);
+                s = sessions.get(&x).and_then(|i| i.continues);
+            }
+            parts
+        };
+        let mut found: Vec<(u32, Vec<u8>)> = Vec::new();
+        copy.builder.for_each_entry(|e| {
+            if let Some(link_sessions) = needed.get(&e.entry.path) {
+                if link_sessions
+                    .iter()
+                    .any(|&l| chain(Some(l)).contains(&e.session))
+                {
+                    found.push((e.session, e.entry.path.clone()));
+                }
+            }
+            Ok(())
+        })?;
+        for (s, path) in found {
+            choose(&mut chosen, &sessions, s, path);
+        }
+    }
+    // A path chosen in more than one session part (an older version that a
+    // hard link needs, and the newest): restored in set order, the newest
+    // replaces the older one, and the link keeps the older content.
+    let mut seen_paths: HashSet<&Vec<u8>> = HashSet::new();
+    let mut replace_own: HashSet<Vec<u8>> = HashSet::new();
+    for paths in chosen.values().flat_map(|by_session| by_session.values()) {
+        for p in paths {
+            if !seen_paths.insert(p) {
+                replace_own.insert(p.clone());
+            }
+        }
+    }
+    // One target for the whole set: directory metadata is applied once, at
+    // the end, after every cartridge's files are in.
+    let mut into = RestoreInto::open(opts)?;
+    // Parts kept as PATH.partial and not yet joined, by raw path.
+    let mut waiting: HashSet<Vec<u8>> = HashSet::new();
     for (volume_seq, selection) in chosen {
         let want = volumes
             .iter()
@@ -230,32 +276,43 @@ pub fn restore_set(
             tracing::info!("loading {} (volume {volume_seq})", want.label);
             drive = loader.load(drive, &want)?;
         }
-        let cart = restore(
+        let cart = into.cartridge(
             drive.as_mut(),
             &RestoreOptions {
                 partials: true,
                 selection: Some(selection),
+                replace_own: replace_own.clone(),
                 ..opts.clone()
             },
         )?;
+        for p in &cart.spanning_paths {
+            waiting.insert(p.clone());
+        }
+        for p in &cart.joined_paths {
+            waiting.remove(p);
+        }
         summary.restored += cart.restored;
         summary.joined += cart.joined;
         summary.cartridges.push(cart);
     }
-    // A part waits as PATH.partial until the cartridge with the rest is
-    // restored; what still waits at the end is incomplete.
-    for cart in &mut summary.cartridges {
-        cart.spanning.retain(|n| {
-            let mut partial = opts.target.join(&n.path).into_os_string();
-            partial.push(".partial");
-            std::path::Path::new(&partial).exists()
-        });
-        summary.incomplete.extend(
-            cart.spanning
-                .iter()
-                .map(|n| format!("{}: {}", n.path, n.reason)),
-        );
+    if let Some(last) = summary.cartridges.last_mut() {
+        into.finish(last)?;
     }
+    // Parts still waiting for the rest are what is incomplete; the
+    // cartridges' own lists keep only those.
+    for cart in &mut summary.cartridges {
+        let raw = std::mem::take(&mut cart.spanning_paths);
+        let mut keep = raw.iter().map(|p| waiting.contains(p));
+        cart.spanning.retain(|_| keep.next().unwrap_or(true));
+    }
+    let mut left: Vec<&Vec<u8>> = waiting.iter().collect();
+    left.sort();
+    summary.incomplete.extend(left.into_iter().map(|p| {
+        format!(
+            "{}: only some parts were restored (kept as PATH.partial); the rest is on a cartridge this copy does not know",
+            String::from_utf8_lossy(p)
+        )
+    }));
     Ok(summary)
 }
 

@@ -234,6 +234,26 @@ fn write_job(
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
     let (set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
+    // A cartridge the set continued from is full: appending to it would
+    // start a second chain of volumes after it.
+    let volume_seq = membership.volume_seq;
+    let full = set_catalog
+        .volumes()
+        .iter()
+        .any(|v| v.volume_uuid == map.label.volume_uuid && v.full)
+        || set_catalog
+            .sessions()
+            .iter()
+            .any(|s| s.volume_seq == volume_seq && s.status == SESSION_CONTINUES);
+    if full {
+        return Err(Error::Refused(format!(
+            "{}: cartridge {} is full: it is volume {volume_seq} of set \"{}\" and the set continues on volume {}; load the set's last cartridge to append to the set",
+            drive.name(),
+            map.label.label,
+            membership.set_name,
+            volume_seq + 1
+        )));
+    }
     // A crash while the label and rescue kit were being rewritten leaves
     // them cut short, with nothing after: they are written again.
     let label_cut_short = !new_set
@@ -625,6 +645,17 @@ fn set_catalog_so_far(
                 continues: None,
                 host: start.map(|st| st.host.clone()).unwrap_or_default(),
             });
+            // A continuation part rebuilt here keeps its link to the part before.
+            let before = start.and_then(|st| st.continues.as_ref()).and_then(|l| {
+                builder
+                    .sessions()
+                    .iter()
+                    .find(|x| x.session_uuid == l.previous_session_uuid)
+                    .map(|x| x.index)
+            });
+            if let Some(info) = builder.session_mut(index) {
+                info.continues = before;
+            }
             for e in &listed.entries {
                 builder.add_entry(index, e)?;
             }
@@ -1932,7 +1963,10 @@ fn frame_chunk(
     };
     pr.push(RecordType::Data, &[&prefix.encode(), body])?;
     pr.p.bytes_stored += body.len() as u64;
-    pr.part().stored += body.len() as u64;
+    let part = pr.part();
+    part.stored += body.len() as u64;
+    // Content is on this cartridge now: the part may be cut from here on.
+    part.progressed = true;
     Ok(())
 }
 
