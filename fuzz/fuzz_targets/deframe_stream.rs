@@ -17,10 +17,14 @@ use tapir::format::meta::{
     SessionStart,
 };
 use tapir::format::record::{DataPrefix, RecordType, DATA_CHUNK_LEN, RECORD_FLAG_SKIPPABLE};
+use tapir::format::setcat::{
+    decode_page_index, SessionInfo, SetCatalogEnd, SetCatalogEntry, SetCatalogHeader, VolumeInfo,
+    PAGE_INDEX_MAX_REFS,
+};
 use tapir::format::stream::{Record, StreamDeframer, StreamFramer, StreamIdentity};
 use tapir::format::FORMAT_VERSION;
 
-const TYPES: [RecordType; 9] = [
+const TYPES: [RecordType; 15] = [
     RecordType::SessionStart,
     RecordType::Entry,
     RecordType::Data,
@@ -30,6 +34,12 @@ const TYPES: [RecordType; 9] = [
     RecordType::CatalogHeader,
     RecordType::CatalogEntry,
     RecordType::CatalogEnd,
+    RecordType::SetCatalogHeader,
+    RecordType::VolumeInfo,
+    RecordType::SessionInfo,
+    RecordType::PageIndex,
+    RecordType::SetCatalogEntry,
+    RecordType::SetCatalogEnd,
 ];
 
 struct Feeder {
@@ -93,6 +103,12 @@ fn decode_body(r: &Record, content: &mut Vec<u8>) {
         RecordType::CatalogHeader => drop(from_cbor::<CatalogHeader>(b)),
         RecordType::CatalogEntry => drop(from_cbor::<CatalogEntry>(b)),
         RecordType::CatalogEnd => drop(from_cbor::<CatalogEnd>(b)),
+        RecordType::SetCatalogHeader => drop(from_cbor::<SetCatalogHeader>(b)),
+        RecordType::VolumeInfo => drop(from_cbor::<VolumeInfo>(b)),
+        RecordType::SessionInfo => drop(from_cbor::<SessionInfo>(b)),
+        RecordType::PageIndex => drop(decode_page_index(b, PAGE_INDEX_MAX_REFS)),
+        RecordType::SetCatalogEntry => drop(from_cbor::<SetCatalogEntry>(b)),
+        RecordType::SetCatalogEnd => drop(from_cbor::<SetCatalogEnd>(b)),
         RecordType::Unknown(_) => drop(from_cbor::<VolumeLabel>(b)),
     }
 }
