@@ -366,6 +366,12 @@ impl SetCatalogBuilder {
         })
     }
 
+    /// Hold at most about `bytes` of entries in memory before sorting and
+    /// spilling them (the writer ties it to its buffer size).
+    pub fn set_run_bytes(&mut self, bytes: usize) {
+        self.run_bytes = bytes.clamp(64 << 10, RUN_BYTES);
+    }
+
     pub fn set_uuid(&self) -> [u8; 16] {
         self.set_uuid
     }

@@ -233,7 +233,9 @@ fn write_job(
     let new_set = prepare_set(drive, &mut map, opts)?;
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
-    let (set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
+    let (mut set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
+    // Memory stays bounded by the buffer size whatever the number of files.
+    set_catalog.set_run_bytes(opts.buffer_bytes / 4);
     // A cartridge the set continued from is full: appending to it would
     // start a second chain of volumes after it.
     let volume_seq = membership.volume_seq;
