@@ -643,3 +643,56 @@ fn parts_left_waiting_are_reported_whatever_their_names() {
     assert_eq!(r["incomplete"].as_array().unwrap().len(), 1, "{r}");
     assert!(!to.join(name).exists());
 }
+
+#[test]
+fn appended_sessions_write_delta_copies_that_chain_to_the_whole_one() {
+    let lab = Lab::new(2, "200M");
+    label_small_blocks(&lab);
+    let src = lab.path("src");
+    let mut expect = BTreeMap::new();
+    for n in 0..11u64 {
+        let dir = src.join(format!("s{n:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..50u64 {
+            let data = noise(n * 100 + f, 1000);
+            fs::write(dir.join(format!("f{f:02}")), &data).unwrap();
+            expect.insert(format!("s{n:02}/f{f:02}"), data);
+        }
+        let (code, w) = lab.json_in(&src, ["write", "--set", "daily", &format!("s{n:02}")]);
+        assert_eq!(code, 0, "{w}");
+        let part = &w["parts"][0];
+        // The first copy is whole; then deltas holding only their session
+        // (50 files and the directory), eight in a row; then whole again.
+        let whole = n == 0 || n == 9;
+        assert_eq!(part["set_catalog_delta"], !whole, "session {n}: {w}");
+        let want = if whole { 51 * (n + 1) } else { 51 };
+        assert_eq!(part["set_catalog_entries"], want, "session {n}: {w}");
+    }
+    // Everything comes back through the chain of copies.
+    let whole = lab.path("whole");
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", whole.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    let got: BTreeMap<String, Vec<u8>> = files_under(&whole)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("./").to_string(), v))
+        .collect();
+    assert!(
+        got == expect,
+        "whole-set restore through delta copies differs"
+    );
+    // One path of the first session, found through the chain.
+    let one = lab.path("one");
+    let (code, r) = lab.json(["restore", "--to", one.to_str().unwrap(), "s00/f07"]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r["catalog_bytes_read"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(fs::read(one.join("s00/f07")).unwrap(), expect["s00/f07"]);
+    // A new host catalog learns every session from the chain.
+    let fresh = lab.path("fresh.db");
+    let (code, imp) = lab.json(["--catalog", fresh.to_str().unwrap(), "catalog", "import"]);
+    assert_eq!(code, 0, "{imp}");
+    let (code, found) = lab.json(["--catalog", fresh.to_str().unwrap(), "find", "s00/f07"]);
+    assert_eq!(code, 0, "{found}");
+    // Verify reads every copy and finds them intact.
+    let (code, v) = lab.json(["verify"]);
+    assert_eq!(code, 0, "{v}");
+}

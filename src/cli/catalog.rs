@@ -858,7 +858,7 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
             .rev()
             .find_map(|s| s.set_catalog_file.map(|f| (s.number, f))),
     ) {
-        match pipeline::setcat::read_set_catalog(drive.as_mut(), set.set_uuid, file, number) {
+        match pipeline::setcat::read_set_catalog_chain(drive.as_mut(), set.set_uuid, file, number) {
             Ok(mut copy) => {
                 if !copy.digest_ok || !copy.lost.is_empty() {
                     set_copy_problem = Some(format!(

@@ -34,6 +34,27 @@ pub struct SetCatalogHeader {
     pub entries: u64,
     #[n(7)]
     pub pages: u32,
+    /// Present on a delta copy: it holds only the entries of the sessions
+    /// after its base copy (the inventory is always whole).
+    #[n(8)]
+    pub base: Option<CopyBase>,
+}
+
+/// The copy a delta copy extends, on the same cartridge.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CopyBase {
+    #[n(0)]
+    pub tape_file: u32,
+    /// Session number whose blocks the base copy carries.
+    #[n(1)]
+    pub session: u32,
+    /// The base copy's `SetCatalogEnd.digest`.
+    #[cbor(n(2), with = "minicbor::bytes")]
+    pub digest: [u8; 32],
+    /// Deltas between this copy and a whole one (1: the base is whole).
+    #[n(3)]
+    pub depth: u32,
 }
 
 /// One cartridge of the set: the media inventory.

@@ -830,29 +830,46 @@ fn listing_from_set_catalog(
     let mut by_session: HashMap<u32, Vec<CatalogEntry>> = HashMap::new();
     for p in &opts.patterns {
         let path = super::glob::normalise_pattern(p);
-        let found =
-            super::setcat::find_in_set_catalog(drive, set.set_uuid, file, number, &path, true)?;
-        read.0 += found.blocks_read;
-        read.1 += found.bytes_read;
-        if !found.lost.is_empty() {
-            return Ok(None); // a damaged copy: the sessions' catalogs decide
-        }
-        // A hard link needs its target too, which the lookup did not name:
-        // the sessions' catalogs decide then.
-        if found
-            .entries
-            .iter()
-            .any(|e| e.entry.kind == EntryKind::HardLink.code())
-        {
-            return Ok(None);
-        }
-        for e in found.entries {
-            let Some(info) = found.sessions.iter().find(|s| s.index == e.session) else {
-                continue;
-            };
-            if info.volume_seq == set.volume_seq {
-                by_session.entry(info.session).or_default().push(e.entry);
+        // A delta copy holds only its own sessions' entries: the copies it
+        // extends are looked in too.
+        let mut at = Some((file, number));
+        let mut depth = 0;
+        while let Some((at_file, at_session)) = at {
+            depth += 1;
+            if depth > super::setcat::MAX_DELTA_DEPTH + 1 {
+                return Ok(None);
             }
+            let found = super::setcat::find_in_set_catalog(
+                drive,
+                set.set_uuid,
+                at_file,
+                at_session,
+                &path,
+                true,
+            )?;
+            read.0 += found.blocks_read;
+            read.1 += found.bytes_read;
+            if !found.lost.is_empty() {
+                return Ok(None); // a damaged copy: the sessions' catalogs decide
+            }
+            // A hard link needs its target too, which the lookup did not
+            // name: the sessions' catalogs decide then.
+            if found
+                .entries
+                .iter()
+                .any(|e| e.entry.kind == EntryKind::HardLink.code())
+            {
+                return Ok(None);
+            }
+            for e in found.entries {
+                let Some(info) = found.sessions.iter().find(|s| s.index == e.session) else {
+                    continue;
+                };
+                if info.volume_seq == set.volume_seq {
+                    by_session.entry(info.session).or_default().push(e.entry);
+                }
+            }
+            at = found.header.base.map(|b| (b.tape_file, b.session));
         }
     }
     let sessions = map

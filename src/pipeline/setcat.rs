@@ -28,8 +28,8 @@ use crate::format::block::{BlockHeader, BLOCK_HEADER_LEN};
 use crate::format::meta::{from_cbor, to_cbor, CatalogEntry, StreamPosition, Timestamp};
 use crate::format::record::{RecordType, MAX_RECORD_BODY, RECORD_HEADER_LEN};
 use crate::format::setcat::{
-    decode_page_index, encode_set_catalog_entry, path_in_subtree, PageIndex, PageRef, SessionInfo,
-    SetCatalogEnd, SetCatalogEntry, SetCatalogHeader, VolumeInfo, PAGE_INDEX_MAX_REFS,
+    decode_page_index, encode_set_catalog_entry, path_in_subtree, CopyBase, PageIndex, PageRef,
+    SessionInfo, SetCatalogEnd, SetCatalogEntry, SetCatalogHeader, VolumeInfo, PAGE_INDEX_MAX_REFS,
 };
 use crate::format::stream::{BlockContinuity, Record, StreamDeframer, StreamFramer};
 use crate::format::{BlockKind, FormatError, MAX_BLOCK_SIZE};
@@ -191,15 +191,16 @@ impl<'a> RunReader<'a> {
         Ok(true)
     }
 
-    /// Read the next record's path and skip its body; returns the body length.
-    fn next_path(&mut self, path: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
-        let Some((pl, bl, _, _)) = self.header()? else {
+    /// Read the next record's path and skip its body; returns the body
+    /// length and the session index.
+    fn next_path(&mut self, path: &mut Vec<u8>) -> std::io::Result<Option<(usize, u32)>> {
+        let Some((pl, bl, session, _)) = self.header()? else {
             return Ok(None);
         };
         path.resize(pl, 0);
         self.rd.read_exact(path)?;
         self.rd.seek_relative(bl as i64)?;
-        Ok(Some(bl))
+        Ok(Some((bl, session)))
     }
 }
 
@@ -325,6 +326,8 @@ pub struct SetCatalogBuilder {
     mem_recs: Vec<MemRec>,
     runs: Vec<Run>,
     run_bytes: usize,
+    /// Write a delta copy: only sessions from this index on, on `CopyBase`.
+    delta: Option<(u32, CopyBase)>,
     page_bytes: u64,
     /// Record bytes of the volumes and sessions, once computed.
     inventory_bytes: Cell<Option<u64>>,
@@ -360,10 +363,39 @@ impl SetCatalogBuilder {
             mem_recs: Vec::new(),
             runs: Vec::new(),
             run_bytes: RUN_BYTES,
+            delta: None,
             page_bytes: PAGE_BYTES,
             inventory_bytes: Cell::new(None),
             spilled_runs: 0,
         })
+    }
+
+    /// The next copy written is a delta on `base`: only the entries of
+    /// session parts with index `since` or later (None: a whole copy).
+    pub fn set_delta(&mut self, delta: Option<(u32, CopyBase)>) {
+        self.delta = delta;
+    }
+
+    /// The index the next new session part gets.
+    pub fn next_session_index(&self) -> u32 {
+        self.next_session
+    }
+
+    /// Take in a newer copy read from tape (a delta on what this builder
+    /// holds): its entries join these, its inventory replaces this one.
+    pub fn absorb(&mut self, mut newer: SetCatalogBuilder) -> Result<()> {
+        newer.scan(|r| self.add_raw(r.session, &r.path, &r.body))?;
+        for v in newer.volumes.clone() {
+            self.upsert_volume(v);
+        }
+        for s in newer.sessions.clone() {
+            self.sessions.retain(|x| x.index != s.index);
+            self.next_session = self.next_session.max(s.index.saturating_add(1));
+            self.sessions.push(s);
+        }
+        self.sessions.sort_by_key(|s| s.index);
+        self.inventory_bytes.set(None);
+        Ok(())
     }
 
     /// Hold at most about `bytes` of entries in memory before sorting and
@@ -651,7 +683,11 @@ impl SetCatalogBuilder {
         };
         let mut rd = RunReader::open(run).map_err(tmp_err)?;
         let mut path = Vec::new();
-        while let Some(body_len) = rd.next_path(&mut path).map_err(tmp_err)? {
+        let since = self.delta.as_ref().map_or(0, |(s, _)| *s);
+        while let Some((body_len, session)) = rd.next_path(&mut path).map_err(tmp_err)? {
+            if session < since {
+                continue;
+            }
             let bytes = REC + body_len as u64;
             match plan.last_mut() {
                 Some(p) if p.bytes + bytes <= limit && p.entries < u32::MAX => {
@@ -750,6 +786,8 @@ impl SetCatalogBuilder {
             )));
         }
         let plan = self.plan_pages(payload)?;
+        let planned: u64 = plan.iter().map(|p| p.entries as u64).sum();
+        let since = self.delta.as_ref().map_or(0, |(s, _)| *s);
         if plan.len() > MAX_PAGES as usize {
             return Err(Error::Refused(format!(
                 "the set catalog would have {} pages, more than the {MAX_PAGES} a reader accepts",
@@ -763,8 +801,9 @@ impl SetCatalogBuilder {
             written: Timestamp::now(),
             volumes: self.volumes.len() as u32,
             sessions: self.sessions.len() as u32,
-            entries: self.entries,
+            entries: planned,
             pages: plan.len() as u32,
+            base: self.delta.as_ref().map(|(_, b)| b.clone()),
         };
         let mut pre: Vec<(RecordType, Vec<u8>)> = Vec::new();
         pre.push((RecordType::SetCatalogHeader, to_cbor(&header)));
@@ -821,6 +860,9 @@ impl SetCatalogBuilder {
         let mut in_page = 0u32;
         let mut count = 0u64;
         self.scan(|r| {
+            if r.session < since {
+                return Ok(());
+            }
             if page >= plan.len() {
                 return Err(Error::Usage(
                     "set catalog: more entries than the first pass saw".into(),
@@ -840,10 +882,9 @@ impl SetCatalogBuilder {
             }
             Ok(())
         })?;
-        if page != plan.len() || count != self.entries {
+        if page != plan.len() || count != planned {
             return Err(Error::Usage(format!(
-                "set catalog: wrote {count} entries in {page} pages, planned {} in {}",
-                self.entries,
+                "set catalog: wrote {count} entries in {page} pages, planned {planned} in {}",
                 plan.len()
             )));
         }
@@ -912,6 +953,53 @@ pub struct SetCatalogCopy {
     pub lost: Vec<LostBlocks>,
     /// `SetCatalogEnd` was read and its count and digest match the entries read.
     pub digest_ok: bool,
+    /// The digest its `SetCatalogEnd` records (what a delta on it names).
+    pub end_digest: Option<[u8; 32]>,
+}
+
+/// Deltas a reader follows before refusing a chain (a writer starts a whole
+/// copy long before).
+pub const MAX_DELTA_DEPTH: u32 = 16;
+
+/// Read the copy in `tape_file` and, when it is a delta, the copies it
+/// extends, into one builder: the whole set as that copy knows it.
+pub fn read_set_catalog_chain(
+    drive: &mut dyn TapeDrive,
+    set_uuid: [u8; 16],
+    tape_file: u32,
+    session: u32,
+) -> Result<SetCatalogCopy> {
+    let top = read_set_catalog(drive, set_uuid, tape_file, session)?;
+    let Some(base) = top.header.base.clone() else {
+        return Ok(top);
+    };
+    if base.depth > MAX_DELTA_DEPTH || base.tape_file >= tape_file {
+        return Err(Error::Refused(format!(
+            "{}: the set catalog copy in tape file {tape_file} extends tape file {} at depth {}; \
+             not following it",
+            drive.name(),
+            base.tape_file,
+            base.depth
+        )));
+    }
+    let mut below = read_set_catalog_chain(drive, set_uuid, base.tape_file, base.session)?;
+    if below.end_digest != Some(base.digest) {
+        return Err(Error::Refused(format!(
+            "{}: the set catalog copy in tape file {tape_file} extends the copy in tape file {}, \
+             but that copy is not the one it was written on (digest differs)",
+            drive.name(),
+            base.tape_file
+        )));
+    }
+    below.builder.absorb(top.builder)?;
+    below.lost.extend(top.lost);
+    Ok(SetCatalogCopy {
+        header: top.header,
+        builder: below.builder,
+        lost: below.lost,
+        digest_ok: below.digest_ok && top.digest_ok,
+        end_digest: top.end_digest,
+    })
 }
 
 /// The header, inventory and index as read from the start of the stream,
@@ -1225,7 +1313,9 @@ pub fn read_set_catalog(
         && end
             .as_ref()
             .is_some_and(|e| e.entries == count && e.digest == *digest.finalize().as_bytes());
+    let end_digest = end.as_ref().map(|e| e.digest);
     Ok(SetCatalogCopy {
+        end_digest,
         header,
         builder,
         lost,
@@ -2348,6 +2438,7 @@ mod tests {
             sessions,
             entries,
             pages,
+            base: None,
         })
     }
 

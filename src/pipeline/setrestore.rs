@@ -134,7 +134,8 @@ pub fn restore_set(
                 map.label.label
             ))
         })?;
-    let mut copy = super::setcat::read_set_catalog(drive.as_mut(), set.set_uuid, file, number)?;
+    let mut copy =
+        super::setcat::read_set_catalog_chain(drive.as_mut(), set.set_uuid, file, number)?;
     let sessions: HashMap<u32, SessionInfo> = copy
         .builder
         .sessions()

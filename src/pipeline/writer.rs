@@ -20,7 +20,7 @@ use crate::format::meta::{
     SESSION_INTERRUPTED, SESSION_OK, SESSION_WITH_WARNINGS,
 };
 use crate::format::record::{Codec, DataPrefix, RecordType, DATA_CHUNK_LEN};
-use crate::format::setcat::{SessionInfo, VolumeInfo, SESSION_NO_END};
+use crate::format::setcat::{CopyBase, SessionInfo, VolumeInfo, SESSION_NO_END};
 use crate::format::stream::{StreamFramer, StreamIdentity};
 use crate::format::BlockKind;
 
@@ -174,6 +174,10 @@ pub struct PartSummary {
     pub entries: u64,
     /// The part ends because the cartridge filled; the session goes on.
     pub continues: bool,
+    /// Entries in the set catalog copy after this part, and whether it is
+    /// a delta on the cartridge's previous copy (FORMAT.md §13).
+    pub set_catalog_entries: u64,
+    pub set_catalog_delta: bool,
 }
 
 struct DriveStats {
@@ -233,7 +237,11 @@ fn write_job(
     let new_set = prepare_set(drive, &mut map, opts)?;
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
-    let (mut set_catalog, set_catalog_warnings) = set_catalog_so_far(drive, &map)?;
+    let SetCatalogSoFar {
+        builder: mut set_catalog,
+        warnings: set_catalog_warnings,
+        delta: set_catalog_delta,
+    } = set_catalog_so_far(drive, &map)?;
     // Memory stays bounded by the buffer size whatever the number of files.
     set_catalog.set_run_bytes(opts.buffer_bytes / 4);
     // A cartridge the set continued from is full: appending to it would
@@ -329,6 +337,7 @@ fn write_job(
         data_file,
         progress,
         set_catalog,
+        set_catalog_delta,
         room,
         early_warning_volume: &early_warning_volume,
         cartridges,
@@ -498,6 +507,8 @@ fn write_job(
             data_tape_file: p.data_file,
             entries: p.end.entries,
             continues: p.end.status == SESSION_CONTINUES,
+            set_catalog_entries: p.set_catalog_entries,
+            set_catalog_delta: p.set_catalog_delta,
         })
         .collect();
     Ok(WriteSummary {
@@ -577,11 +588,9 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
 /// The set catalog as it stands before this session: the last copy on the
 /// cartridge, plus the sessions written after it (whose copy is missing:
 /// a crash, or an older tapir), from their catalogs or by scanning them.
-fn set_catalog_so_far(
-    drive: &mut dyn TapeDrive,
-    map: &TapeMap,
-) -> Result<(SetCatalogBuilder, Vec<String>)> {
+fn set_catalog_so_far(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<SetCatalogSoFar> {
     let mut warnings = Vec::new();
+    let mut delta = None;
     let membership = map.label.set.as_ref().expect("set prepared");
     let fresh = || SetCatalogBuilder::new(membership.set_uuid, membership.set_name.clone());
     // The newest copy that reads intact; a copy cut short by a crash (or
@@ -592,8 +601,22 @@ fn set_catalog_so_far(
         let Some(file) = s.set_catalog_file else {
             continue;
         };
-        match super::setcat::read_set_catalog(drive, membership.set_uuid, file, s.number) {
+        match super::setcat::read_set_catalog_chain(drive, membership.set_uuid, file, s.number)
+        {
             Ok(copy) if copy.digest_ok && copy.lost.is_empty() => {
+                let since = copy.builder.next_session_index();
+                let depth = copy.header.base.as_ref().map_or(0, |b| b.depth) + 1;
+                delta = copy.end_digest.map(|digest| {
+                    (
+                        since,
+                        CopyBase {
+                            tape_file: file,
+                            session: s.number,
+                            digest,
+                            depth,
+                        },
+                    )
+                });
                 found = Some((copy.builder, s.number));
                 break;
             }
@@ -668,7 +691,24 @@ fn set_catalog_so_far(
         location_at: Some(Timestamp::now()),
         ..VolumeInfo::of_label(&map.label)
     });
-    Ok((builder, warnings))
+    Ok(SetCatalogSoFar {
+        builder,
+        warnings,
+        // Only a delta on a copy that held every session before this one.
+        delta: delta.filter(|(_, b)| b.depth <= MAX_WRITTEN_DELTA_DEPTH),
+    })
+}
+
+/// Deltas in a row before the next copy is whole again: a reader then
+/// reads at most this many copies besides a whole one.
+const MAX_WRITTEN_DELTA_DEPTH: u32 = 8;
+
+/// The set catalog before this session, and what a delta copy may extend.
+struct SetCatalogSoFar {
+    builder: SetCatalogBuilder,
+    warnings: Vec<String>,
+    /// The first new session part's index, and the copy a delta extends.
+    delta: Option<(u32, CopyBase)>,
 }
 
 /// The `SessionStart` of the session about to be written.
@@ -1003,6 +1043,9 @@ struct ProducerContext<'a> {
     progress: &'a WriteProgress,
     /// The set catalog so far (everything before this session).
     set_catalog: SetCatalogBuilder,
+    /// What a delta copy at the end of this session may extend (the
+    /// cartridge's last copy): from which session index, on which copy.
+    set_catalog_delta: Option<(u32, CopyBase)>,
     /// Data bytes that fit on the first cartridge before early warning.
     room: Option<u64>,
     /// Volume sequence number at which the drive writer last saw early warning.
@@ -1018,6 +1061,8 @@ pub(super) struct PartDone {
     pub end: SessionEnd,
     pub data_file: u32,
     spill: CatalogSpill,
+    pub set_catalog_entries: u64,
+    pub set_catalog_delta: bool,
 }
 
 struct Produced {
@@ -1495,12 +1540,22 @@ impl Producer<'_, '_> {
             part.label.block_size,
             fresh,
         );
-        self.ctx.set_catalog.write(
+        // At the end of a session on the cartridge it began on: a delta on
+        // the cartridge's last copy. At the end of a cartridge: whole.
+        let delta = if status == SESSION_CONTINUES {
+            None
+        } else {
+            self.ctx.set_catalog_delta.clone()
+        };
+        self.ctx.set_catalog.set_delta(delta.clone());
+        let written = self.ctx.set_catalog.write(
             membership.volume_seq,
             part.label.block_size,
             &mut set_framer,
             &mut emit,
-        )?;
+        );
+        self.ctx.set_catalog.set_delta(None);
+        let written = written?;
         let last = set_framer.finish();
         progress.buffers_in_flight.fetch_add(1, Ordering::Relaxed);
         chan.send(ToDrive::Block(last))?;
@@ -1517,6 +1572,8 @@ impl Producer<'_, '_> {
             end: summary.clone(),
             data_file: part.data_file,
             spill: part.spill,
+            set_catalog_entries: written.entries,
+            set_catalog_delta: delta.is_some(),
         });
         Ok(summary)
     }
@@ -1548,6 +1605,8 @@ impl Producer<'_, '_> {
             }
         }
         self.close_part(SESSION_CONTINUES)?;
+        // Copies on the next cartridge are whole: nothing there to extend.
+        self.ctx.set_catalog_delta = None;
         self.chan.send(ToDrive::NextCartridge)?;
         let ready = self
             .ctx
