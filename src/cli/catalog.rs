@@ -849,30 +849,19 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
     // set: one cartridge rebuilds the catalog for all of it.
     let mut set_copy = None;
     let mut set_copy_problem = None;
-    if let (Some(set), Some((number, file))) = (
-        listing.map.label.set.as_ref(),
-        listing
-            .map
-            .sessions
-            .iter()
-            .rev()
-            .find_map(|s| s.set_catalog_file.map(|f| (s.number, f))),
-    ) {
-        match pipeline::setcat::read_set_catalog_chain(drive.as_mut(), set.set_uuid, file, number) {
-            Ok(mut copy) => {
-                if !copy.digest_ok || !copy.lost.is_empty() {
-                    set_copy_problem = Some(format!(
-                        "the set catalog copy in tape file {file} is damaged; imported what could be read"
-                    ));
-                }
-                set_copy =
-                    Some(cat.import_set_copy(&mut copy.builder, &listing.map.label.volume_uuid)?);
+    if listing.map.label.set.is_some() {
+        if let Some(mut newest) =
+            pipeline::setcat::newest_set_catalog(drive.as_mut(), &listing.map)?
+        {
+            if !newest.intact {
+                set_copy_problem = Some(
+                    "no intact set catalog copy on the cartridge; imported what the newest one holds"
+                        .to_string(),
+                );
             }
-            Err(e) => {
-                set_copy_problem = Some(format!(
-                    "the set catalog copy in tape file {file} cannot be read: {e}"
-                ))
-            }
+            set_copy = Some(
+                cat.import_set_copy(&mut newest.copy.builder, &listing.map.label.volume_uuid)?,
+            );
         }
     }
     let damaged = set_copy_problem.is_some()

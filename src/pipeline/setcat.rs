@@ -957,6 +957,51 @@ pub struct SetCatalogCopy {
     pub end_digest: Option<[u8; 32]>,
 }
 
+/// The newest set catalog copy on the cartridge that reads intact, with
+/// the chain it extends; when none does, the newest that can be read at
+/// all (its `digest_ok` and `lost` say what is wrong). None: no copy.
+pub fn newest_set_catalog(
+    drive: &mut dyn TapeDrive,
+    map: &super::volume::TapeMap,
+) -> Result<Option<NewestCopy>> {
+    let set_uuid = map.label.set_uuid();
+    let mut damaged = None;
+    for s in map.sessions.iter().rev() {
+        let Some(file) = s.set_catalog_file else {
+            continue;
+        };
+        match read_set_catalog_chain(drive, set_uuid, file, s.number) {
+            Ok(copy) => {
+                let found = NewestCopy {
+                    intact: copy.digest_ok && copy.lost.is_empty(),
+                    copy,
+                    tape_file: file,
+                    session: s.number,
+                };
+                if found.intact {
+                    return Ok(Some(found));
+                }
+                damaged.get_or_insert(found);
+            }
+            Err(e) => tracing::warn!(
+                "{}: the set catalog copy in tape file {file} cannot be read: {e}",
+                drive.name()
+            ),
+        }
+    }
+    Ok(damaged)
+}
+
+/// A copy found by [`newest_set_catalog`], and where it is.
+pub struct NewestCopy {
+    pub copy: SetCatalogCopy,
+    pub tape_file: u32,
+    /// The `session` its blocks carry.
+    pub session: u32,
+    /// It and the copies it extends read without damage.
+    pub intact: bool,
+}
+
 /// Deltas a reader follows before refusing a chain (a writer starts a whole
 /// copy long before).
 pub const MAX_DELTA_DEPTH: u32 = 16;

@@ -122,20 +122,15 @@ pub fn restore_set(
             map.label.label
         ))
     })?;
-    let (number, file) = map
-        .sessions
-        .iter()
-        .rev()
-        .find_map(|s| s.set_catalog_file.map(|f| (s.number, f)))
-        .ok_or_else(|| {
-            Error::Refused(format!(
-                "{}: cartridge {} holds no set catalog copy (written by an older tapir?); restore its cartridges one by one",
-                drive.name(),
-                map.label.label
-            ))
-        })?;
-    let mut copy =
-        super::setcat::read_set_catalog_chain(drive.as_mut(), set.set_uuid, file, number)?;
+    let newest = super::setcat::newest_set_catalog(drive.as_mut(), &map)?.ok_or_else(|| {
+        Error::Refused(format!(
+            "{}: cartridge {} holds no set catalog copy (written by an older tapir?); restore its cartridges one by one",
+            drive.name(),
+            map.label.label
+        ))
+    })?;
+    let copy_damaged = !newest.intact;
+    let mut copy = newest.copy;
     let sessions: HashMap<u32, SessionInfo> = copy
         .builder
         .sessions()
@@ -157,6 +152,12 @@ pub fn restore_set(
         set_name: set.set_name.clone(),
         ..Default::default()
     };
+    if copy_damaged {
+        summary.incomplete.push(format!(
+            "no intact set catalog copy on {}: restored what the newest one lists; the set may hold more",
+            map.label.label
+        ));
+    }
     let mut group: Vec<(u32, CatalogEntry)> = Vec::new();
     let mut links: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut chosen_paths: HashSet<Vec<u8>> = HashSet::new();

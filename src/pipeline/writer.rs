@@ -590,51 +590,28 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
 /// a crash, or an older tapir), from their catalogs or by scanning them.
 fn set_catalog_so_far(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<SetCatalogSoFar> {
     let mut warnings = Vec::new();
-    let mut delta = None;
     let membership = map.label.set.as_ref().expect("set prepared");
     let fresh = || SetCatalogBuilder::new(membership.set_uuid, membership.set_name.clone());
-    // The newest copy that reads intact; a copy cut short by a crash (or
-    // damaged) is passed over, and the sessions after the one used are
-    // added from their own catalogs or by scanning them.
-    let mut found = None;
-    for s in map.sessions.iter().rev() {
-        let Some(file) = s.set_catalog_file else {
-            continue;
-        };
-        match super::setcat::read_set_catalog_chain(drive, membership.set_uuid, file, s.number)
-        {
-            Ok(copy) if copy.digest_ok && copy.lost.is_empty() => {
-                let since = copy.builder.next_session_index();
-                let depth = copy.header.base.as_ref().map_or(0, |b| b.depth) + 1;
-                delta = copy.end_digest.map(|digest| {
-                    (
-                        since,
-                        CopyBase {
-                            tape_file: file,
-                            session: s.number,
-                            digest,
-                            depth,
-                        },
-                    )
-                });
-                found = Some((copy.builder, s.number));
-                break;
-            }
-            // Nothing is lost by passing it over: the new copy is rebuilt
-            // from an earlier one and the sessions' own catalogs.
-            Ok(_) => tracing::warn!(
-                "{}: the set catalog copy in tape file {file} is damaged or incomplete; using an earlier copy and the sessions after it",
-                drive.name()
-            ),
-            Err(e) => tracing::warn!(
-                "{}: the set catalog copy in tape file {file} cannot be read ({e}); using an earlier copy and the sessions after it",
-                drive.name()
-            ),
+    // The newest copy that reads intact (a copy cut short by a crash, or
+    // damaged, is passed over); the sessions after it are added from
+    // their own catalogs or by scanning them.
+    let mut delta = None;
+    let (mut builder, after) = match super::setcat::newest_set_catalog(drive, map)? {
+        Some(n) if n.intact => {
+            let depth = n.copy.header.base.as_ref().map_or(0, |b| b.depth) + 1;
+            delta = n.copy.end_digest.map(|digest| {
+                let since = n.copy.builder.next_session_index();
+                let base = CopyBase {
+                    tape_file: n.tape_file,
+                    session: n.session,
+                    digest,
+                    depth,
+                };
+                (since, base)
+            });
+            (n.copy.builder, n.session)
         }
-    }
-    let (mut builder, after) = match found {
-        Some(f) => f,
-        None => {
+        _ => {
             if membership.volume_seq > 1 {
                 warnings.push(format!(
                     "{}: no intact set catalog copy on cartridge {}: the new copy covers this cartridge's sessions only",
