@@ -102,6 +102,17 @@ fn a_set_spans_five_cartridges_and_restores_alone_and_whole() {
         assert_eq!(p["continues"], i + 1 < parts.len(), "{p}");
     }
     let cartridges = cartridges_of(&w);
+    // The host catalog knows every part, and that the filled ones are full.
+    for (i, c) in cartridges.iter().enumerate() {
+        let (code, m) = lab.json(["media", "show", c]);
+        assert_eq!(code, 0, "{m}");
+        let want = if i + 1 < cartridges.len() {
+            "full"
+        } else {
+            "writable"
+        };
+        assert_eq!(m["state"], want, "{c}: {m}");
+    }
 
     // Each cartridge alone: what is wholly on it comes back byte-exact, and
     // the files that span are named, never restored half.

@@ -581,6 +581,14 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             .entries()
             .map_err(|e| crate::catalog::Error::Invalid(e.to_string()))?;
         cat.merge_session_stream(&part.label.volume_uuid, &rec, count, entries)?;
+        if part.end.status == SESSION_CONTINUES {
+            let uuid = crate::format::label::uuid_text(&part.label.volume_uuid);
+            cat.set_media_state(
+                &uuid,
+                crate::catalog::query::MediaState::Full,
+                Some("filled; the set continues on the next volume"),
+            )?;
+        }
     }
     Ok(())
 }
