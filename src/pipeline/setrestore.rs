@@ -350,8 +350,8 @@ impl VolumeLoader for OperatorLoader {
         let started = std::time::Instant::now();
         let mut told_wrong = None;
         loop {
-            match crate::device::open::open_drive(&self.device) {
-                Ok(mut drive) => match read_label(drive.as_mut()) {
+            if let Some(mut drive) = super::span::drive_if_loaded(&self.device)? {
+                match read_label(drive.as_mut()) {
                     Ok(LabelState::Tapir(l)) if l.volume_uuid == want.volume_uuid => {
                         return Ok(drive)
                     }
@@ -363,10 +363,7 @@ impl VolumeLoader for OperatorLoader {
                         told_wrong = Some(l.volume_uuid);
                     }
                     _ => {}
-                },
-                Err(crate::device::DeviceError::NoMedium { .. })
-                | Err(crate::device::DeviceError::InvalidRequest { .. }) => {}
-                Err(e) => return Err(e.into()),
+                }
             }
             if started.elapsed() >= self.timeout {
                 return Err(Error::Refused(format!(

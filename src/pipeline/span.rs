@@ -214,22 +214,16 @@ impl CartridgeSupply for OperatorSupply {
         ));
         let started = std::time::Instant::now();
         loop {
-            match crate::device::open::open_drive(&self.device) {
-                Ok(mut drive) => {
-                    let same = match read_label(drive.as_mut()) {
-                        Ok(LabelState::Tapir(l)) => {
-                            previous.as_ref().is_some_and(|(u, _)| *u == l.volume_uuid)
-                        }
-                        Ok(_) => false,
-                        Err(_) => false,
-                    };
-                    if !same {
-                        return Ok(Some((drive, None)));
+            if let Some(mut drive) = drive_if_loaded(&self.device)? {
+                let same = match read_label(drive.as_mut()) {
+                    Ok(LabelState::Tapir(l)) => {
+                        previous.as_ref().is_some_and(|(u, _)| *u == l.volume_uuid)
                     }
+                    _ => false,
+                };
+                if !same {
+                    return Ok(Some((drive, None)));
                 }
-                Err(crate::device::DeviceError::NoMedium { .. }) => {}
-                Err(crate::device::DeviceError::InvalidRequest { .. }) => {} // busy: someone is loading
-                Err(e) => return Err(e.into()),
             }
             if started.elapsed() >= self.timeout {
                 return Ok(None);
@@ -241,5 +235,20 @@ impl CartridgeSupply for OperatorSupply {
 
     fn whereabouts(&self, _barcode: &str) -> Option<String> {
         Some("taken out of the drive by the operator".into())
+    }
+}
+
+/// The drive, if a cartridge is in it now; None while it is empty, busy,
+/// or reporting the cartridge change (a person is at work on it).
+pub fn drive_if_loaded(device: &str) -> Result<Option<Box<dyn TapeDrive>>> {
+    use crate::device::DeviceError;
+    match crate::device::open::open_drive(device) {
+        Ok(d) => Ok(Some(d)),
+        Err(
+            DeviceError::NoMedium { .. }
+            | DeviceError::InvalidRequest { .. }
+            | DeviceError::UnitAttention { .. },
+        ) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
