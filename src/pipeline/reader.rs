@@ -154,51 +154,19 @@ impl<'d> StreamReader<'d> {
     /// Read one block, retrying bad ones. Returns the outcome and, for a
     /// block, whether it verified (`Err` holds why it did not).
     fn read_verified(&mut self) -> Result<Option<std::result::Result<usize, String>>> {
-        let mut last_problem = String::new();
-        for attempt in 0..READ_ATTEMPTS {
-            if attempt > 0 {
-                self.retries += 1;
-                // Go back over the block just read to read it again.
-                self.drive.space_blocks(-1)?;
+        let (blocks, bytes) = (&mut self.blocks_read, &mut self.bytes_read);
+        let read = read_block_retrying(&mut *self.drive, &mut self.buf, &mut self.retries, |n| {
+            *blocks += 1;
+            *bytes += n as u64;
+        })?;
+        Ok(match read {
+            BlockRead::Block(n) => Some(Ok(n)),
+            BlockRead::Bad(why) => Some(Err(why)),
+            BlockRead::End { filemark } => {
+                self.finish(filemark, false);
+                None
             }
-            match self.drive.read_block(&mut self.buf) {
-                Ok(ReadOutcome::Block(n)) => {
-                    self.blocks_read += 1;
-                    self.bytes_read += n as u64;
-                    match BlockHeader::decode(&self.buf[..n]) {
-                        Ok(_) => return Ok(Some(Ok(n))),
-                        Err(
-                            e @ (FormatError::UnsupportedVersion(_)
-                            | FormatError::UnknownCriticalFlags(_)),
-                        ) => {
-                            // Re-reading will not help: a newer format.
-                            return Ok(Some(Err(e.to_string())));
-                        }
-                        Err(e) => last_problem = e.to_string(),
-                    }
-                }
-                Ok(ReadOutcome::Filemark) => {
-                    self.finish(true, false);
-                    return Ok(None);
-                }
-                Ok(ReadOutcome::EndOfData) => {
-                    self.finish(false, false);
-                    return Ok(None);
-                }
-                Err(DeviceError::MediumError { detail, .. }) => {
-                    last_problem = format!("medium error: {detail}")
-                }
-                Err(DeviceError::BlockTooLarge { needed, .. }) => {
-                    return Ok(Some(Err(format!(
-                        "block of {needed} bytes is larger than any tapir block"
-                    ))));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(Some(Err(format!(
-            "{last_problem} (after {READ_ATTEMPTS} attempts)"
-        ))))
+        })
     }
 
     /// The next record or loss in the stream; `None` at its end.
@@ -278,4 +246,61 @@ pub fn describe_position(p: StreamPosition) -> String {
         "tape file {}, block {}, offset {}",
         p.tape_file, p.block, p.offset
     )
+}
+
+/// One block read from tape, after bounded retries.
+pub(super) enum BlockRead {
+    /// A block of this many bytes whose header and CRC verify.
+    Block(usize),
+    /// A block that could not be used, and why.
+    Bad(String),
+    /// The tape file ended: at a filemark, or at end of data.
+    End { filemark: bool },
+}
+
+/// Read the next block into `buf` and verify it; a bad one is read again
+/// (spacing back over it) up to `READ_ATTEMPTS` times. `counted` is told
+/// the size of every block read; `retries` counts the re-reads.
+pub(super) fn read_block_retrying(
+    drive: &mut dyn TapeDrive,
+    buf: &mut [u8],
+    retries: &mut u64,
+    mut counted: impl FnMut(usize),
+) -> Result<BlockRead> {
+    let mut last_problem = String::new();
+    for attempt in 0..READ_ATTEMPTS {
+        if attempt > 0 {
+            *retries += 1;
+            // Go back over the block just read to read it again.
+            drive.space_blocks(-1)?;
+        }
+        match drive.read_block(buf) {
+            Ok(ReadOutcome::Block(n)) => {
+                counted(n);
+                match BlockHeader::decode(&buf[..n]) {
+                    Ok(_) => return Ok(BlockRead::Block(n)),
+                    // Re-reading will not help: a newer format.
+                    Err(
+                        e @ (FormatError::UnsupportedVersion(_)
+                        | FormatError::UnknownCriticalFlags(_)),
+                    ) => return Ok(BlockRead::Bad(e.to_string())),
+                    Err(e) => last_problem = e.to_string(),
+                }
+            }
+            Ok(ReadOutcome::Filemark) => return Ok(BlockRead::End { filemark: true }),
+            Ok(ReadOutcome::EndOfData) => return Ok(BlockRead::End { filemark: false }),
+            Err(DeviceError::MediumError { detail, .. }) => {
+                last_problem = format!("medium error: {detail}")
+            }
+            Err(DeviceError::BlockTooLarge { needed, .. }) => {
+                return Ok(BlockRead::Bad(format!(
+                    "block of {needed} bytes is larger than any tapir block"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(BlockRead::Bad(format!(
+        "{last_problem} (after {READ_ATTEMPTS} attempts)"
+    )))
 }

@@ -23,7 +23,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 
-use crate::device::{DeviceError, ReadOutcome, TapeDrive};
+use crate::device::TapeDrive;
 use crate::format::block::{BlockHeader, BLOCK_HEADER_LEN};
 use crate::format::meta::{from_cbor, to_cbor, CatalogEntry, StreamPosition, Timestamp};
 use crate::format::record::{RecordType, MAX_RECORD_BODY, RECORD_HEADER_LEN};
@@ -34,7 +34,9 @@ use crate::format::setcat::{
 use crate::format::stream::{BlockContinuity, Record, StreamDeframer, StreamFramer};
 use crate::format::{BlockKind, FormatError, MAX_BLOCK_SIZE};
 
-use super::reader::{LostBlocks, StreamEvent, StreamExpect, StreamReader, READ_ATTEMPTS};
+use super::reader::{
+    read_block_retrying, BlockRead, LostBlocks, StreamEvent, StreamExpect, StreamReader,
+};
 use super::{Error, Result};
 
 /// Record bytes (record headers included) a page holds at most, rounded
@@ -1543,12 +1545,6 @@ struct PageReader<'d> {
     bytes_read: u64,
 }
 
-enum BlockRead {
-    Block(usize),
-    Bad(String),
-    End,
-}
-
 /// How often a wrongly positioned drive is corrected before giving up.
 const POSITION_CORRECTIONS: u32 = 2;
 
@@ -1565,39 +1561,11 @@ impl<'d> PageReader<'d> {
     }
 
     fn read_block(&mut self) -> Result<BlockRead> {
-        let mut problem = String::new();
-        for attempt in 0..READ_ATTEMPTS {
-            if attempt > 0 {
-                self.drive.space_blocks(-1)?;
-            }
-            match self.drive.read_block(&mut self.buf) {
-                Ok(ReadOutcome::Block(n)) => {
-                    self.blocks_read += 1;
-                    self.bytes_read += n as u64;
-                    match BlockHeader::decode(&self.buf[..n]) {
-                        Ok(_) => return Ok(BlockRead::Block(n)),
-                        Err(
-                            e @ (FormatError::UnsupportedVersion(_)
-                            | FormatError::UnknownCriticalFlags(_)),
-                        ) => return Ok(BlockRead::Bad(e.to_string())),
-                        Err(e) => problem = e.to_string(),
-                    }
-                }
-                Ok(ReadOutcome::Filemark | ReadOutcome::EndOfData) => return Ok(BlockRead::End),
-                Err(DeviceError::MediumError { detail, .. }) => {
-                    problem = format!("medium error: {detail}")
-                }
-                Err(DeviceError::BlockTooLarge { needed, .. }) => {
-                    return Ok(BlockRead::Bad(format!(
-                        "block of {needed} bytes is larger than any tapir block"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(BlockRead::Bad(format!(
-            "{problem} (after {READ_ATTEMPTS} attempts)"
-        )))
+        let (blocks, bytes) = (&mut self.blocks_read, &mut self.bytes_read);
+        read_block_retrying(&mut *self.drive, &mut self.buf, &mut 0, |n| {
+            *blocks += 1;
+            *bytes += n as u64;
+        })
     }
 
     /// Read from block `start` (a record starts at its payload offset 0)
@@ -1628,7 +1596,7 @@ impl<'d> PageReader<'d> {
                 return Ok(());
             }
             let n = match self.read_block()? {
-                BlockRead::End => {
+                BlockRead::End { .. } => {
                     if d.in_record() {
                         let b = d.next_block();
                         lose(lost, b, b, "the tape file ends inside a record".into());
@@ -2364,7 +2332,10 @@ mod tests {
     }
 
     impl crate::device::BlockRead for Skewed<'_> {
-        fn read_block(&mut self, buf: &mut [u8]) -> crate::device::DeviceResult<ReadOutcome> {
+        fn read_block(
+            &mut self,
+            buf: &mut [u8],
+        ) -> crate::device::DeviceResult<crate::device::ReadOutcome> {
             self.inner.read_block(buf)
         }
     }
