@@ -464,6 +464,17 @@ fn note_changer_moves(
     });
 }
 
+/// The operator at a single drive: told on standard error, lines starting
+/// `tapir: OPERATOR:`.
+fn operator(device: &str, timeout_seconds: u64) -> pipeline::span::Operator {
+    pipeline::span::Operator {
+        device: device.to_string(),
+        timeout: std::time::Duration::from_secs(timeout_seconds),
+        poll: std::time::Duration::from_millis(500),
+        tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
+    }
+}
+
 fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     let spec = device_spec(cli)?;
     match spec.strip_prefix("vtape:") {
@@ -627,12 +638,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                             VirtualLibrary::open(dir).map_err(Error::from)?,
                         )?)
                     }
-                    _ => Box::new(pipeline::span::OperatorSupply {
-                        device: spec.to_string(),
-                        timeout: std::time::Duration::from_secs(*operator_timeout),
-                        poll: std::time::Duration::from_millis(500),
-                        tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
-                    }),
+                    _ => Box::new(pipeline::span::OperatorSupply(operator(
+                        spec,
+                        *operator_timeout,
+                    ))),
                 };
             let summary = output::with_write_progress(cli.json, |progress| {
                 pipeline::writer::write_session_spanning(drive, supply.as_mut(), &opts, progress)
@@ -696,12 +705,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                                 lib: VirtualLibrary::open(dir).map_err(Error::from)?,
                             })
                         }
-                        _ => Box::new(pipeline::setrestore::OperatorLoader {
-                            device: spec.to_string(),
-                            timeout: std::time::Duration::from_secs(*operator_timeout),
-                            poll: std::time::Duration::from_millis(500),
-                            tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
-                        }),
+                        _ => Box::new(pipeline::setrestore::OperatorLoader(operator(
+                            spec,
+                            *operator_timeout,
+                        ))),
                     };
                 let summary = pipeline::setrestore::restore_set(drive, loader.as_mut(), &opts)?;
                 for c in &summary.cartridges {

@@ -321,12 +321,7 @@ pub fn restore_set(
 /// An operator brings the cartridges: the one in the drive is ejected and
 /// the operator told which to insert; the drive is watched until it holds
 /// that cartridge.
-pub struct OperatorLoader {
-    pub device: String,
-    pub timeout: std::time::Duration,
-    pub poll: std::time::Duration,
-    pub tell: Box<dyn FnMut(&str)>,
-}
+pub struct OperatorLoader(pub super::span::Operator);
 
 impl VolumeLoader for OperatorLoader {
     fn load(
@@ -336,7 +331,8 @@ impl VolumeLoader for OperatorLoader {
     ) -> Result<Box<dyn TapeDrive>> {
         current.eject()?;
         drop(current);
-        (self.tell)(&format!(
+        let op = &mut self.0;
+        (op.tell)(&format!(
             "insert cartridge {} (volume {} of the set{}) into {}; waiting up to {} s",
             want.label,
             want.volume_seq,
@@ -344,38 +340,32 @@ impl VolumeLoader for OperatorLoader {
                 .as_deref()
                 .map(|l| format!(", last known to be: {l}"))
                 .unwrap_or_default(),
-            self.device,
-            self.timeout.as_secs()
+            op.device,
+            op.timeout.as_secs()
         ));
-        let started = std::time::Instant::now();
         let mut told_wrong = None;
-        loop {
-            if let Some(mut drive) = super::span::drive_if_loaded(&self.device)? {
-                match read_label(drive.as_mut()) {
-                    Ok(LabelState::Tapir(l)) if l.volume_uuid == want.volume_uuid => {
-                        return Ok(drive)
-                    }
-                    Ok(LabelState::Tapir(l)) if told_wrong.as_ref() != Some(&l.volume_uuid) => {
-                        (self.tell)(&format!(
-                            "the drive holds {}, not {}: insert {}",
-                            l.label, want.label, want.label
-                        ));
-                        told_wrong = Some(l.volume_uuid);
-                    }
-                    _ => {}
+        let drive = op.wait_for(|state, tell| match state {
+            LabelState::Tapir(l) if l.volume_uuid == want.volume_uuid => true,
+            LabelState::Tapir(l) => {
+                if told_wrong != Some(l.volume_uuid) {
+                    tell(&format!(
+                        "the drive holds {}, not {}: insert {}",
+                        l.label, want.label, want.label
+                    ));
+                    told_wrong = Some(l.volume_uuid);
                 }
+                false
             }
-            if started.elapsed() >= self.timeout {
-                return Err(Error::Refused(format!(
-                    "{}: cartridge {} (volume {}) was not inserted within {} s; what was restored so far stays",
-                    self.device,
-                    want.label,
-                    want.volume_seq,
-                    self.timeout.as_secs()
-                )));
-            }
-            // Waiting for a person: polling the drive is all there is.
-            std::thread::sleep(self.poll);
-        }
+            _ => false,
+        })?;
+        drive.ok_or_else(|| {
+            Error::Refused(format!(
+                "{}: cartridge {} (volume {}) was not inserted within {} s; what was restored so far stays",
+                op.device,
+                want.label,
+                want.volume_seq,
+                op.timeout.as_secs()
+            ))
+        })
     }
 }

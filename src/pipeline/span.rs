@@ -181,10 +181,9 @@ pub fn load_continuation(
     }
 }
 
-/// An operator changes cartridges: the full one is ejected, the operator
-/// is told what to insert, and the drive is watched until a different
-/// cartridge is in it.
-pub struct OperatorSupply {
+/// A person at a single drive: told what to do, and the drive watched
+/// until they have done it.
+pub struct Operator {
     /// How to open the drive again (the device as the user gave it).
     pub device: String,
     /// How long to wait for the operator.
@@ -194,6 +193,36 @@ pub struct OperatorSupply {
     /// Where the operator reads what to do.
     pub tell: Box<dyn FnMut(&str) + Send>,
 }
+
+impl Operator {
+    /// Look at the drive until `take` accepts the cartridge in it (`take`
+    /// may tell the operator about a wrong one); None when time runs out.
+    pub fn wait_for(
+        &mut self,
+        mut take: impl FnMut(&LabelState, &mut dyn FnMut(&str)) -> bool,
+    ) -> Result<Option<Box<dyn TapeDrive>>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(mut drive) = drive_if_loaded(&self.device)? {
+                let state = read_label(drive.as_mut())
+                    .unwrap_or_else(|e| LabelState::Foreign(format!("unreadable: {e}")));
+                if take(&state, &mut *self.tell) {
+                    return Ok(Some(drive));
+                }
+            }
+            if started.elapsed() >= self.timeout {
+                return Ok(None);
+            }
+            // Waiting for a person: polling the drive is all there is.
+            std::thread::sleep(self.poll);
+        }
+    }
+}
+
+/// An operator changes cartridges: the full one is ejected, the operator
+/// is told what to insert, and the drive is watched until a different
+/// cartridge is in it.
+pub struct OperatorSupply(pub Operator);
 
 impl CartridgeSupply for OperatorSupply {
     fn next(&mut self, mut current: Box<dyn TapeDrive>) -> Result<Option<Candidate>> {
@@ -207,30 +236,17 @@ impl CartridgeSupply for OperatorSupply {
             || "the cartridge in the drive".to_string(),
             |(_, l)| format!("cartridge {l}"),
         );
-        (self.tell)(&format!(
+        let op = &mut self.0;
+        (op.tell)(&format!(
             "{what} is done: take it out and insert the next cartridge (an empty one of the pool) into {}; waiting up to {} s",
-            self.device,
-            self.timeout.as_secs()
+            op.device,
+            op.timeout.as_secs()
         ));
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(mut drive) = drive_if_loaded(&self.device)? {
-                let same = match read_label(drive.as_mut()) {
-                    Ok(LabelState::Tapir(l)) => {
-                        previous.as_ref().is_some_and(|(u, _)| *u == l.volume_uuid)
-                    }
-                    _ => false,
-                };
-                if !same {
-                    return Ok(Some((drive, None)));
-                }
-            }
-            if started.elapsed() >= self.timeout {
-                return Ok(None);
-            }
-            // Waiting for a person: polling the drive is all there is.
-            std::thread::sleep(self.poll);
-        }
+        let drive = op.wait_for(|state, _| match state {
+            LabelState::Tapir(l) => previous.as_ref().is_none_or(|(u, _)| *u != l.volume_uuid),
+            _ => true,
+        })?;
+        Ok(drive.map(|d| (d, None)))
     }
 
     fn whereabouts(&self, _barcode: &str) -> Option<String> {
