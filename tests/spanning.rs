@@ -251,7 +251,7 @@ fn running_out_of_cartridges_stops_cleanly_and_keeps_what_was_written() {
 #[test]
 fn the_last_cartridge_restores_the_whole_set_loading_the_others() {
     let lab = Lab::new(12, "5M");
-    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    label_small_blocks(&lab);
     let tree = make_tree(&lab.path("src"), 8);
     let (code, w) = write_tree(&lab, "big");
     assert_eq!(code, 0, "{w}");
@@ -298,7 +298,7 @@ fn the_last_cartridge_restores_the_whole_set_loading_the_others() {
 #[test]
 fn one_cartridge_rebuilds_the_host_catalog_for_its_whole_set() {
     let lab = Lab::new(12, "5M");
-    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    label_small_blocks(&lab);
     make_tree(&lab.path("src"), 6);
     let (code, w) = lab.json_in(
         &lab.path("src"),
@@ -417,7 +417,7 @@ fn a_whole_set_restore_at_a_single_drive_asks_for_each_cartridge_in_order() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let lab = Lab::new(8, "5M");
-    assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
+    label_small_blocks(&lab);
     let tree = make_tree(&lab.path("src"), 5);
     let (written, w) = write_tree(&lab, "big");
     assert_eq!(written, 0, "{w}");
@@ -473,12 +473,19 @@ fn label_small_blocks(lab: &Lab) {
     assert_ok(&lab.tapir(["label", "--label", "TAP001L9", "--block-size", "64K"]));
 }
 
-#[test]
-fn one_file_over_several_cartridges_comes_back_whole_both_ways() {
-    let lab = Lab::new(8, "5M");
+/// A library of `slots` cartridges of `capacity`, the first labelled with
+/// small blocks, and an empty source directory `src`.
+fn lab_with_sources(slots: usize, capacity: &str) -> (Lab, std::path::PathBuf) {
+    let lab = Lab::new(slots, capacity);
     label_small_blocks(&lab);
     let src = lab.path("src");
     fs::create_dir_all(&src).unwrap();
+    (lab, src)
+}
+
+#[test]
+fn one_file_over_several_cartridges_comes_back_whole_both_ways() {
+    let (lab, src) = lab_with_sources(8, "5M");
     let data = noise(7, 13_000_000);
     fs::write(src.join("huge"), &data).unwrap();
     let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
@@ -504,10 +511,7 @@ fn one_file_over_several_cartridges_comes_back_whole_both_ways() {
 
 #[test]
 fn a_first_part_never_replaces_an_existing_file() {
-    let lab = Lab::new(8, "5M");
-    label_small_blocks(&lab);
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
+    let (lab, src) = lab_with_sources(8, "5M");
     fs::write(src.join("f"), noise(3, 7_000_000)).unwrap();
     let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
     assert_eq!(code, 0, "{w}");
@@ -589,10 +593,7 @@ fn whole_set_restores_hard_links_from_the_right_version_and_part() {
 
 #[test]
 fn a_literal_hard_link_restores_with_its_target() {
-    let lab = Lab::new(1, "50M");
-    label_small_blocks(&lab);
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
+    let (lab, src) = lab_with_sources(1, "50M");
     fs::write(src.join("a"), b"content").unwrap();
     fs::hard_link(src.join("a"), src.join("z")).unwrap();
     assert_ok(&lab.tapir_in(&src, ["write", "--set", "x", "."]));
@@ -604,10 +605,7 @@ fn a_literal_hard_link_restores_with_its_target() {
 
 #[test]
 fn a_full_cartridge_takes_no_further_session() {
-    let lab = Lab::new(4, "5M");
-    label_small_blocks(&lab);
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
+    let (lab, src) = lab_with_sources(4, "5M");
     fs::write(src.join("a"), noise(7, 6_000_000)).unwrap();
     let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
     assert_eq!(code, 0, "{w}");
@@ -638,10 +636,7 @@ fn a_full_cartridge_takes_no_further_session() {
 #[test]
 fn parts_left_waiting_are_reported_whatever_their_names() {
     use std::os::unix::ffi::OsStrExt;
-    let lab = Lab::new(8, "5M");
-    label_small_blocks(&lab);
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
+    let (lab, src) = lab_with_sources(8, "5M");
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
     fs::write(src.join(name), noise(7, 7_000_000)).unwrap();
     let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
