@@ -631,44 +631,38 @@ fn set_catalog_so_far(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<SetCat
         }
     };
     for s in map.sessions.iter().filter(|s| s.number > after) {
-        let listing = super::list::list_cartridge(drive, Some(s.number))?;
-        for listed in &listing.sessions {
-            let start = listed.session.start.as_ref();
-            let index = builder.add_session(SessionInfo {
-                index: 0,
-                session_uuid: start.map_or_else(
-                    || {
-                        crate::catalog::ingest::synthetic_session_uuid(
-                            &map.label.volume_uuid,
-                            s.number,
-                        )
-                    },
-                    |st| st.session_uuid,
-                ),
-                volume_seq: membership.volume_seq,
-                session: s.number,
-                data_tape_file: s.data_file,
-                started: start.map(|st| st.started).unwrap_or_default(),
-                ended: listed.summary.as_ref().map(|e| e.ended),
-                status: listed.summary.as_ref().map_or(SESSION_NO_END, |e| e.status),
-                entries: listed.entries.len() as u64,
-                continues: None,
-                host: start.map(|st| st.host.clone()).unwrap_or_default(),
-            });
-            // A continuation part rebuilt here keeps its link to the part before.
-            let before = start.and_then(|st| st.continues.as_ref()).and_then(|l| {
-                builder
-                    .sessions()
-                    .iter()
-                    .find(|x| x.session_uuid == l.previous_session_uuid)
-                    .map(|x| x.index)
-            });
-            if let Some(info) = builder.session_mut(index) {
-                info.continues = before;
-            }
-            for e in &listed.entries {
-                builder.add_entry(index, e)?;
-            }
+        // The cartridge is mapped already: only the session is read.
+        let listed = &super::list::session_entries(drive, &map.label, s)?;
+        let start = listed.session.start.as_ref();
+        let index = builder.add_session(SessionInfo {
+            index: 0,
+            session_uuid: start.map_or_else(
+                || crate::catalog::ingest::synthetic_session_uuid(&map.label.volume_uuid, s.number),
+                |st| st.session_uuid,
+            ),
+            volume_seq: membership.volume_seq,
+            session: s.number,
+            data_tape_file: s.data_file,
+            started: start.map(|st| st.started).unwrap_or_default(),
+            ended: listed.summary.as_ref().map(|e| e.ended),
+            status: listed.summary.as_ref().map_or(SESSION_NO_END, |e| e.status),
+            entries: listed.entries.len() as u64,
+            continues: None,
+            host: start.map(|st| st.host.clone()).unwrap_or_default(),
+        });
+        // A continuation part rebuilt here keeps its link to the part before.
+        let before = start.and_then(|st| st.continues.as_ref()).and_then(|l| {
+            builder
+                .sessions()
+                .iter()
+                .find(|x| x.session_uuid == l.previous_session_uuid)
+                .map(|x| x.index)
+        });
+        if let Some(info) = builder.session_mut(index) {
+            info.continues = before;
+        }
+        for e in &listed.entries {
+            builder.add_entry(index, e)?;
         }
     }
     builder.upsert_volume(VolumeInfo {
