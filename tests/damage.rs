@@ -96,12 +96,13 @@ fn an_interrupted_write_keeps_complete_entries_and_the_next_write_appends() {
     fs::write(&faults, r#"{"fail_write_at_block": 8}"#).unwrap();
     let w = lab.tapir_in(&src, ["write", "--set", "s", "t"]);
     assert_code(&w, 6);
-    assert!(
-        text(&w.stderr).contains("medium error"),
-        "{}",
-        text(&w.stderr)
-    );
+    let err = text(&w.stderr);
+    assert!(err.contains("medium error"), "{err}");
+    // The library had no other cartridge to continue on, and says so.
+    assert!(err.contains("no other cartridge was available"), "{err}");
     fs::remove_file(&faults).unwrap();
+    // Looking for another cartridge put the failed one back in its slot.
+    assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
 
     let l = lab.tapir(["list"]);
     assert_code(&l, 4);

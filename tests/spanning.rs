@@ -702,3 +702,200 @@ fn appended_sessions_write_delta_copies_that_chain_to_the_whole_one() {
     let (code, v) = lab.json(["verify"]);
     assert_eq!(code, 0, "{v}");
 }
+
+/// Put a fault sidecar beside cartridge `barcode`'s image.
+fn inject(lab: &Lab, barcode: &str, faults: &str) {
+    fs::write(
+        tapir::device::vtape::faults_path(&lab.image(barcode)),
+        faults,
+    )
+    .unwrap();
+}
+
+/// Restore the whole set from its last cartridge into `to`.
+fn restore_whole_set(lab: &Lab, last: &str, to: &Path) -> serde_json::Value {
+    assert_ok(&lab.tapir(["changer", "load", last]));
+    let (code, r) = lab.json(["restore", "--whole-set", "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 0, "{r}");
+    r
+}
+
+/// Restore the loaded cartridge alone into `to`: whatever it restores must
+/// be byte-exact to `tree` (nothing it claims may be a lost copy).
+fn restores_only_true_copies(
+    lab: &Lab,
+    cartridge: &str,
+    to: &Path,
+    tree: &BTreeMap<String, Vec<u8>>,
+) -> usize {
+    assert_ok(&lab.tapir(["changer", "load", cartridge]));
+    let r = lab.tapir(["restore", "--to", to.to_str().unwrap()]);
+    assert!(common::code(&r) <= 4, "{}", text(&r.stderr));
+    let restored = files_under(to);
+    for (rel, data) in &restored {
+        let rel = rel.trim_start_matches("./");
+        assert!(
+            tree.get(rel) == Some(data),
+            "{cartridge}: {rel} restored wrong"
+        );
+    }
+    restored.len()
+}
+
+#[test]
+fn a_deferred_error_mid_cartridge_rewrites_what_was_not_durable_on_the_next() {
+    let lab = Lab::new(8, "5M");
+    label_small_blocks(&lab);
+    let tree = make_tree(&lab.path("src"), 8);
+    // About 2.5 MB into the second cartridge the drive reports a deferred
+    // error: what it had buffered since the last checkpoint never arrived.
+    inject(&lab, "TAP002L9", r#"{"lose_buffer_after_blocks": 40}"#);
+    let (code, w) = lab.json_in(
+        &lab.path("src"),
+        ["write", "--set", "s", "--checkpoint-every", "1M", "."],
+    );
+    // Everything is written, but a cartridge failed: not a plain success.
+    assert_eq!(code, 1, "{w}");
+    let parts = w["parts"].as_array().unwrap();
+    assert_eq!(parts[1]["cartridge"], "TAP002L9", "{w}");
+    let error = parts[1]["write_error"]
+        .as_str()
+        .expect("the failed part says why");
+    assert!(error.contains("deferred error"), "{error}");
+    assert!(
+        parts
+            .iter()
+            .filter(|p| p["write_error"].is_string())
+            .count()
+            == 1,
+        "{w}"
+    );
+    assert!(parts.len() >= 4, "{w}");
+    let warned = w["warnings"].as_array().unwrap();
+    assert!(
+        warned
+            .iter()
+            .any(|x| x.as_str().unwrap().contains("written again")),
+        "{w}"
+    );
+    // Some of the part was durable at a checkpoint and is kept for it.
+    let kept = parts[1]["entries"].as_u64().unwrap();
+    assert!(kept > 0, "{w}");
+
+    let carts = cartridges_of(&w);
+    let whole = lab.path("whole");
+    restore_whole_set(&lab, carts.last().unwrap(), &whole);
+    assert!(
+        files_under(&whole) == tree,
+        "the whole set comes back byte-exact"
+    );
+
+    // The failed cartridge alone gives back only true copies.
+    restores_only_true_copies(&lab, "TAP002L9", &lab.path("alone"), &tree);
+
+    // The host catalog knows it is damaged and why.
+    let (code, m) = lab.json(["media", "show", "TAP002L9"]);
+    assert_eq!(code, 0, "{m}");
+    assert_eq!(m["state"], "damaged", "{m}");
+
+    // A later session appends to the set's last cartridge, never to the failed one.
+    assert_ok(&lab.tapir(["changer", "load", "TAP002L9"]));
+    fs::remove_file(tapir::device::vtape::faults_path(&lab.image("TAP002L9"))).unwrap();
+    let again = lab.tapir_in(&lab.path("src"), ["write", "--set", "s", "small"]);
+    assert_code(&again, 3);
+    assert!(text(&again.stderr).contains("damaged in the host catalog"));
+}
+
+#[test]
+fn a_reset_at_the_final_flush_writes_the_whole_part_again_on_the_next_cartridge() {
+    let (lab, src) = lab_with_sources(4, "5M");
+    let mut tree = BTreeMap::new();
+    for i in 0..30 {
+        tree.insert(
+            format!("f{i:02}"),
+            noise(100 + i, 20_000 + i as usize * 999),
+        );
+    }
+    tree.insert("mid".to_string(), noise(99, 1_500_000));
+    for (rel, data) in &tree {
+        fs::write(src.join(rel), data).unwrap();
+    }
+    // No checkpoint before the end: the reset at the final synchronous
+    // filemark loses the whole part.
+    inject(
+        &lab,
+        "TAP001L9",
+        r#"{"lose_buffer_at_sync": 1, "lose_buffer_as_reset": true}"#,
+    );
+    let (code, w) = lab.json_in(&src, ["write", "--set", "s", "."]);
+    assert_eq!(code, 1, "{w}");
+    let parts = w["parts"].as_array().unwrap();
+    assert_eq!(cartridges_of(&w), ["TAP001L9", "TAP002L9"], "{w}");
+    assert!(
+        parts[0]["write_error"].as_str().unwrap().contains("reset"),
+        "{w}"
+    );
+    assert_eq!(parts[0]["entries"], 0, "nothing on it was durable: {w}");
+    assert_eq!(w["entries"], parts[1]["entries"], "{w}");
+
+    let whole = lab.path("whole");
+    restore_whole_set(&lab, "TAP002L9", &whole);
+    assert!(files_under(&whole) == tree);
+    // The new cartridge alone holds everything.
+    assert_eq!(
+        restores_only_true_copies(&lab, "TAP002L9", &lab.path("alone"), &tree),
+        tree.len()
+    );
+    // The catalog, rebuilt from the last cartridge alone, claims nothing on the failed one.
+    let (code, f) = lab.json(["find", "mid"]);
+    assert_eq!(code, 0, "{f}");
+    let text = f.to_string();
+    assert!(
+        text.contains("TAP002L9") && !text.contains("TAP001L9"),
+        "{f}"
+    );
+
+    // A host catalog rebuilt from the last cartridge alone knows the failed one is damaged.
+    let rebuilt = lab.path("rebuilt.db");
+    let with = |args: &[&str]| {
+        let mut v = vec!["--catalog", rebuilt.to_str().unwrap()];
+        v.extend_from_slice(args);
+        lab.json(v)
+    };
+    assert_ok(&lab.tapir(["changer", "load", "TAP002L9"]));
+    let (code, imported) = with(&["catalog", "import"]);
+    assert_eq!(code, 0, "{imported}");
+    let (_, m) = with(&["media", "show", "TAP001L9"]);
+    assert_eq!(m["state"], "damaged", "{m}");
+    let (_, f) = with(&["find", "mid"]);
+    assert!(!f.to_string().contains("TAP001L9"), "{f}");
+}
+
+#[test]
+fn a_continuation_lost_with_its_cartridge_resumes_from_the_same_offset() {
+    let (lab, src) = lab_with_sources(8, "5M");
+    let data = noise(7, 13_000_000);
+    fs::write(src.join("huge"), &data).unwrap();
+    // The second cartridge fails early, before any checkpoint: the
+    // continuation of "huge" that began it is written again on the third.
+    inject(&lab, "TAP002L9", r#"{"lose_buffer_after_blocks": 12}"#);
+    let (code, w) = lab.json_in(&src, ["write", "--set", "big", "."]);
+    assert_eq!(code, 1, "{w}");
+    let parts = w["parts"].as_array().unwrap();
+    assert!(parts[1]["write_error"].is_string(), "{w}");
+    assert_eq!(parts[1]["entries"], 0, "{w}");
+
+    let carts = cartridges_of(&w);
+    let whole = lab.path("whole");
+    restore_whole_set(&lab, carts.last().unwrap(), &whole);
+    assert!(fs::read(whole.join("huge")).unwrap() == data);
+
+    // By hand, cartridge by cartridge, skipping the failed one.
+    let by_hand = lab.path("by-hand");
+    for c in carts.iter().filter(|c| *c != "TAP002L9") {
+        assert_ok(&lab.tapir(["changer", "load", c]));
+        let r = lab.tapir(["restore", "--partials", "--to", by_hand.to_str().unwrap()]);
+        assert!([0, 1].contains(&common::code(&r)), "{}", text(&r.stdout));
+    }
+    assert!(fs::read(by_hand.join("huge")).unwrap() == data);
+}

@@ -715,6 +715,13 @@ impl Catalog {
                 block_size: v.block_size.unwrap_or(0),
                 worm: false,
             })?;
+            if let Some(error) = &v.write_error {
+                self.set_media_state(
+                    &crate::format::label::uuid_text(&v.volume_uuid),
+                    super::query::MediaState::Damaged,
+                    Some(&format!("writing failed: {error}")),
+                )?;
+            }
             volume_of.insert(v.volume_seq, v.volume_uuid);
             report.cartridges += 1;
         }

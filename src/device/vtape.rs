@@ -116,6 +116,18 @@ pub struct Faults {
     /// every record written since is lost (any torn record then follows
     /// what is left).
     pub kill_lose_unsynced: bool,
+    /// Once this drive has written this many data blocks since it was
+    /// opened, the next block, filemark or flush fails the way a drive
+    /// reports trouble with data it had already accepted: everything
+    /// written since the last sync is cut from the image (it never left
+    /// the drive's buffer) and the call fails with a deferred error, or
+    /// with a reset's unit attention when `lose_buffer_as_reset` is set.
+    /// It fires once per open.
+    pub lose_buffer_after_blocks: Option<u64>,
+    /// The same, at the n-th flush or synchronous filemark since the open
+    /// (1: the first).
+    pub lose_buffer_at_sync: Option<u64>,
+    pub lose_buffer_as_reset: bool,
 }
 
 /// Where the fault sidecar of an image lives: `<image>.faults.json`.
@@ -360,6 +372,10 @@ pub struct VirtualTape {
     read_faults_fired: u32,
     /// Data blocks written since the open (for `kill_after_blocks`).
     blocks_written: u64,
+    /// The `lose_buffer_*` fault has fired.
+    lost_buffer: bool,
+    /// Flushes and synchronous filemarks asked for since the open.
+    syncs_asked: u64,
     /// Length of the image that the last fsync made durable: the file as
     /// it was at open or at the last sync, cut to the shortest length it
     /// has had since (for `kill_lose_unsynced`).
@@ -493,6 +509,8 @@ impl VirtualTape {
             faults,
             read_faults_fired: 0,
             blocks_written: 0,
+            lost_buffer: false,
+            syncs_asked: 0,
             durable_len: file_len,
             pending_write: false,
             sim: None,
@@ -761,6 +779,42 @@ impl VirtualTape {
             .is_some_and(|n| self.blocks_written >= n)
     }
 
+    /// The `lose_buffer_*` faults: drop what was not synced (it was only
+    /// in the drive's buffer) and report it as a drive would. `sync`: this
+    /// is a flush or a synchronous filemark.
+    fn lose_buffer_fault(&mut self, sync: bool) -> DeviceResult<()> {
+        self.syncs_asked += u64::from(sync);
+        let fires = !self.lost_buffer
+            && (self
+                .faults
+                .lose_buffer_after_blocks
+                .is_some_and(|n| self.blocks_written >= n)
+                || (sync && self.faults.lose_buffer_at_sync == Some(self.syncs_asked)));
+        if !fires {
+            return Ok(());
+        }
+        self.lost_buffer = true;
+        self.pending_write = false;
+        // Records start at offsets; keep the whole ones the last sync made durable.
+        let keep = self.offsets.partition_point(|&o| o <= self.durable_len);
+        let p = keep.saturating_sub(1);
+        self.truncate_at(p)?;
+        self.pos = p;
+        let at = self.position_at(p);
+        tracing::debug!(device = %self.name, file = at.file, block = at.block, "lose-buffer fault");
+        Err(if self.faults.lose_buffer_as_reset {
+            DeviceError::UnitAttention {
+                device: self.name.clone(),
+                reason: super::sense::UnitAttention::PowerOnOrReset,
+            }
+        } else {
+            DeviceError::DeferredError {
+                device: self.name.clone(),
+                detail: "medium error: write error (injected fault; buffered blocks lost)".into(),
+            }
+        })
+    }
+
     /// Leave the image as the crash the kill fault asks for would: cut back
     /// to the durable length (`kill_lose_unsynced`), then the first half of
     /// `record`, the record being written at the position (`kill_torn`).
@@ -898,6 +952,7 @@ impl BlockWrite for VirtualTape {
                 ),
             });
         }
+        self.lose_buffer_fault(false)?;
         let p = self.pos;
         if self.faults.fail_write_at_block == Some(p as u64) {
             return Err(self.medium_error(p, "write error (injected fault)"));
@@ -948,6 +1003,7 @@ impl BlockWrite for VirtualTape {
 
     fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
         self.check_writable()?;
+        self.lose_buffer_fault(count > 0 && !immediate)?;
         self.pending_write = false;
         if count > 0 {
             if self.kill_fault_fires() {
@@ -979,10 +1035,12 @@ impl BlockWrite for VirtualTape {
     }
 
     fn flush(&mut self) -> DeviceResult<()> {
-        self.pending_write = false;
         if self.write_protected {
+            self.pending_write = false;
             return Ok(());
         }
+        self.lose_buffer_fault(true)?;
+        self.pending_write = false;
         if let Some(sim) = self.sim.as_mut() {
             sim.flush();
         }
@@ -1859,6 +1917,54 @@ mod tests {
             HEADER_LEN as u64 + 16 + 4
         );
         assert_eq!(records_of(&path), vec![Ok(b"kept".to_vec())]);
+    }
+
+    #[test]
+    fn lose_buffer_fault_drops_what_was_not_synced_and_fires_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut tape) = new_tape(&dir, MIB, 0);
+        tape.write_block(b"synced").unwrap();
+        tape.flush().unwrap();
+        tape.write_block(b"buffered").unwrap();
+        tape.set_faults(Faults {
+            lose_buffer_after_blocks: Some(3),
+            ..Faults::default()
+        });
+        tape.write_block(b"accepted").unwrap();
+        let e = tape.write_block(b"refused").unwrap_err();
+        assert!(matches!(e, DeviceError::DeferredError { .. }), "{e}");
+        assert_eq!(tape.position().unwrap().block, 1);
+        // Once only: the drive is usable again, at the end of what is durable.
+        tape.write_filemarks(1, false).unwrap();
+        drop(tape);
+        assert_eq!(records_of(&path), vec![Ok(b"synced".to_vec()), Err("FM")]);
+
+        let mut tape = VirtualTape::open(&path, "t").unwrap();
+        tape.seek_end_of_data().unwrap();
+        tape.write_block(b"x").unwrap();
+        tape.set_faults(Faults {
+            lose_buffer_at_sync: Some(2),
+            lose_buffer_as_reset: true,
+            ..Faults::default()
+        });
+        tape.flush().unwrap();
+        tape.write_block(b"y").unwrap();
+        let e = tape.write_filemarks(1, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DeviceError::UnitAttention {
+                    reason: crate::device::sense::UnitAttention::PowerOnOrReset,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        drop(tape);
+        assert_eq!(
+            records_of(&path),
+            vec![Ok(b"synced".to_vec()), Err("FM"), Ok(b"x".to_vec())]
+        );
     }
 
     #[test]

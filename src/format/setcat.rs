@@ -89,6 +89,11 @@ pub struct VolumeInfo {
     pub previous_volume: Option<[u8; 16]>,
     #[n(10)]
     pub host: Option<String>,
+    /// Writing stopped on this cartridge after this drive error
+    /// (FORMAT.md §12.5): only entries up to its last durable checkpoint
+    /// are listed for it.
+    #[n(11)]
+    pub write_error: Option<String>,
 }
 
 impl VolumeInfo {
@@ -107,6 +112,7 @@ impl VolumeInfo {
             block_size: Some(label.block_size),
             previous_volume: set.and_then(|m| m.previous_volume),
             host: Some(label.host.clone()),
+            write_error: None,
         }
     }
 }

@@ -566,6 +566,53 @@ impl SetCatalogBuilder {
         self.entries
     }
 
+    /// The sequence number the next entry added gets (entries are numbered
+    /// in the order they are added).
+    pub fn next_entry_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Forget the entries of session part `session` added at or after
+    /// sequence number `from_seq` (a cartridge failed and they are not on
+    /// it). Returns how many were dropped. Rare, so spilled runs are simply
+    /// filtered into new ones.
+    pub fn discard_entries_from(&mut self, session: u32, from_seq: u64) -> Result<u64> {
+        let doomed = |s: u32, seq: u64| s == session && seq >= from_seq;
+        let mut dropped = 0u64;
+        let mut dropped_bytes = 0u64;
+        self.mem_recs.retain(|r| {
+            let keep = !doomed(r.session, r.seq);
+            if !keep {
+                dropped += 1;
+                dropped_bytes += REC + r.body_len as u64;
+            }
+            keep
+        });
+        let mut kept_runs = Vec::with_capacity(self.runs.len());
+        for run in std::mem::take(&mut self.runs) {
+            let mut rd = RunReader::open(&run).map_err(tmp_err)?;
+            let mut w = new_run_writer().map_err(tmp_err)?;
+            let mut rec = SortRec::default();
+            let mut n = 0u64;
+            while rd.next(&mut rec).map_err(tmp_err)? {
+                if doomed(rec.session, rec.seq) {
+                    dropped += 1;
+                    dropped_bytes += REC + rec.body.len() as u64;
+                    continue;
+                }
+                write_run_rec(&mut w, &rec.path, rec.session, rec.seq, &rec.body)
+                    .map_err(tmp_err)?;
+                n += 1;
+            }
+            drop(rd);
+            kept_runs.push(close_run_writer(w, n, run.level).map_err(tmp_err)?);
+        }
+        self.runs = kept_runs;
+        self.entries -= dropped;
+        self.entry_bytes -= dropped_bytes;
+        Ok(dropped)
+    }
+
     /// Sort the entries held in memory and write them out as a run.
     fn spill(&mut self) -> std::io::Result<()> {
         if self.mem_recs.is_empty() {
@@ -1834,7 +1881,47 @@ mod tests {
             block_size: Some(65536),
             previous_volume: None,
             host: None,
+            write_error: None,
         }
+    }
+
+    #[test]
+    fn entries_of_a_failed_part_are_discarded_from_memory_and_runs() {
+        let mut b = SetCatalogBuilder::new(SET, "s".into()).unwrap();
+        b.run_bytes = 2048; // every few dozen entries spill to a run
+        let keep = b.add_session(session(1));
+        let failed = b.add_session(session(2));
+        for n in 0..300u64 {
+            b.add_entry(keep, &entry(format!("a/{n:04}").as_bytes(), n))
+                .unwrap();
+        }
+        for n in 0..100u64 {
+            b.add_entry(failed, &entry(format!("b/{n:04}").as_bytes(), n))
+                .unwrap();
+        }
+        let from = b.next_entry_seq();
+        for n in 100..250u64 {
+            b.add_entry(failed, &entry(format!("b/{n:04}").as_bytes(), n))
+                .unwrap();
+        }
+        let before = b.estimated_tape_bytes(KIB64);
+        assert!(b.spilled_runs > 1);
+        assert_eq!(b.discard_entries_from(failed, from).unwrap(), 150);
+        assert_eq!(b.entries(), 400);
+        assert!(b.estimated_tape_bytes(KIB64) < before);
+        let mut seen = Vec::new();
+        b.for_each_entry(|e| {
+            seen.push((e.session, e.entry.path.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 400);
+        assert!(seen
+            .iter()
+            .all(|(s, p)| *s == keep || p.as_slice() < b"b/0100".as_slice()));
+        // Entries added afterwards are kept.
+        b.add_entry(failed, &entry(b"b/9999", 1)).unwrap();
+        assert_eq!(b.entries(), 401);
     }
 
     /// xorshift64*: deterministic shuffles without a dependency.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::device::library::VirtualLibrary;
 use crate::device::{Changer, TapeDrive};
 use crate::format::meta::{CatalogEntry, EntryKind};
-use crate::format::setcat::{SessionInfo, VolumeInfo};
+use crate::format::setcat::{SessionInfo, VolumeInfo, SESSION_NO_END};
 
 use super::restore::{pattern_selects, RestoreInto, RestoreOptions, RestoreSummary};
 use super::volume::{map_tape, read_label, LabelState};
@@ -175,6 +175,15 @@ pub fn restore_set(
         for (s, e) in group.iter().rev().skip(1) {
             if !needs_more {
                 break;
+            }
+            // A part whose cartridge failed (no end) holds no piece of a
+            // cut entry: its piece was written again after it, and the
+            // piece before is further back (FORMAT.md §12.5).
+            while let Some(w) = want.filter(|w| w > s) {
+                match sessions.get(&w) {
+                    Some(x) if x.status == SESSION_NO_END => want = x.continues,
+                    _ => break,
+                }
             }
             if Some(*s) == want {
                 take.push((*s, e.clone()));

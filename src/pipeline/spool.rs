@@ -49,6 +49,7 @@ const TAG_FILEMARK_IMMEDIATE: u8 = 2;
 const TAG_FILEMARK_SYNC: u8 = 3;
 const TAG_FLUSH: u8 = 4;
 const TAG_NEXT_CARTRIDGE: u8 = 5;
+const TAG_CONFIRM: u8 = 6;
 
 /// Pass `input` to `output`, through spool files once spooling is on.
 pub(super) fn run_spool(
@@ -134,7 +135,8 @@ fn spool_loop(
         }
         let (path, w, size) = current.as_mut().expect("spool file open");
         let io = |e| Error::io(format!("writing spool file {}", path.display()), e);
-        let next_cartridge = matches!(m, ToDrive::NextCartridge);
+        // The producer waits for an answer to these.
+        let answer_awaited = matches!(m, ToDrive::NextCartridge | ToDrive::Confirm);
         match m {
             ToDrive::Block(b) => {
                 w.write_all(&[TAG_BLOCK]).map_err(io)?;
@@ -153,9 +155,10 @@ fn spool_loop(
             }
             ToDrive::Flush => w.write_all(&[TAG_FLUSH]).map_err(io)?,
             ToDrive::NextCartridge => w.write_all(&[TAG_NEXT_CARTRIDGE]).map_err(io)?,
+            ToDrive::Confirm => w.write_all(&[TAG_CONFIRM]).map_err(io)?,
         }
-        // The producer waits for the next cartridge: hand the chunk over now.
-        if *size >= opts.chunk_bytes || next_cartridge {
+        // The producer waits for the drive: hand the chunk over now.
+        if *size >= opts.chunk_bytes || answer_awaited {
             hand_over(&mut current, to_despool)?;
         }
         if !decided && started.elapsed() >= opts.window {
@@ -231,6 +234,7 @@ fn despool(
                 TAG_FILEMARK_SYNC => ToDrive::Filemark { immediate: false },
                 TAG_FLUSH => ToDrive::Flush,
                 TAG_NEXT_CARTRIDGE => ToDrive::NextCartridge,
+                TAG_CONFIRM => ToDrive::Confirm,
                 other => {
                     return Err(Error::io(
                         format!("spool file {}", path.display()),

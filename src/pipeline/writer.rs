@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,9 @@ use crate::format::stream::{StreamFramer, StreamIdentity};
 use crate::format::BlockKind;
 
 use super::pool::BufferPool;
+use super::replay::{Replay, ReplayLog, ReplayQueue};
 use super::setcat::SetCatalogBuilder;
-use super::source::{open_source_file, WalkItem, WalkOptions, Walker};
+use super::source::{open_source_file, SourceEntry, WalkItem, WalkOptions, Walker};
 use super::span::CartridgeSupply;
 use super::volume::{hostname, map_tape, write_label, TapeMap};
 use super::{Error, Result};
@@ -141,8 +142,11 @@ pub(super) enum ToDrive {
         immediate: bool,
     },
     Flush,
-    /// The cartridge is finished: load the next one of the set.
+    /// The cartridge is finished (or its drive failed): load the next one
+    /// of the set.
     NextCartridge,
+    /// The job is done: say whether everything sent is on the medium.
+    Confirm,
 }
 
 /// The drive a job writes with: one cartridge, or a drive whose cartridge
@@ -178,6 +182,10 @@ pub struct PartSummary {
     /// a delta on the cartridge's previous copy (FORMAT.md §13).
     pub set_catalog_entries: u64,
     pub set_catalog_delta: bool,
+    /// The drive failed under this part: what it reported. The part keeps
+    /// only what was durable; the rest was written again on the next one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
 }
 
 struct DriveStats {
@@ -234,6 +242,7 @@ fn write_job(
         .into());
     }
     let mut map = map_tape(drive)?;
+    refuse_if_catalogued_unusable(drive.name(), &map.label, opts)?;
     let new_set = prepare_set(drive, &mut map, opts)?;
     let membership = map.label.set.clone().expect("set prepared");
     let session = map.next_session();
@@ -327,7 +336,8 @@ fn write_job(
         0
     };
     let early_warning_volume = AtomicU32::new(0);
-    let (cartridge_ready, cartridges) = sync_channel::<CartridgeReady>(1);
+    let cartridge_failed = AtomicBool::new(false);
+    let (news, drive_news) = sync_channel::<DriveNews>(1);
     let ctx = ProducerContext {
         opts,
         compress_workers: workers,
@@ -340,11 +350,13 @@ fn write_job(
         set_catalog_delta,
         room,
         early_warning_volume: &early_warning_volume,
-        cartridges,
+        cartridge_failed: &cartridge_failed,
+        drive_news,
     };
     let slot_for_writer = &mut slot;
     let first_label = map.label.clone();
     let early_warning_volume = &early_warning_volume;
+    let cartridge_failed = &cartridge_failed;
     let (produced, drove, spooled, recorded) = std::thread::scope(|scope| {
         let pool = &pool;
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
@@ -406,7 +418,8 @@ fn write_job(
                 DriveWriterLinks {
                     label: first_label,
                     early_warning_volume,
-                    cartridge_ready,
+                    cartridge_failed,
+                    news,
                 },
                 from_producer,
                 pool,
@@ -509,6 +522,7 @@ fn write_job(
             continues: p.end.status == SESSION_CONTINUES,
             set_catalog_entries: p.set_catalog_entries,
             set_catalog_delta: p.set_catalog_delta,
+            write_error: p.failure.clone(),
         })
         .collect();
     Ok(WriteSummary {
@@ -556,23 +570,57 @@ fn write_job(
     })
 }
 
+/// A cartridge the host catalog marks damaged (a drive failed while
+/// writing it, FORMAT.md §12.5) or retired takes no new session. The tape
+/// alone cannot say so: its last part just looks interrupted.
+fn refuse_if_catalogued_unusable(
+    device: &str,
+    label: &VolumeLabel,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let Some(path) = &opts.catalog else {
+        return Ok(());
+    };
+    // An unreadable catalog is reported later, as a warning.
+    let Ok(cat) = Catalog::open(path) else {
+        return Ok(());
+    };
+    let uuid = crate::format::label::uuid_text(&label.volume_uuid);
+    let Ok(media) = cat.media_list(&crate::catalog::query::MediaFilter::default()) else {
+        return Ok(());
+    };
+    match media.iter().find(|m| m.brief.uuid == uuid) {
+        Some(m) if m.brief.state == "damaged" || m.brief.state == "retired" => {
+            Err(Error::Refused(format!(
+                "{device}: cartridge {} is {} in the host catalog ({}); not writing to it. Load another cartridge of the set",
+                label.label,
+                m.brief.state,
+                m.state_note.as_deref().unwrap_or("no reason recorded")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Record every part of a spanning session in the host catalog, now that
 /// all of them are on tape.
 fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Result<()> {
     use crate::catalog::ingest::{CartridgeRecord, Origin, SessionRecord};
     for part in parts.iter_mut() {
         cat.merge_cartridge(&CartridgeRecord::from_label(&part.label))?;
+        // A part whose cartridge failed has no end and no catalog on tape.
+        let failed = part.failure.is_some();
         let rec = SessionRecord {
             uuid: part.start.session_uuid,
             number: part.start.session,
             data_tape_file: part.data_file,
-            catalog_tape_file: Some(part.data_file + 1),
+            catalog_tape_file: (!failed).then_some(part.data_file + 1),
             host: Some(part.start.host.clone()),
             started: Some(part.start.started),
             sources: part.start.sources.iter().map(|b| b.to_vec()).collect(),
             tapir_version: Some(part.start.tapir_version.clone()),
-            end: Some(part.end.clone()),
-            complete: true,
+            end: (!failed).then(|| part.end.clone()),
+            complete: !failed,
             origin: Origin::Catalog,
             lost_blocks: 0,
         };
@@ -581,8 +629,14 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             .entries()
             .map_err(|e| crate::catalog::Error::Invalid(e.to_string()))?;
         cat.merge_session_stream(&part.label.volume_uuid, &rec, count, entries)?;
-        if part.end.status == SESSION_CONTINUES {
-            let uuid = crate::format::label::uuid_text(&part.label.volume_uuid);
+        let uuid = crate::format::label::uuid_text(&part.label.volume_uuid);
+        if let Some(error) = &part.failure {
+            cat.set_media_state(
+                &uuid,
+                crate::catalog::query::MediaState::Damaged,
+                Some(&format!("writing failed: {error}")),
+            )?;
+        } else if part.end.status == SESSION_CONTINUES {
             cat.set_media_state(
                 &uuid,
                 crate::catalog::query::MediaState::Full,
@@ -854,7 +908,44 @@ struct DriveWriterLinks<'a> {
     /// The loaded cartridge's label.
     label: VolumeLabel,
     early_warning_volume: &'a AtomicU32,
-    cartridge_ready: SyncSender<CartridgeReady>,
+    /// Raised when the drive reported trouble with data it had accepted
+    /// and the writer is waiting for the producer to move on.
+    cartridge_failed: &'a AtomicBool,
+    news: SyncSender<DriveNews>,
+}
+
+/// What the drive writer answers at `NextCartridge` and `Confirm`.
+pub(super) enum DriveNews {
+    /// The next cartridge is loaded (after a full or a failed one).
+    Ready(Box<CartridgeReady>),
+    /// Everything sent is on the medium.
+    Confirmed,
+}
+
+/// A cartridge whose drive reported trouble with data it had accepted
+/// (FORMAT.md §12.5).
+pub(super) struct FailedCartridge {
+    label: String,
+    error: String,
+    /// The drive's error, which ends the job if no other cartridge comes.
+    cause: Error,
+    /// Checkpoint flushes of this cartridge's part that the drive completed.
+    durable_checkpoints: usize,
+}
+
+/// Errors after which what the drive had accepted may be lost, and the
+/// session can go on, rewritten from its last durable point, on another
+/// cartridge.
+fn lost_accepted_data(e: &Error) -> bool {
+    use crate::device::DeviceError;
+    matches!(
+        e,
+        Error::Device(
+            DeviceError::DeferredError { .. }
+                | DeviceError::UnitAttention { .. }
+                | DeviceError::MediumError { .. }
+        )
+    )
 }
 
 fn drive_writer(
@@ -875,6 +966,10 @@ fn drive_writer(
         early_warning: false,
     };
     let mut streaming = false;
+    // Set while the cartridge has failed and the producer has not yet moved on.
+    let mut failed: Option<FailedCartridge> = None;
+    let mut durable_flushes = 0usize;
+    let changing = matches!(slot, DriveSlot::Changing { .. });
     let mut held: VecDeque<ToDrive> = VecDeque::new();
     let mut held_blocks = 0usize;
     let mut closed = false;
@@ -927,37 +1022,78 @@ fn drive_writer(
             ToDrive::Block(buf) => {
                 held_blocks -= 1;
                 let in_flight = progress.buffers_in_flight.fetch_sub(1, Ordering::Relaxed);
+                if failed.is_some() {
+                    pool.give(buf);
+                    continue;
+                }
                 st.fill_samples += 1;
                 st.fill_sum += in_flight as u64;
-                if slot.drive().write_block(&buf)? == WriteOutcome::EarlyWarning {
-                    st.early_warning = true;
-                    let volume = links.label.set.as_ref().map_or(0, |m| m.volume_seq);
-                    links.early_warning_volume.store(volume, Ordering::Relaxed);
+                match slot.drive().write_block(&buf) {
+                    Ok(outcome) => {
+                        if outcome == WriteOutcome::EarlyWarning {
+                            st.early_warning = true;
+                            let volume = links.label.set.as_ref().map_or(0, |m| m.volume_seq);
+                            links.early_warning_volume.store(volume, Ordering::Relaxed);
+                        }
+                        streaming = true;
+                        st.blocks += 1;
+                        st.bytes += buf.len() as u64;
+                        progress
+                            .bytes_written
+                            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed = Some(go_on_after(e.into(), changing, &links, durable_flushes)?)
+                    }
                 }
-                streaming = true;
-                st.blocks += 1;
-                st.bytes += buf.len() as u64;
-                progress
-                    .bytes_written
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 pool.give(buf);
             }
             ToDrive::Filemark { immediate } => {
-                slot.drive().write_filemarks(1, immediate)?;
+                if failed.is_none() {
+                    if let Err(e) = slot.drive().write_filemarks(1, immediate) {
+                        failed = Some(go_on_after(e.into(), changing, &links, durable_flushes)?);
+                    }
+                }
                 // A synchronous filemark stops the tape: not the buffer's fault.
                 streaming &= immediate;
             }
             ToDrive::Flush => {
-                slot.drive().flush()?;
+                if failed.is_none() {
+                    match slot.drive().flush() {
+                        Ok(()) => durable_flushes += 1,
+                        Err(e) => {
+                            failed = Some(go_on_after(e.into(), changing, &links, durable_flushes)?)
+                        }
+                    }
+                }
                 streaming = false;
             }
-            ToDrive::NextCartridge => {
-                let ready = next_cartridge(slot, &links.label)?;
+            ToDrive::Confirm if failed.is_none() => {
+                links
+                    .news
+                    .send(DriveNews::Confirmed)
+                    .map_err(|_| Error::Panic("the producer stopped".into()))?;
+            }
+            ToDrive::NextCartridge | ToDrive::Confirm => {
+                let ready = match (next_cartridge(slot, &links.label), failed.take()) {
+                    (Ok(mut r), f) => {
+                        r.failed = f;
+                        r
+                    }
+                    (Err(e), None) => return Err(e),
+                    // The drive's error is what happened; say why it ends the job.
+                    (Err(e), Some(f)) => {
+                        tracing::warn!("the session cannot go on on another cartridge: {e}");
+                        return Err(f.cause);
+                    }
+                };
+                links.cartridge_failed.store(false, Ordering::Relaxed);
+                durable_flushes = 0;
                 links.label = ready.label.clone();
                 streaming = false;
                 links
-                    .cartridge_ready
-                    .send(ready)
+                    .news
+                    .send(DriveNews::Ready(Box::new(ready)))
                     .map_err(|_| Error::Panic("the producer stopped".into()))?;
             }
         }
@@ -973,6 +1109,29 @@ fn drive_writer(
         }
     }
     Ok(st)
+}
+
+/// A failure the job can go on from (another cartridge can be loaded and
+/// the drive may have lost what it had accepted): stop writing to this
+/// cartridge and wait for the producer, who rewrites from the last durable
+/// point on the next one. Anything else ends the job.
+fn go_on_after(
+    e: Error,
+    changing: bool,
+    links: &DriveWriterLinks<'_>,
+    durable_checkpoints: usize,
+) -> Result<FailedCartridge> {
+    if !changing || !lost_accepted_data(&e) {
+        return Err(e);
+    }
+    tracing::warn!("{e}; continuing the session on the next cartridge");
+    links.cartridge_failed.store(true, Ordering::Relaxed);
+    Ok(FailedCartridge {
+        label: links.label.label.clone(),
+        error: e.to_string(),
+        cause: e,
+        durable_checkpoints,
+    })
 }
 
 /// The full cartridge (finished, durable) goes; the next one comes.
@@ -1007,6 +1166,7 @@ fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<Cartri
         room,
         previous_whereabouts,
         refused: c.refused,
+        failed: None,
     })
 }
 
@@ -1029,8 +1189,10 @@ struct ProducerContext<'a> {
     room: Option<u64>,
     /// Volume sequence number at which the drive writer last saw early warning.
     early_warning_volume: &'a AtomicU32,
-    /// New cartridges, as the drive writer loads them.
-    cartridges: Receiver<CartridgeReady>,
+    /// Raised by the drive writer when the cartridge failed (§12.5).
+    cartridge_failed: &'a AtomicBool,
+    /// The drive writer's answers: new cartridges, and the final confirmation.
+    drive_news: Receiver<DriveNews>,
 }
 
 /// One cartridge's part of the session, finished and on its way to tape.
@@ -1042,6 +1204,45 @@ pub(super) struct PartDone {
     spill: CatalogSpill,
     pub set_catalog_entries: u64,
     pub set_catalog_delta: bool,
+    /// The drive failed under this part (FORMAT.md §12.5): it has no
+    /// `SessionEnd` on tape, and lists only what was durable.
+    pub failure: Option<String>,
+    /// Kept until the drive confirms the part is on the medium.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// What a part needs to be rolled back and written again, kept until the
+/// drive confirms it is on the medium.
+struct Unconfirmed {
+    replay: ReplayLog,
+    marks: Vec<Mark>,
+    set_index: u32,
+}
+
+/// Where a part stood at a point it may be rolled back to: its start, or
+/// a checkpoint whose flush the drive completes (FORMAT.md §12.5).
+#[derive(Debug, Clone)]
+struct Mark {
+    replay_at: u64,
+    spill: SpillMark,
+    set_seq: u64,
+    part_entries: u64,
+    part_stored: u64,
+    entries: u64,
+    files: u64,
+    dirs: u64,
+    bytes_stored: u64,
+    warnings: usize,
+}
+
+/// What became of an entry the producer was given.
+enum ItemOutcome {
+    Done,
+    /// Its cartridge failed before it was finished; `logged`: it is in the
+    /// failed part's rewrite log, so it is written again from there.
+    Abandoned {
+        logged: bool,
+    },
 }
 
 struct Produced {
@@ -1066,6 +1267,8 @@ pub(super) struct CartridgeReady {
     /// Where the full cartridge went.
     previous_whereabouts: Option<String>,
     refused: Vec<String>,
+    /// The previous cartridge failed rather than filled.
+    failed: Option<FailedCartridge>,
 }
 
 /// Sends sealed blocks to the drive and takes empty ones from the pool.
@@ -1105,6 +1308,16 @@ struct CatalogSpill {
     count: u64,
     /// Record bytes the entries take in a catalog stream.
     bytes: u64,
+    /// Bytes of the spill file.
+    len: u64,
+}
+
+/// How far a spill had got, to cut it back there.
+#[derive(Debug, Clone, Copy)]
+struct SpillMark {
+    count: u64,
+    bytes: u64,
+    len: u64,
 }
 
 impl CatalogSpill {
@@ -1115,7 +1328,30 @@ impl CatalogSpill {
             out: BufWriter::new(f),
             count: 0,
             bytes: 0,
+            len: 0,
         })
+    }
+    fn mark(&self) -> SpillMark {
+        SpillMark {
+            count: self.count,
+            bytes: self.bytes,
+            len: self.len,
+        }
+    }
+    /// Forget the entries pushed after `m`.
+    fn truncate(&mut self, m: SpillMark) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let cut = |e| Error::io("cutting back the catalog spill file", e);
+        self.out.flush().map_err(cut)?;
+        self.out.get_ref().set_len(m.len).map_err(cut)?;
+        self.out
+            .get_mut()
+            .seek(SeekFrom::Start(m.len))
+            .map_err(cut)?;
+        self.count = m.count;
+        self.bytes = m.bytes;
+        self.len = m.len;
+        Ok(())
     }
     fn push_encoded(&mut self, body: &[u8]) -> Result<()> {
         self.out
@@ -1124,6 +1360,7 @@ impl CatalogSpill {
             .map_err(|e| Error::io("writing the catalog spill file", e))?;
         self.count += 1;
         self.bytes += body.len() as u64 + crate::format::record::RECORD_HEADER_LEN as u64;
+        self.len += 4 + body.len() as u64;
         Ok(())
     }
     /// Read every entry body back, in order (the spill stays usable).
@@ -1278,6 +1515,10 @@ struct Part {
     room: Option<u64>,
     /// Something was written after `SessionStart`: only then may the part be cut.
     progressed: bool,
+    /// Every entry begun in this part, to write again if the drive fails.
+    replay: ReplayLog,
+    /// The part's start, then each checkpoint.
+    marks: Vec<Mark>,
 }
 
 /// Room kept free at the end of a cartridge beyond the estimated catalogs,
@@ -1298,6 +1539,14 @@ struct Producer<'a, 'p> {
     /// Reused encoding buffers (one allocation, not one per entry).
     scratch: Vec<u8>,
     scratch_entry: Vec<u8>,
+    /// Entries to write again after a cartridge failed, before the walk
+    /// goes on; and the stretch a failure just produced, to queue.
+    replay: ReplayQueue,
+    pending_replay: Option<Replay>,
+    since_checkpoint_bytes: u64,
+    last_checkpoint: Instant,
+    /// Files left out as unreadable: later hard links to them are left out too.
+    left_out: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Producer<'_, '_> {
@@ -1370,9 +1619,159 @@ impl Producer<'_, '_> {
             stored: 0,
             room,
             progressed: false,
+            replay: ReplayLog::new()?,
+            marks: Vec::new(),
         });
+        let m = self.mark();
+        self.part().marks.push(m);
         self.push(RecordType::SessionStart, &[&to_cbor(&start)])?;
         Ok(())
+    }
+
+    /// Where the open part stands now.
+    fn mark(&self) -> Mark {
+        let part = self.part.as_ref().expect("a part is open");
+        Mark {
+            replay_at: part.replay.len(),
+            spill: part.spill.mark(),
+            set_seq: self.ctx.set_catalog.next_entry_seq(),
+            part_entries: part.entries,
+            part_stored: part.stored,
+            entries: self.p.entries,
+            files: self.p.files,
+            dirs: self.p.dirs,
+            bytes_stored: self.p.bytes_stored,
+            warnings: self.p.warnings.len(),
+        }
+    }
+
+    /// Send `msg` and wait for the drive writer's answer.
+    fn ask_drive(&mut self, msg: ToDrive) -> Result<DriveNews> {
+        self.chan.send(msg)?;
+        self.ctx
+            .drive_news
+            .recv()
+            .map_err(|_| Error::Panic("the drive writer stopped".into()))
+    }
+
+    /// The drive has everything so far on the medium: nothing before can
+    /// need writing again.
+    fn confirmed(&mut self) {
+        for p in &mut self.p.parts {
+            p.unconfirmed = None;
+        }
+    }
+
+    /// The drive failed under the open part (it raised the flag): move on
+    /// to the next cartridge, and queue what must be written again.
+    fn abandon_open_part(&mut self) -> Result<()> {
+        let part = self.part.take().expect("a part is open");
+        self.chan.pool.give(part.framer.finish());
+        while let Some((_, r)) = self.content.inflight.pop_front() {
+            if let Ok(c) = r.recv() {
+                self.content.spare.push(c.raw);
+            }
+        }
+        let DriveNews::Ready(ready) = self.ask_drive(ToDrive::NextCartridge)? else {
+            return Err(Error::Panic(
+                "the drive writer confirmed a part that was not closed".into(),
+            ));
+        };
+        let done = PartDone {
+            end: SessionEnd {
+                entries: part.entries,
+                stored_bytes: part.stored,
+                ended: Timestamp::now(),
+                warnings: self.p.warnings.len() as u64,
+                status: SESSION_CONTINUES,
+                skipped: self.p.skipped,
+            },
+            label: part.label,
+            start: part.start,
+            data_file: part.data_file,
+            spill: part.spill,
+            set_catalog_entries: 0,
+            set_catalog_delta: false,
+            failure: None,
+            unconfirmed: Some(Unconfirmed {
+                replay: part.replay,
+                marks: part.marks,
+                set_index: part.set_index,
+            }),
+        };
+        self.recover(done, *ready)
+    }
+
+    /// `failed_part`'s cartridge failed and `ready` is loaded: keep of the
+    /// part only what was durable, continue the session on `ready`, and
+    /// leave the rest to be written again (FORMAT.md §12.5).
+    fn recover(&mut self, mut failed_part: PartDone, mut ready: CartridgeReady) -> Result<()> {
+        let failed = ready.failed.take().ok_or_else(|| {
+            Error::Panic("the drive writer moved on without a failed cartridge".into())
+        })?;
+        let un = failed_part
+            .unconfirmed
+            .take()
+            .expect("a part is kept until it is confirmed");
+        let mark = un.marks[failed.durable_checkpoints.min(un.marks.len() - 1)].clone();
+        failed_part.spill.truncate(mark.spill)?;
+        self.ctx
+            .set_catalog
+            .discard_entries_from(un.set_index, mark.set_seq)?;
+        self.p.entries = mark.entries;
+        self.p.files = mark.files;
+        self.p.dirs = mark.dirs;
+        self.p.bytes_stored = mark.bytes_stored;
+        self.p.warnings.truncate(mark.warnings);
+        if let Some(s) = self.ctx.set_catalog.session_mut(un.set_index) {
+            s.ended = None;
+            s.status = SESSION_NO_END;
+            s.entries = mark.part_entries;
+        }
+        let label = &failed_part.label;
+        let known = self
+            .ctx
+            .set_catalog
+            .volumes()
+            .iter()
+            .find(|v| v.volume_uuid == label.volume_uuid)
+            .cloned();
+        self.ctx.set_catalog.upsert_volume(VolumeInfo {
+            full: true,
+            write_error: Some(failed.error.clone()),
+            ..known.unwrap_or_else(|| VolumeInfo::of_label(label))
+        });
+        self.p.warnings.push(format!(
+            "cartridge {}: {}. Writing stopped there: its {} entries up to its last durable \
+             checkpoint are kept, and everything after them is written again on {}",
+            failed.label, failed.error, mark.part_entries, ready.label.label
+        ));
+        failed_part.end.entries = mark.part_entries;
+        failed_part.end.stored_bytes = mark.part_stored;
+        failed_part.end.status = SESSION_CONTINUES;
+        failed_part.set_catalog_entries = 0;
+        failed_part.set_catalog_delta = false;
+        failed_part.failure = Some(failed.error);
+        let previous = (
+            failed_part.label.clone(),
+            un.set_index,
+            failed_part.start.clone(),
+        );
+        self.p.parts.push(failed_part);
+        self.ctx.set_catalog_delta = None;
+        self.pending_replay = Some(un.replay.replay_from(mark.replay_at)?);
+        self.begin_next_part(previous, ready)
+    }
+
+    /// Queue what a failure left to write again, after `current` (the
+    /// entry that was about to be written, if it was not logged yet).
+    fn requeue(&mut self, current: Option<SourceEntry>) {
+        if let Some(c) = current {
+            self.replay.push_front(Replay::One(Some(Box::new(c))));
+        }
+        if let Some(r) = self.pending_replay.take() {
+            self.replay.push_front(r);
+        }
     }
 
     /// Must the current part end before `upcoming` more record bytes? At
@@ -1553,15 +1952,26 @@ impl Producer<'_, '_> {
             spill: part.spill,
             set_catalog_entries: written.entries,
             set_catalog_delta: delta.is_some(),
+            failure: None,
+            unconfirmed: Some(Unconfirmed {
+                replay: part.replay,
+                marks: part.marks,
+                set_index: part.set_index,
+            }),
         });
         Ok(summary)
     }
 
     /// The cartridge is full: close this part (cutting `cut_entry` at
     /// `offset` if one is being written) and continue the session on the
-    /// next cartridge.
-    fn continue_on_next_cartridge(&mut self, cut_entry: Option<(&Entry, u64, u64)>) -> Result<()> {
-        if let Some((entry, _offset, stored_in_part)) = cut_entry {
+    /// next cartridge. False: the closed part's cartridge failed instead,
+    /// and what it held after its last durable point (the cut entry too)
+    /// is queued to be written again.
+    fn continue_on_next_cartridge(
+        &mut self,
+        cut_entry: Option<(&Entry, &Path, u64, u64)>,
+    ) -> Result<bool> {
+        if let Some((entry, _, _offset, stored_in_part)) = cut_entry {
             let end = EntryEnd {
                 blake3: None,
                 stored_bytes: stored_in_part,
@@ -1574,10 +1984,11 @@ impl Producer<'_, '_> {
             self.list_entry(listed)?;
         }
         let previous = self.part.as_ref().expect("a part is open");
-        let previous_label = previous.label.clone();
-        let previous_index = previous.set_index;
-        let previous_start = previous.start.clone();
-        let part_number = previous_start.continues.as_ref().map_or(1, |l| l.part) + 1;
+        let previous = (
+            previous.label.clone(),
+            previous.set_index,
+            previous.start.clone(),
+        );
         if let Some(tx) = &self.ctx.to_catalog {
             if self.p.parts.is_empty() && !self.catalog_batch.is_empty() {
                 let _ = tx.send(std::mem::take(&mut self.catalog_batch));
@@ -1586,12 +1997,39 @@ impl Producer<'_, '_> {
         self.close_part(SESSION_CONTINUES)?;
         // Copies on the next cartridge are whole: nothing there to extend.
         self.ctx.set_catalog_delta = None;
-        self.chan.send(ToDrive::NextCartridge)?;
-        let ready = self
-            .ctx
-            .cartridges
-            .recv()
-            .map_err(|_| Error::Panic("the drive writer stopped".into()))?;
+        let DriveNews::Ready(ready) = self.ask_drive(ToDrive::NextCartridge)? else {
+            return Err(Error::Panic(
+                "the drive writer did not load the next cartridge".into(),
+            ));
+        };
+        if ready.failed.is_some() {
+            let done = self.p.parts.pop().expect("the part just closed");
+            self.recover(done, *ready)?;
+            return Ok(false);
+        }
+        self.confirmed();
+        self.begin_next_part(previous, *ready)?;
+        if let Some((entry, abs_path, offset, _)) = cut_entry {
+            let mut again = entry.clone();
+            again.continued_from = Some(offset);
+            let again = to_cbor(&again);
+            self.part().replay.push(abs_path, &again)?;
+            self.current_position = self.push(RecordType::Entry, &[&again])?;
+            self.current_continued_from = Some(offset);
+        }
+        Ok(true)
+    }
+
+    /// Open the part that continues the session on the cartridge `ready`
+    /// brought, after the part `previous` (its label, set catalog index
+    /// and start).
+    fn begin_next_part(
+        &mut self,
+        previous: (VolumeLabel, u32, SessionStart),
+        ready: CartridgeReady,
+    ) -> Result<()> {
+        let (previous_label, previous_index, previous_start) = previous;
+        let part_number = previous_start.continues.as_ref().map_or(1, |l| l.part) + 1;
         for r in &ready.refused {
             self.p
                 .warnings
@@ -1647,12 +2085,6 @@ impl Producer<'_, '_> {
             ready.room,
             Some(previous_index),
         )?;
-        if let Some((entry, offset, _)) = cut_entry {
-            let mut again = entry.clone();
-            again.continued_from = Some(offset);
-            self.current_position = self.push(RecordType::Entry, &[&to_cbor(&again)])?;
-            self.current_continued_from = Some(offset);
-        }
         Ok(())
     }
 }
@@ -1669,7 +2101,6 @@ fn produce(
         pool,
         cartridge_bytes: std::cell::Cell::new(0),
     };
-    let progress = ctx.progress;
     let content = ContentWriter {
         max_inflight: ctx.compress_workers * COMPRESS_DEPTH_PER_WORKER,
         compress: compress_jobs,
@@ -1709,164 +2140,223 @@ fn produce(
         current_continued_from: None,
         scratch: Vec::new(),
         scratch_entry: Vec::new(),
+        replay: ReplayQueue::default(),
+        pending_replay: None,
+        since_checkpoint_bytes: 0,
+        last_checkpoint: Instant::now(),
+        left_out: std::collections::HashSet::new(),
     };
     pr.open_part(label, start, data_file, room, None)?;
-
-    let mut since_checkpoint_bytes = 0u64;
-    let mut last_checkpoint = Instant::now();
-    // Files left out as unreadable: later hard links to them are left out too.
-    let mut left_out: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-
-    for item in walked.into_iter().flatten() {
-        if pr.content.interrupted() {
-            pr.p.interrupted = true;
-            break;
-        }
-        let src = match item {
-            WalkItem::Entry(e) => e,
-            WalkItem::Skipped { .. } => {
-                pr.p.skipped += 1;
+    let mut walked = walked.into_iter().flatten();
+    // Until the drive confirms the last part is on the medium.
+    loop {
+        loop {
+            if pr.content.interrupted() {
+                pr.p.interrupted = true;
+                break;
+            }
+            if pr.ctx.cartridge_failed.load(Ordering::Relaxed) {
+                pr.abandon_open_part()?;
+                pr.requeue(None);
                 continue;
             }
-            WalkItem::Warning { path, message } => {
-                tracing::warn!("{}: {message}", path.display());
-                pr.p.warnings.push(format!("{}: {message}", path.display()));
-                continue;
-            }
-        };
-        let entry = src.entry;
-        let kind = entry.kind().expect("the walker makes known kinds");
-        if let Ok(mut cur) = progress.current.lock() {
-            cur.clear();
-            cur.push_str(&String::from_utf8_lossy(&entry.path));
-        }
-        // Open before announcing the entry, so an unreadable file is a
-        // warning rather than a damaged entry on tape.
-        let file = if kind == EntryKind::File {
-            match src.file.map_or_else(|| open_source_file(&src.abs_path), Ok) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
-                    tracing::warn!("{w}");
-                    pr.p.warnings.push(w);
-                    left_out.insert(entry.path.clone());
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        if kind == EntryKind::HardLink
-            && entry
-                .link_target
-                .as_ref()
-                .is_some_and(|t| left_out.contains(t))
-        {
-            let w = format!(
-                "{}: hard link to a file that could not be read, not archived",
-                src.abs_path.display()
-            );
-            pr.p.warnings.push(w);
-            continue;
-        }
-        let mut entry_cbor = std::mem::take(&mut pr.scratch_entry);
-        to_cbor_into(&entry, &mut entry_cbor);
-        // An entry, its catalog records and end record, and its first
-        // chunk: a file is not begun on a cartridge that cannot take any of it.
-        let first_chunk = if file.is_some() {
-            entry.size.min(DATA_CHUNK_LEN as u64)
-        } else {
-            0
-        };
-        if pr.must_cut(2 * entry_cbor.len() as u64 + 256 + first_chunk) {
-            pr.continue_on_next_cartridge(None)?;
-        }
-        pr.current_position = pr.push(RecordType::Entry, &[&entry_cbor])?;
-        pr.scratch_entry = entry_cbor;
-        pr.current_continued_from = None;
-        pr.part().progressed = true;
-        let end = match &file {
-            Some(f) => write_content(f, &entry, &mut pr)?,
-            None => EntryEnd {
-                blake3: None,
-                stored_bytes: 0,
-                status: END_COMPLETE,
-            },
-        };
-        if end.status == END_INTERRUPTED {
-            pr.p.interrupted = true;
-            pr.p.warnings.push(format!(
-                "{}: interrupted while being written; archived content is incomplete",
-                src.abs_path.display()
-            ));
-        } else if end.status != END_COMPLETE {
-            let w = format!(
-                "{}: {}",
-                src.abs_path.display(),
-                if end.status == END_SOURCE_CHANGED {
-                    "changed while being read; archived as read"
-                } else {
-                    "read error; archived content is incomplete"
-                }
-            );
-            tracing::warn!("{w}");
-            pr.p.warnings.push(w);
-        }
-        let mut end_cbor = std::mem::take(&mut pr.scratch);
-        to_cbor_into(&end, &mut end_cbor);
-        pr.push(RecordType::EntryEnd, &[&end_cbor])?;
-        pr.scratch = end_cbor;
-        let mut listed = super::list::catalog_entry_of(&entry, pr.current_position);
-        listed.continued_from = pr.current_continued_from;
-        listed.blake3 = end.blake3;
-        listed.status = end.status;
-        pr.list_entry(listed)?;
-        pr.p.entries += 1;
-        match kind {
-            EntryKind::File => pr.p.files += 1,
-            EntryKind::Dir => pr.p.dirs += 1,
-            _ => {}
-        }
-        progress.files_done.fetch_add(1, Ordering::Relaxed);
-        since_checkpoint_bytes += end.stored_bytes;
-        if since_checkpoint_bytes >= pr.ctx.opts.checkpoint_bytes
-            || last_checkpoint.elapsed() >= pr.ctx.opts.checkpoint_interval
-        {
-            let cp = Checkpoint {
-                entries: pr.part().entries,
-                bytes: pr.part().stored,
-                at: Timestamp::now(),
+            let mut src = match pr.replay.next()? {
+                Some(e) => e,
+                None => match walked.next() {
+                    None => break,
+                    Some(WalkItem::Entry(e)) => e,
+                    Some(WalkItem::Skipped { .. }) => {
+                        pr.p.skipped += 1;
+                        continue;
+                    }
+                    Some(WalkItem::Warning { path, message }) => {
+                        tracing::warn!("{}: {message}", path.display());
+                        pr.p.warnings.push(format!("{}: {message}", path.display()));
+                        continue;
+                    }
+                },
             };
-            pr.push(RecordType::Checkpoint, &[&to_cbor(&cp)])?;
-            pr.seal_early()?;
-            pr.chan.send(ToDrive::Flush)?;
-            pr.p.checkpoints += 1;
-            since_checkpoint_bytes = 0;
-            last_checkpoint = Instant::now();
+            match write_item(&mut pr, &mut src)? {
+                ItemOutcome::Done => {}
+                ItemOutcome::Abandoned { logged } => pr.requeue((!logged).then_some(src)),
+            }
         }
-    }
 
-    if let Some(tx) = &pr.ctx.to_catalog {
-        if pr.p.parts.is_empty() && !pr.catalog_batch.is_empty() {
-            let _ = tx.send(std::mem::take(&mut pr.catalog_batch));
+        if let Some(tx) = &pr.ctx.to_catalog {
+            if pr.p.parts.is_empty() && !pr.catalog_batch.is_empty() {
+                let _ = tx.send(std::mem::take(&mut pr.catalog_batch));
+            }
+        }
+        let status = if pr.p.interrupted {
+            SESSION_INTERRUPTED
+        } else if pr.p.warnings.is_empty() {
+            SESSION_OK
+        } else {
+            SESSION_WITH_WARNINGS
+        };
+        let summary = pr.close_part(status)?;
+        match pr.ask_drive(ToDrive::Confirm)? {
+            DriveNews::Confirmed => {
+                pr.confirmed();
+                pr.p.summary = Some(summary);
+                return Ok(pr.p);
+            }
+            DriveNews::Ready(ready) => {
+                let done = pr.p.parts.pop().expect("the part just closed");
+                pr.recover(done, *ready)?;
+                pr.requeue(None);
+            }
         }
     }
-    let status = if pr.p.interrupted {
-        SESSION_INTERRUPTED
-    } else if pr.p.warnings.is_empty() {
-        SESSION_OK
+}
+
+/// Write one walked (or rewritten) entry into the open part.
+fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOutcome> {
+    let progress = pr.ctx.progress;
+    let entry = &src.entry;
+    let kind = entry.kind().expect("the walker makes known kinds");
+    if let Ok(mut cur) = progress.current.lock() {
+        cur.clear();
+        cur.push_str(&String::from_utf8_lossy(&entry.path));
+    }
+    // Open before announcing the entry, so an unreadable file is a
+    // warning rather than a damaged entry on tape.
+    let file = if kind == EntryKind::File {
+        match src
+            .file
+            .take()
+            .map_or_else(|| open_source_file(&src.abs_path), Ok)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let w = format!("{}: cannot read, not archived: {e}", src.abs_path.display());
+                tracing::warn!("{w}");
+                pr.p.warnings.push(w);
+                pr.left_out.insert(entry.path.clone());
+                return Ok(ItemOutcome::Done);
+            }
+        }
     } else {
-        SESSION_WITH_WARNINGS
+        None
     };
-    let summary = pr.close_part(status)?;
-    pr.p.summary = Some(summary);
-    Ok(pr.p)
+    if kind == EntryKind::HardLink
+        && entry
+            .link_target
+            .as_ref()
+            .is_some_and(|t| pr.left_out.contains(t))
+    {
+        let w = format!(
+            "{}: hard link to a file that could not be read, not archived",
+            src.abs_path.display()
+        );
+        pr.p.warnings.push(w);
+        return Ok(ItemOutcome::Done);
+    }
+    let mut entry_cbor = std::mem::take(&mut pr.scratch_entry);
+    to_cbor_into(entry, &mut entry_cbor);
+    // An entry, its catalog records and end record, and its first
+    // chunk: a file is not begun on a cartridge that cannot take any of it.
+    let first_chunk = if file.is_some() {
+        entry.size.min(DATA_CHUNK_LEN as u64)
+    } else {
+        0
+    };
+    if pr.must_cut(2 * entry_cbor.len() as u64 + 256 + first_chunk)
+        && !pr.continue_on_next_cartridge(None)?
+    {
+        pr.scratch_entry = entry_cbor;
+        src.file = file;
+        return Ok(ItemOutcome::Abandoned { logged: false });
+    }
+    pr.part().replay.push(&src.abs_path, &entry_cbor)?;
+    pr.current_position = pr.push(RecordType::Entry, &[&entry_cbor])?;
+    pr.scratch_entry = entry_cbor;
+    // A continuation written again after a failed cartridge resumes where
+    // the durable part of it ends.
+    pr.current_continued_from = entry.continued_from;
+    pr.part().progressed = true;
+    let end = match &file {
+        Some(f) => match write_content(f, entry, &src.abs_path, pr)? {
+            Some(end) => end,
+            None => return Ok(ItemOutcome::Abandoned { logged: true }),
+        },
+        None => EntryEnd {
+            blake3: None,
+            stored_bytes: 0,
+            status: END_COMPLETE,
+        },
+    };
+    if end.status == END_INTERRUPTED {
+        pr.p.interrupted = true;
+        pr.p.warnings.push(format!(
+            "{}: interrupted while being written; archived content is incomplete",
+            src.abs_path.display()
+        ));
+    } else if end.status != END_COMPLETE {
+        let w = format!(
+            "{}: {}",
+            src.abs_path.display(),
+            if end.status == END_SOURCE_CHANGED {
+                "changed while being read; archived as read"
+            } else {
+                "read error; archived content is incomplete"
+            }
+        );
+        tracing::warn!("{w}");
+        pr.p.warnings.push(w);
+    }
+    let mut end_cbor = std::mem::take(&mut pr.scratch);
+    to_cbor_into(&end, &mut end_cbor);
+    pr.push(RecordType::EntryEnd, &[&end_cbor])?;
+    pr.scratch = end_cbor;
+    let mut listed = super::list::catalog_entry_of(entry, pr.current_position);
+    listed.continued_from = pr.current_continued_from;
+    listed.blake3 = end.blake3;
+    listed.status = end.status;
+    pr.list_entry(listed)?;
+    pr.p.entries += 1;
+    match kind {
+        EntryKind::File => pr.p.files += 1,
+        EntryKind::Dir => pr.p.dirs += 1,
+        _ => {}
+    }
+    progress.files_done.fetch_add(1, Ordering::Relaxed);
+    pr.since_checkpoint_bytes += end.stored_bytes;
+    if pr.since_checkpoint_bytes >= pr.ctx.opts.checkpoint_bytes
+        || pr.last_checkpoint.elapsed() >= pr.ctx.opts.checkpoint_interval
+    {
+        let cp = Checkpoint {
+            entries: pr.part().entries,
+            bytes: pr.part().stored,
+            at: Timestamp::now(),
+        };
+        pr.push(RecordType::Checkpoint, &[&to_cbor(&cp)])?;
+        pr.seal_early()?;
+        pr.chan.send(ToDrive::Flush)?;
+        // Once the drive has done this flush, the part may be rolled back
+        // no further than here.
+        let m = pr.mark();
+        pr.part().marks.push(m);
+        pr.p.checkpoints += 1;
+        pr.since_checkpoint_bytes = 0;
+        pr.last_checkpoint = Instant::now();
+    }
+    Ok(ItemOutcome::Done)
 }
 
 /// Read a file's content (data extents only for sparse files), hash it with
 /// holes as zeros, and frame it as `Data` records. When the cartridge fills
 /// on the way, the entry is cut there and continues on the next cartridge.
-fn write_content(file: &File, entry: &Entry, pr: &mut Producer<'_, '_>) -> Result<EntryEnd> {
+/// None: the cartridge failed on the way; the entry is written again.
+fn write_content(
+    file: &File,
+    entry: &Entry,
+    abs_path: &Path,
+    pr: &mut Producer<'_, '_>,
+) -> Result<Option<EntryEnd>> {
+    // Content before this offset is durable on an earlier cartridge: it is
+    // read for the hash only.
+    let resume_at = entry.continued_from.unwrap_or(0);
     let mut hasher = blake3::Hasher::new();
     let mut hashed_to = 0u64;
     // Content stored in the current part.
@@ -1884,12 +2374,20 @@ fn write_content(file: &File, entry: &Entry, pr: &mut Producer<'_, '_>) -> Resul
                 status = END_INTERRUPTED;
                 break 'extents;
             }
+            if pr.ctx.cartridge_failed.load(Ordering::Relaxed) {
+                discard_inflight(&mut pr.content);
+                return Ok(None);
+            }
             let want = ((end - off) as usize).min(DATA_CHUNK_LEN);
-            if pr.must_cut((want + pr.content.inflight.len() * DATA_CHUNK_LEN) as u64 + 64) {
+            if off >= resume_at
+                && pr.must_cut((want + pr.content.inflight.len() * DATA_CHUNK_LEN) as u64 + 64)
+            {
                 while !pr.content.inflight.is_empty() {
                     frame_compressed(pr)?;
                 }
-                pr.continue_on_next_cartridge(Some((entry, off, stored)))?;
+                if !pr.continue_on_next_cartridge(Some((entry, abs_path, off, stored)))? {
+                    return Ok(None);
+                }
                 stored = 0;
             }
             let mut buf = match pr.content.compress {
@@ -1926,24 +2424,34 @@ fn write_content(file: &File, entry: &Entry, pr: &mut Producer<'_, '_>) -> Resul
                 .progress
                 .bytes_read
                 .fetch_add(got as u64, Ordering::Relaxed);
-            stored += got as u64;
-            match &pr.content.compress {
-                Some(jobs) => {
-                    let (reply, result) = sync_channel(1);
-                    jobs.send(CompressJob { raw: buf, reply })
-                        .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
-                    pr.content.inflight.push_back((off, result));
-                    while pr.content.inflight.len() > pr.content.max_inflight {
-                        frame_compressed(pr)?;
+            let chunk_end = off + got as u64;
+            let short = got < want;
+            if chunk_end > resume_at {
+                if off < resume_at {
+                    buf.drain(..(resume_at - off) as usize);
+                    off = resume_at;
+                }
+                stored += buf.len() as u64;
+                match &pr.content.compress {
+                    Some(jobs) => {
+                        let (reply, result) = sync_channel(1);
+                        jobs.send(CompressJob { raw: buf, reply })
+                            .map_err(|_| Error::Panic("a compression worker stopped".into()))?;
+                        pr.content.inflight.push_back((off, result));
+                        while pr.content.inflight.len() > pr.content.max_inflight {
+                            frame_compressed(pr)?;
+                        }
+                    }
+                    None => {
+                        frame_chunk(pr, off, &buf, Codec::Stored, &buf)?;
+                        pr.content.chunk = buf;
                     }
                 }
-                None => {
-                    frame_chunk(pr, off, &buf, Codec::Stored, &buf)?;
-                    pr.content.chunk = buf;
-                }
+            } else {
+                give_back(&mut pr.content, buf);
             }
-            off += got as u64;
-            if got < want {
+            off = chunk_end;
+            if short {
                 status = END_SOURCE_CHANGED;
                 break 'extents;
             }
@@ -1955,11 +2463,20 @@ fn write_content(file: &File, entry: &Entry, pr: &mut Producer<'_, '_>) -> Resul
     if status == END_COMPLETE {
         super::hash_zeros(&mut hasher, entry.size - hashed_to.min(entry.size));
     }
-    Ok(EntryEnd {
+    Ok(Some(EntryEnd {
         blake3: Some(*hasher.finalize().as_bytes()),
         stored_bytes: stored,
         status,
-    })
+    }))
+}
+
+/// Wait out the chunks sent for compression and keep their buffers.
+fn discard_inflight(cw: &mut ContentWriter) {
+    while let Some((_, r)) = cw.inflight.pop_front() {
+        if let Ok(c) = r.recv() {
+            cw.spare.push(c.raw);
+        }
+    }
 }
 
 fn give_back(cw: &mut ContentWriter, buf: Vec<u8>) {
