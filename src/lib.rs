@@ -5,6 +5,7 @@
 //! and the thin `cli` in the binary's `src/cli/`.
 
 pub mod catalog;
+pub mod config;
 pub mod device;
 pub mod exit;
 pub mod format;

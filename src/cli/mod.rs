@@ -2,6 +2,7 @@
 //! library, and prints; `anyhow` is used only here, at the edge.
 
 mod catalog;
+mod jobs;
 mod output;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ struct Cli {
     /// LTO-9 cartridge's first-load calibration takes 40 minutes to 2 hours).
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
     wait_ready: u64,
+    /// The configuration file (default /etc/tapir/tapir.toml).
+    #[arg(long, global = true, env = "TAPIR_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -170,6 +174,9 @@ enum Command {
     },
     #[command(flatten)]
     Catalog(catalog::CatalogCommand),
+    /// Run a job of the configuration: choose the cartridge (with the
+    /// reason), then load, write, verify and export.
+    Run(jobs::RunArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,31 +265,7 @@ enum Compress {
 }
 
 /// Parse sizes like 4096, 256K, 1M, 4G, 2T (powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 1u64),
-        Some((i, _)) => {
-            let unit = t[i..]
-                .trim_end_matches(['B', 'b', 'i'])
-                .to_ascii_uppercase();
-            let m = match unit.as_str() {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                "T" => 1 << 40,
-                _ => return Err(format!("unknown size unit in {s:?}; use K, M, G or T")),
-            };
-            (&t[..i], m)
-        }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 256K, 4G)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+use tapir::config::parse_size;
 
 /// Parse rates like 400M or 1.5G (decimal units, bytes per second).
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -724,6 +707,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             output::restored(cli.json, &summary);
             Ok(summary.exit_status())
         }
+        Command::Run(args) => jobs::run(
+            args,
+            cli.config.as_deref(),
+            cli.catalog.as_deref(),
+            cli.json,
+        ),
         Command::Catalog(c) => catalog::run(
             c,
             &catalog::Globals {

@@ -2,6 +2,8 @@
 //! returning a verdict with its reason. No I/O here, so every rule is
 //! testable and a dry run costs nothing.
 
+pub mod plan;
+
 /// What is on a cartridge offered to continue a set, as read from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offered {

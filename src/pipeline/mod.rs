@@ -3,6 +3,7 @@
 
 pub mod assemble;
 pub mod glob;
+pub mod job;
 pub mod list;
 pub mod pool;
 pub mod reader;
@@ -50,6 +51,10 @@ pub enum Error {
     },
     #[error("a pipeline thread panicked: {0}")]
     Panic(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
 }
 
 impl Error {
@@ -69,7 +74,8 @@ impl Error {
             Error::Device(_) => ExitStatus::DeviceError,
             Error::Format { .. } => ExitStatus::DataDamage,
             Error::Refused(_) => ExitStatus::Refused,
-            Error::Usage(_) => ExitStatus::Usage,
+            Error::Usage(_) | Error::Config(_) => ExitStatus::Usage,
+            Error::Catalog(_) => ExitStatus::DeviceError,
             Error::Target(_) | Error::Io { .. } | Error::Panic(_) => ExitStatus::DeviceError,
         }
     }

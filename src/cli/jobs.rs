@@ -1,0 +1,162 @@
+//! `tapir run JOB`: scheduled jobs from the configuration file.
+
+use std::path::PathBuf;
+
+use tapir::config::Config;
+use tapir::exit::ExitStatus;
+use tapir::media::plan::Action;
+use tapir::pipeline::job::{self, RunPlan};
+use tapir::pipeline::Error;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The job's name in the configuration.
+    job: String,
+    /// Print the plan (which cartridge, and why) and do nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Plan as if it were this time (YYYY-MM-DD, or RFC 3339): what-ifs
+    /// and tests. Expiry follows it.
+    #[arg(long, value_name = "TIME")]
+    now: Option<String>,
+    /// Let retention expire sets even when the clock looks wrong (behind
+    /// the newest write, or far past it).
+    #[arg(long)]
+    trust_clock: bool,
+}
+
+/// The configuration file: `--config`, `$TAPIR_CONFIG`, or the default.
+pub fn config_path(given: Option<&std::path::Path>) -> PathBuf {
+    given.map_or_else(
+        || PathBuf::from(tapir::config::DEFAULT_PATH),
+        |p| p.to_path_buf(),
+    )
+}
+
+fn parse_now(s: &str) -> Result<i64, Error> {
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_second());
+    }
+    s.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp().as_second())
+        .ok_or_else(|| Error::Usage(format!("--now {s:?}: use YYYY-MM-DD or an RFC 3339 time")))
+}
+
+pub fn run(
+    args: &RunArgs,
+    config: Option<&std::path::Path>,
+    catalog: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let cfg = Config::load(&config_path(config)).map_err(Error::from)?;
+    let job = cfg.job(&args.job).map_err(Error::from)?;
+    let now = match &args.now {
+        Some(s) => parse_now(s)?,
+        None => jiff::Timestamp::now().as_second(),
+    };
+    let drive = job
+        .drive
+        .as_ref()
+        .map(|d| &cfg.drives[d])
+        .or_else(|| cfg.drives.values().next())
+        .ok_or_else(|| Error::Usage(format!("{}: no [drive] is declared", cfg.path.display())))?;
+    let present = match drive.device.strip_prefix("vtape:") {
+        Some(dir) => job::present_in(
+            &tapir::device::library::VirtualLibrary::open(std::path::Path::new(dir))
+                .map_err(Error::from)?,
+        )?,
+        None => Vec::new(),
+    };
+    let catalog_path = catalog
+        .map(|p| p.to_path_buf())
+        .or_else(|| cfg.catalog.clone())
+        .unwrap_or_else(|| tapir::catalog::resolve_path(None));
+    let cat = if catalog_path.exists() {
+        Some(tapir::catalog::Catalog::open_existing(&catalog_path).map_err(Error::from)?)
+    } else {
+        None
+    };
+    let plan = job::plan_run(
+        &cfg,
+        job,
+        cat.as_ref(),
+        &present,
+        drive.generation,
+        now,
+        args.trust_clock,
+    )?;
+    if args.dry_run {
+        print_plan(json, &plan);
+        return Ok(if plan.plan.first().is_some() {
+            ExitStatus::Success
+        } else {
+            ExitStatus::Unavailable
+        });
+    }
+    Err(Error::Usage("running a job is not implemented yet; use --dry-run".into()).into())
+}
+
+fn print_plan(json: bool, p: &RunPlan) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(p).expect("plans serialise")
+        );
+        return;
+    }
+    let tier = p
+        .tier
+        .map(|t| format!(" ({t:?} tier)").to_lowercase())
+        .unwrap_or_default();
+    println!(
+        "job {} on {}{tier}: {} backup of {}",
+        p.job,
+        p.day,
+        p.level,
+        p.sources.join(", ")
+    );
+    match p.plan.first() {
+        Some(first) => {
+            println!(
+                "pool {}: write to {} ({})",
+                p.plan.pool,
+                first.label,
+                what(&first.action)
+            );
+            println!("  because: {}", first.reason);
+            if !first.present {
+                println!("  it is not in the library: an operator must insert it");
+            }
+            for c in p.plan.candidates.iter().skip(1) {
+                println!("  else {} ({}): {}", c.label, what(&c.action), c.reason);
+            }
+        }
+        None => println!("pool {}: no usable cartridge", p.plan.pool),
+    }
+    if p.verify {
+        println!("then verify what was written");
+    }
+    if let Some(to) = &p.export {
+        println!("then export the cartridges written to {to}");
+    }
+    if !p.plan.refused.is_empty() {
+        println!("not usable:");
+        for r in &p.plan.refused {
+            println!("  {}: {}", r.label, r.reason);
+        }
+    }
+    for w in &p.plan.warnings {
+        println!("warning: {w}");
+    }
+}
+
+fn what(a: &Action) -> String {
+    match a {
+        Action::Append { set } => format!("append to set \"{set}\""),
+        Action::NewSet => "start a new set".into(),
+        Action::Reuse => "reuse: check its label, then start a new set on it".into(),
+        Action::ReadLabelFirst => "read its label; use it only if blank".into(),
+    }
+}
