@@ -153,6 +153,39 @@ impl Catalog {
         Ok(report)
     }
 
+    /// A cartridge whose retention expired is about to be labelled again:
+    /// its sessions and their entries leave the catalog (the tape will no
+    /// longer hold them), and its volume is retired with `note`. Returns the
+    /// entries forgotten.
+    pub fn forget_for_reuse(&mut self, key: &str, note: &str) -> Result<u64> {
+        let id = self.resolve_cartridge(key)?;
+        let path = self.path.clone();
+        let err = |e| Error::sql(&path, "forgetting a reused cartridge", e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let sessions: Vec<(i64, i64)> = tx
+            .prepare("SELECT id, entries FROM sessions WHERE cartridge_id = ?1")
+            .and_then(|mut st| {
+                st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(err)?;
+        let mut forgotten = 0u64;
+        for (sid, entries) in sessions {
+            super::ingest::delete_session(&tx, sid).map_err(err)?;
+            forgotten += entries.max(0) as u64;
+        }
+        tx.execute(
+            "UPDATE cartridges SET state = 'retired', state_note = ?2, state_changed = ?3 WHERE id = ?1",
+            params![id, note, super::now_sec()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(forgotten)
+    }
+
     /// Delete candidate paths no entry uses and no path hangs under, then
     /// their parents, up the tree.
     fn collect_paths(&mut self) -> Result<u64> {

@@ -53,8 +53,13 @@ pub fn run(
     let cfg = Config::load(&config_path(config)).map_err(Error::from)?;
     let job = cfg.job(&args.job).map_err(Error::from)?;
     let now = match &args.now {
-        Some(s) => parse_now(s)?,
-        None => jiff::Timestamp::now().as_second(),
+        Some(s) => {
+            let now = parse_now(s)?;
+            // Everything this run records carries the simulated time.
+            tapir::format::meta::shift_clock(now - tapir::format::meta::Timestamp::now().sec);
+            now
+        }
+        None => tapir::format::meta::Timestamp::now().sec,
     };
     let drive = job
         .drive
@@ -95,7 +100,81 @@ pub fn run(
             ExitStatus::Unavailable
         });
     }
-    Err(Error::Usage("running a job is not implemented yet; use --dry-run".into()).into())
+    let Some(library) = drive.device.strip_prefix("vtape:") else {
+        return Err(Error::Usage(format!(
+            "{}: running a job needs a library; a SCSI changer is not supported yet, only vtape:DIR (use --dry-run to see the plan)",
+            drive.device
+        ))
+        .into());
+    };
+    drop(cat);
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            ExitStatus::Interrupted.code(),
+            interrupt.clone(),
+        )?;
+        signal_hook::flag::register(sig, interrupt.clone())?;
+    }
+    let ctx = job::RunContext {
+        cfg: &cfg,
+        job,
+        library: std::path::Path::new(library),
+        catalog: catalog_path,
+        interrupt: Some(interrupt),
+    };
+    let outcome =
+        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress))?;
+    print_outcome(json, &outcome);
+    Ok(outcome.exit_status())
+}
+
+fn print_outcome(json: bool, o: &job::RunOutcome) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(o).expect("outcomes serialise")
+        );
+        return;
+    }
+    for p in &o.passed_over {
+        println!("passed over {p}");
+    }
+    println!(
+        "job {} ({}): wrote {} entries ({} bytes) to {} ({})",
+        o.plan.job,
+        o.plan.plan.pool,
+        o.write.entries,
+        o.write.bytes_written,
+        o.write
+            .parts
+            .iter()
+            .map(|p| p.cartridge.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        what(&o.action)
+    );
+    if o.forgotten_entries > 0 {
+        println!(
+            "the catalog forgot the {} entries of the expired set on {}",
+            o.forgotten_entries, o.cartridge
+        );
+    }
+    for v in &o.verified {
+        println!(
+            "verified {}: {} ({})",
+            v.cartridge,
+            if v.ok { "ok" } else { "FAILED" },
+            v.detail
+        );
+    }
+    for e in &o.exported {
+        println!("exported {e}");
+    }
+    for w in o.plan.plan.warnings.iter().chain(&o.write.warnings) {
+        println!("warning: {w}");
+    }
 }
 
 fn print_plan(json: bool, p: &RunPlan) {

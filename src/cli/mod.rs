@@ -256,6 +256,16 @@ enum ChangerCommand {
     Load { slot_or_barcode: String },
     /// Return the drive's cartridge to its slot.
     Unload,
+    /// Take a cartridge out through the mail slot (for offsite); the host
+    /// catalog records where it goes.
+    Export {
+        barcode: String,
+        /// Where it goes: vault:NAME, shelf[:NAME] or transit.
+        #[arg(long, default_value = "transit")]
+        to: String,
+    },
+    /// Put an exported cartridge back into the first empty slot.
+    Import { barcode: String },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,7 +434,8 @@ fn note_changer_moves(
                 (b.clone(), loc)
             })
             .collect(),
-        ChangerCommand::Unload => inv
+        ChangerCommand::Export { .. } => return,
+        ChangerCommand::Unload | ChangerCommand::Import { .. } => inv
             .slots
             .iter()
             .filter_map(|(slot, b)| {
@@ -538,6 +549,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     }
                 }
                 ChangerCommand::Unload => lib.unload().map_err(Error::from)?,
+                ChangerCommand::Export { barcode, to } => {
+                    let to: tapir::catalog::location::Location = to
+                        .parse()
+                        .map_err(|e| Error::Usage(format!("--to {to:?}: {e}")))?;
+                    lib.export(barcode).map_err(Error::from)?;
+                    note_in_catalog(cli, |c| {
+                        match c.note_seen(barcode, &to, "tapir changer", "exported") {
+                            Ok(_) | Err(tapir::catalog::Error::NotFound(_)) => Ok(true),
+                            Err(e) => Err(e),
+                        }
+                    });
+                }
+                ChangerCommand::Import { barcode } => {
+                    lib.import(barcode).map_err(Error::from)?;
+                }
             }
             let inv = lib.inventory().map_err(Error::from)?;
             note_changer_moves(cli, &dir, command, &inv);

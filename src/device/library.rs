@@ -80,6 +80,10 @@ struct LibraryState {
     early_warning_zone: u64,
     slots: Vec<SlotEntry>,
     drive: Option<DriveEntry>,
+    /// Cartridges taken out through the mail slot (their images stay in
+    /// the directory, out of reach of the changer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exported: Vec<String>,
 }
 
 impl LibraryState {
@@ -125,6 +129,13 @@ impl LibraryState {
                         s.slot
                     )));
                 }
+            }
+        }
+        for b in &self.exported {
+            if !valid_barcode(b) || !seen.insert(b.clone()) {
+                return Err(bad(format!(
+                    "exported cartridge {b:?} is invalid or also inside"
+                )));
             }
         }
         if let Some(d) = &self.drive {
@@ -248,6 +259,7 @@ impl VirtualLibrary {
                 barcode: slot_barcode(1),
                 home_slot: 1,
             }),
+            exported: Vec::new(),
         };
         let lib = VirtualLibrary { dir, name, state };
         lib.save(&lib.state)?;
@@ -304,6 +316,62 @@ impl VirtualLibrary {
         self.save(&state)?;
         self.state = state;
         Ok(())
+    }
+
+    /// Take the cartridge `barcode` out of the library through the mail
+    /// slot (from the drive, it is unloaded first). Returns the slot it
+    /// left empty.
+    pub fn export(&mut self, barcode: &str) -> DeviceResult<usize> {
+        if self.inventory()?.drive.is_some_and(|(b, _)| b == barcode) {
+            self.unload()?;
+        }
+        let _lock = self.lock()?;
+        let mut state = Self::load(&self.dir, &self.name)?;
+        let slot = state
+            .slots
+            .iter_mut()
+            .find(|s| s.barcode.as_deref() == Some(barcode))
+            .ok_or_else(|| DeviceError::InvalidRequest {
+                device: self.name.clone(),
+                detail: format!("no cartridge with barcode {barcode:?} in this library to export"),
+            })?;
+        slot.barcode = None;
+        let n = slot.slot;
+        state.exported.push(barcode.to_string());
+        self.save(&state)?;
+        self.state = state;
+        Ok(n)
+    }
+
+    /// Put an exported cartridge back, into the first empty slot.
+    pub fn import(&mut self, barcode: &str) -> DeviceResult<usize> {
+        let _lock = self.lock()?;
+        let mut state = Self::load(&self.dir, &self.name)?;
+        let Some(i) = state.exported.iter().position(|b| b == barcode) else {
+            return Err(DeviceError::InvalidRequest {
+                device: self.name.clone(),
+                detail: format!("{barcode:?} is not a cartridge exported from this library"),
+            });
+        };
+        let drive_home = state.drive.as_ref().map(|d| d.home_slot);
+        let slot = state
+            .slots
+            .iter_mut()
+            .find(|s| s.barcode.is_none() && Some(s.slot) != drive_home)
+            .ok_or_else(|| DeviceError::InvalidRequest {
+                device: self.name.clone(),
+                detail: "every slot is full; export a cartridge first".into(),
+            })?;
+        slot.barcode = Some(state.exported.remove(i));
+        let n = slot.slot;
+        self.save(&state)?;
+        self.state = state;
+        Ok(n)
+    }
+
+    /// Cartridges exported from the library, in the order they left.
+    pub fn exported(&self) -> DeviceResult<Vec<String>> {
+        Ok(Self::load(&self.dir, &self.name)?.exported)
     }
 
     /// Open the drive with its cartridge. Fails with `NoMedium` if the drive
@@ -561,6 +629,35 @@ mod tests {
                 drive: Some(("TAP001L9".into(), 1)),
             }
         );
+    }
+
+    #[test]
+    fn export_takes_a_cartridge_out_and_import_puts_it_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut lib = VirtualLibrary::create(tmp.path().join("l"), 3, 64 * MIB).unwrap();
+        // From the drive: unloaded first, its home slot left empty.
+        assert_eq!(lib.export("TAP001L9").unwrap(), 1);
+        assert_eq!(lib.export("TAP003L9").unwrap(), 3);
+        assert_eq!(lib.exported().unwrap(), vec!["TAP001L9", "TAP003L9"]);
+        assert_eq!(
+            inv(&lib),
+            ChangerInventory {
+                slots: vec![(1, None), (2, Some("TAP002L9".into())), (3, None)],
+                drive: None,
+            }
+        );
+        assert!(
+            lib.load_barcode("TAP003L9").is_err(),
+            "out of the changer's reach"
+        );
+        assert!(lib.export("TAP003L9").is_err());
+        assert_eq!(lib.import("TAP003L9").unwrap(), 1);
+        assert!(lib.import("TAP003L9").is_err());
+        lib.load_barcode("TAP003L9").unwrap();
+        // The slot the loaded cartridge came from stays its own.
+        assert_eq!(lib.import("TAP001L9").unwrap(), 3);
+        let again = VirtualLibrary::open(tmp.path().join("l")).unwrap();
+        assert!(again.exported().unwrap().is_empty());
     }
 
     #[test]

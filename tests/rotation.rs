@@ -1,0 +1,268 @@
+//! Scheduled jobs: `tapir run` on a virtual library, night after night
+//! with an injected clock (`--now`), choosing, reusing and exporting
+//! cartridges by the pools' rules.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A configuration for the lab's library: GFS tiers (Sunday weekly, first
+/// Sunday monthly), dailies kept 3 days.
+fn configure(lab: &Lab, src: &Path, daily_retention: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[changer.lib]
+device = "{dev}"
+
+[drive.vt]
+device = "{dev}"
+changer = "lib"
+
+[pool.daily]
+retention = "{daily_retention}"
+block_size = "64K"
+
+[pool.weekly]
+retention = "5w"
+block_size = "64K"
+
+[pool.monthly]
+retention = "1y"
+block_size = "64K"
+
+[job.nightly]
+sources = ["{src}"]
+gfs = {{ daily = "daily", weekly = "weekly", monthly = "monthly", weekly_on = "sunday" }}
+verify = true
+export = "vault:offsite"
+export_tiers = ["weekly", "monthly"]
+"#,
+        dev = lab.device(),
+        src = src.display()
+    );
+    let path = lab.path("tapir.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_night(lab: &Lab, config: &Path, day: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let now = format!("{day}T01:00:00Z");
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        &now,
+    ];
+    args.extend_from_slice(extra);
+    lab.json(args)
+}
+
+#[derive(Debug)]
+struct Night {
+    day: String,
+    tier: String,
+    pool: String,
+    cartridge: String,
+    action: String,
+}
+
+#[test]
+fn ten_nights_rotate_dailies_reuse_expired_ones_and_export_weeklies_and_monthlies() {
+    let lab = Lab::new(8, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let config = configure(&lab, &src, "3d");
+    let days = [
+        "2026-11-28",
+        "2026-11-29",
+        "2026-11-30",
+        "2026-12-01",
+        "2026-12-02",
+        "2026-12-03",
+        "2026-12-04",
+        "2026-12-05",
+        "2026-12-06",
+        "2026-12-07",
+    ];
+    let mut nights: Vec<Night> = Vec::new();
+    for (i, day) in days.iter().enumerate() {
+        // Something changes every night.
+        fs::write(
+            src.join(format!("night-{i}.txt")),
+            format!("written before {day}\n"),
+        )
+        .unwrap();
+        fs::write(src.join("log"), format!("last night: {day}\n")).unwrap();
+        let (code, out) = run_night(&lab, &config, day, &[]);
+        assert_eq!(code, 0, "{day}: {out}");
+        assert!(
+            out["verified"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v["ok"] == true),
+            "{out}"
+        );
+        nights.push(Night {
+            day: day.to_string(),
+            tier: out["tier"].as_str().unwrap().into(),
+            pool: out["plan"]["pool"].as_str().unwrap().into(),
+            cartridge: out["cartridge"].as_str().unwrap().into(),
+            action: out["action"].as_str().unwrap().into(),
+        });
+    }
+    let tiers: Vec<&str> = nights.iter().map(|n| n.tier.as_str()).collect();
+    assert_eq!(
+        tiers,
+        [
+            "daily", "weekly", "daily", "daily", "daily", "daily", "daily", "daily", "monthly",
+            "daily"
+        ]
+    );
+    for n in &nights {
+        assert_eq!(n.pool, n.tier, "{n:?}");
+    }
+    // A daily cartridge is reused only once its 3 days are over, and only
+    // the dailies' own.
+    let day_no = |d: &str| days.iter().position(|x| *x == d).unwrap() as i64;
+    let mut reused = 0;
+    for (i, n) in nights.iter().enumerate() {
+        let before = nights[..i]
+            .iter()
+            .rev()
+            .find(|p| p.cartridge == n.cartridge);
+        match n.action.as_str() {
+            "reuse" => {
+                reused += 1;
+                let p = before.expect("a reused cartridge was written before");
+                assert_eq!(p.pool, "daily", "{n:?} reuses {p:?}");
+                assert!(
+                    day_no(&n.day) - day_no(&p.day) >= 3,
+                    "{n:?} reuses {p:?} too early"
+                );
+            }
+            _ => assert!(before.is_none(), "{n:?} wrote over {before:?}"),
+        }
+    }
+    assert!(reused >= 2, "{nights:?}");
+
+    // The weekly and the monthly went offsite: out of the library, and the
+    // catalog says where.
+    let (_, status) = lab.json(["changer", "status"]);
+    let inside = status.to_string();
+    for n in nights.iter().filter(|n| n.tier != "daily") {
+        assert!(
+            !inside.contains(&n.cartridge),
+            "{} still inside: {status}",
+            n.cartridge
+        );
+        let (_, m) = lab.json(["media", "show", &n.cartridge]);
+        assert!(m.to_string().contains("offsite"), "{m}");
+    }
+    // The last night's daily restores the tree as it was.
+    let last = nights.last().unwrap();
+    assert_ok(&lab.tapir(["changer", "load", &last.cartridge]));
+    let out = lab.path("restored");
+    assert_ok(&lab.tapir(["restore", "--to", out.to_str().unwrap()]));
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join(rel).join("log")).unwrap(),
+        "last night: 2026-12-07\n"
+    );
+    // The catalog finds the first night's file only in sets that still
+    // exist: never on a cartridge since reused.
+    let path = rel.join("night-0.txt");
+    let (code, f) = lab.json(["find", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{f}");
+    let versions = f["results"][0]["versions"].as_array().unwrap();
+    assert!(!versions.is_empty(), "{f}");
+    for v in versions {
+        let label = v["cartridge"]["label"].as_str().unwrap();
+        let last = nights.iter().rev().find(|n| n.cartridge == label).unwrap();
+        assert_eq!(v["set"], format!("nightly-{}", last.day), "{label}: {f}");
+    }
+}
+
+#[test]
+fn unexpired_cartridges_are_never_reused_and_the_run_says_why() {
+    let lab = Lab::new(2, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "7d");
+    for day in ["2026-11-30", "2026-12-01"] {
+        let (code, out) = run_night(&lab, &config, day, &[]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let images: Vec<Vec<u8>> = ["TAP001L9", "TAP002L9"]
+        .iter()
+        .map(|b| fs::read(lab.image(b)).unwrap())
+        .collect();
+    // A third night: both cartridges hold unexpired dailies.
+    let (code, plan) = run_night(&lab, &config, "2026-12-02", &["--dry-run"]);
+    assert_eq!(code, 5, "{plan}");
+    let refused = plan["plan"]["refused"].to_string();
+    assert!(refused.contains("kept until 2026-12-07"), "{plan}");
+    let err = lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        "2026-12-02T01:00:00Z",
+    ]);
+    assert_code(&err, 3);
+    assert!(
+        text(&err.stderr).contains("no cartridge in the library can take it"),
+        "{}",
+        text(&err.stderr)
+    );
+    for (b, before) in ["TAP001L9", "TAP002L9"].iter().zip(&images) {
+        assert!(
+            &fs::read(lab.image(b)).unwrap() == before,
+            "{b} was touched"
+        );
+    }
+    // A clock far in the future expires nothing; --trust-clock does.
+    let (code, plan) = run_night(&lab, &config, "2028-01-01", &["--dry-run"]);
+    assert_eq!(code, 5, "{plan}");
+    assert!(
+        plan["plan"]["warnings"].to_string().contains("clock"),
+        "{plan}"
+    );
+    let (code, plan) = run_night(&lab, &config, "2028-01-01", &["--dry-run", "--trust-clock"]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["plan"]["candidates"][0]["action"], "reuse", "{plan}");
+}
+
+#[test]
+fn a_bad_configuration_names_the_file_the_line_and_the_key() {
+    let lab = Lab::new(1, "20M");
+    let config = lab.path("tapir.toml");
+    fs::write(
+        &config,
+        "[pool.daily]\nretention = \"3d\"\n\n[job.j]\nsources = [\"/etc\"]\npool = \"dialy\"\n",
+    )
+    .unwrap();
+    let out = lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "j",
+        "--dry-run",
+    ]);
+    assert_code(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:6: job.j.pool: no [pool.dialy]",
+            config.display()
+        )),
+        "{err}"
+    );
+}
