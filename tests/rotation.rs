@@ -266,3 +266,60 @@ fn a_bad_configuration_names_the_file_the_line_and_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_foreign_cartridge_is_passed_over_until_scratched_and_then_used() {
+    use tapir::device::{vtape::VirtualTape, BlockWrite};
+    let lab = Lab::new(3, "20M");
+    // Slot 2 holds another program's data.
+    {
+        let mut t = VirtualTape::open(lab.image("TAP002L9"), "t").unwrap();
+        t.write_block(b"ANOTHER BACKUP PROGRAM'S HEADER").unwrap();
+        t.write_filemarks(1, false).unwrap();
+    }
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "7d");
+    // Take the first cartridge out of the way: it holds a night already.
+    let (code, _) = run_night(&lab, &config, "2026-11-30", &[]);
+    assert_eq!(code, 0);
+    let foreign = fs::read(lab.image("TAP002L9")).unwrap();
+    let (code, out) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["cartridge"], "TAP003L9", "{out}");
+    assert!(
+        out["passed_over"]
+            .to_string()
+            .contains("TAP002L9: it holds"),
+        "{out}"
+    );
+    assert!(
+        fs::read(lab.image("TAP002L9")).unwrap() == foreign,
+        "untouched"
+    );
+
+    // Scratching shows first, and destroys only when told.
+    let shown = lab.tapir(["media", "scratch", "TAP002L9", "--pool", "daily"]);
+    assert_code(&shown, 3);
+    assert!(
+        text(&shown.stdout).contains("TAP002L9 holds"),
+        "{}",
+        text(&shown.stdout)
+    );
+    assert!(fs::read(lab.image("TAP002L9")).unwrap() == foreign);
+    assert_ok(&lab.tapir([
+        "media",
+        "scratch",
+        "TAP002L9",
+        "--pool",
+        "daily",
+        "--block-size",
+        "64K",
+        "--yes",
+    ]));
+    let (code, out) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["cartridge"], "TAP002L9", "{out}");
+    assert_eq!(out["action"], "new-set", "{out}");
+}

@@ -111,6 +111,19 @@ pub enum MediaCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Show what a cartridge holds and, with --yes, destroy it: an empty
+    /// label of POOL replaces everything (the deliberate act that makes a
+    /// foreign or unknown cartridge usable). Loads it from a library.
+    Scratch {
+        label: String,
+        #[arg(long, default_value = "scratch")]
+        pool: String,
+        #[arg(long, default_value = "256K", value_parser = tapir::config::parse_size)]
+        block_size: u64,
+        /// Destroy what it holds (without it, only show).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Set or clear a cartridge's retention date.
     Retain {
         label: String,
@@ -209,6 +222,15 @@ fn dispatch(cmd: &CatalogCommand, g: &Globals<'_>) -> anyhow::Result<ExitStatus>
     let path = catalog::resolve_path(g.catalog);
     match cmd {
         CatalogCommand::Find(a) => find(&path, a, g.json),
+        CatalogCommand::Media {
+            command:
+                MediaCommand::Scratch {
+                    label,
+                    pool,
+                    block_size,
+                    yes,
+                },
+        } => scratch(&path, g, label, pool, *block_size, *yes),
         CatalogCommand::Media { command } => media(&path, command, g.json),
         CatalogCommand::Recall(a) => recall(&path, a, g.json),
         CatalogCommand::Sets(a) => sets(&path, a, g.json),
@@ -659,6 +681,7 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
             }
             Ok(ExitStatus::Success)
         }
+        MediaCommand::Scratch { .. } => unreachable!("dispatched with the device"),
         MediaCommand::Retain {
             label,
             until,
@@ -815,6 +838,60 @@ fn sets(path: &Path, a: &SetsArgs, json_out: bool) -> anyhow::Result<ExitStatus>
         }
     }
     Ok(ExitStatus::Success)
+}
+
+fn scratch(
+    path: &Path,
+    g: &Globals<'_>,
+    label: &str,
+    pool: &str,
+    block_size: u64,
+    yes: bool,
+) -> anyhow::Result<ExitStatus> {
+    let spec = g.device.ok_or_else(|| {
+        PipelineError::Usage("no device given: use --device DEV or set $TAPE".into())
+    })?;
+    if let Some(dir) = spec.strip_prefix("vtape:") {
+        tapir::device::library::VirtualLibrary::open(dir)
+            .and_then(|mut lib| lib.load_barcode(label))
+            .map_err(PipelineError::from)?;
+    }
+    let mut drive = open_drive(spec).map_err(PipelineError::from)?;
+    let done = pipeline::volume::scratch_cartridge(drive.as_mut(), label, pool, block_size, yes)?;
+    let mut forgotten = 0;
+    if done.destroyed {
+        // The catalog knows it from now on: an empty cartridge of the pool.
+        let mut cat = Catalog::open(path)?;
+        if let Some(l) = &done.new_label {
+            cat.merge_cartridge(&tapir::catalog::ingest::CartridgeRecord::from_label(l))?;
+        }
+        if let Some(old) = &done.old_volume {
+            match cat.forget_for_reuse(old, &format!("scratched into pool {pool}")) {
+                Ok(n) => forgotten = n,
+                Err(catalog::Error::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if g.json {
+        print_json(&json!({"scratched": done, "catalog_entries_forgotten": forgotten}));
+    } else if done.destroyed {
+        println!(
+            "{label}: destroyed {}; now an empty cartridge of pool {pool}",
+            done.held
+        );
+        if forgotten > 0 {
+            println!("the catalog forgot its {forgotten} entries");
+        }
+    } else {
+        println!("{label} holds {}", done.held);
+        println!("scratching destroys that; run again with --yes to do it");
+    }
+    Ok(if done.destroyed {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Refused
+    })
 }
 
 fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus> {

@@ -450,6 +450,74 @@ pub fn label_cartridge(
     })
 }
 
+/// What `media scratch` found on a cartridge, and whether it destroyed it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scratched {
+    pub label: String,
+    /// What the cartridge held (what scratching destroys).
+    pub held: String,
+    /// The volume UUID of the tapir label that was there, if any.
+    pub old_volume: Option<String>,
+    /// Done, rather than only shown.
+    pub destroyed: bool,
+    /// The new, empty label's volume UUID.
+    pub new_volume: Option<String>,
+    /// The new label, for the host catalog.
+    #[serde(skip)]
+    pub new_label: Option<VolumeLabel>,
+}
+
+/// Show what the loaded cartridge `label` holds and, with `confirm`,
+/// destroy it: an empty tapir label of `pool` replaces everything. This
+/// is the one deliberate act that makes a foreign or unknown cartridge
+/// usable. A tapir label naming another cartridge is refused.
+pub fn scratch_cartridge(
+    drive: &mut dyn TapeDrive,
+    label: &str,
+    pool: &str,
+    block_size: u64,
+    confirm: bool,
+) -> Result<Scratched> {
+    let (held, old_volume) = match read_label(drive)? {
+        LabelState::Blank => ("nothing: it is blank".to_string(), None),
+        LabelState::Foreign(what) => (what, None),
+        LabelState::Tapir(l) => {
+            if l.label != label {
+                return Err(Error::Refused(format!(
+                    "{}: the loaded cartridge is labelled {}, not {label}; load {label} first",
+                    drive.name(),
+                    l.label
+                )));
+            }
+            let uuid = crate::format::label::uuid_text(&l.volume_uuid);
+            (describe_labelled(drive, *l)?, Some(uuid))
+        }
+    };
+    if !confirm {
+        return Ok(Scratched {
+            label: label.to_string(),
+            held,
+            old_volume,
+            destroyed: false,
+            new_volume: None,
+            new_label: None,
+        });
+    }
+    let done = label_cartridge(drive, label, pool, block_size, true)?;
+    let new_label = match read_label(drive)? {
+        LabelState::Tapir(l) => Some(*l),
+        _ => None,
+    };
+    Ok(Scratched {
+        label: label.to_string(),
+        held,
+        old_volume,
+        destroyed: true,
+        new_volume: Some(done.volume_uuid),
+        new_label,
+    })
+}
+
 fn describe_labelled(drive: &mut dyn TapeDrive, l: VolumeLabel) -> Result<String> {
     let set = match &l.set {
         Some(s) => format!("volume {} of set \"{}\"", s.volume_seq, s.set_name),
