@@ -323,3 +323,55 @@ fn a_foreign_cartridge_is_passed_over_until_scratched_and_then_used() {
     assert_eq!(out["cartridge"], "TAP002L9", "{out}");
     assert_eq!(out["action"], "new-set", "{out}");
 }
+
+#[test]
+fn a_changer_that_fails_a_move_costs_that_cartridge_only_and_the_catalog_stays_true() {
+    let lab = Lab::new(3, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "7d");
+    let (code, _) = run_night(&lab, &config, "2026-11-30", &[]);
+    assert_eq!(code, 0);
+    fs::write(
+        lab.lib().join("faults.json"),
+        r#"{"fail_move_of": ["TAP002L9"]}"#,
+    )
+    .unwrap();
+    let before = fs::read(lab.image("TAP002L9")).unwrap();
+    let (code, out) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["cartridge"], "TAP003L9", "{out}");
+    assert!(
+        out["passed_over"]
+            .to_string()
+            .contains("failed to move TAP002L9"),
+        "{out}"
+    );
+    assert!(fs::read(lab.image("TAP002L9")).unwrap() == before);
+    let (_, status) = lab.json(["changer", "status"]);
+    assert!(
+        status.to_string().contains("TAP002L9"),
+        "still in its slot: {status}"
+    );
+    // The catalog knows nothing written to it.
+    let shown = lab.tapir(["media", "show", "TAP002L9"]);
+    assert!(text(&shown.stderr).contains("no cartridge TAP002L9 in the catalog"));
+    // With every candidate failing, the job stops and says why.
+    fs::write(
+        lab.lib().join("faults.json"),
+        r#"{"fail_move_of": ["TAP001L9", "TAP002L9"]}"#,
+    )
+    .unwrap();
+    let out = lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        "2026-12-09T01:00:00Z",
+    ]);
+    assert_code(&out, 3);
+    let err = text(&out.stderr);
+    assert!(err.contains("failed to move TAP002L9"), "{err}");
+}

@@ -116,6 +116,14 @@ pub enum DeviceError {
         device: String,
         reason: sense::UnitAttention,
     },
+    /// A changer could not move a cartridge; it stays where it was.
+    #[error("{device}: the changer failed to move {barcode} from {from}: {detail}; it stays there. Check the library (and its log) before retrying")]
+    MoveFailed {
+        device: String,
+        barcode: String,
+        from: String,
+        detail: String,
+    },
     #[error("{device}: {what} is not supported by this device")]
     Unsupported { device: String, what: String },
     #[error("{device}: {detail}")]

@@ -344,7 +344,13 @@ pub fn execute(
     let mut passed_over = Vec::new();
     let mut chosen = None;
     for pick in plan.plan.candidates.iter().filter(|c| c.present) {
-        lib.load_barcode(&pick.label)?;
+        // A cartridge the changer cannot move is passed over like one that
+        // does not check out; nothing was written to it.
+        if let Err(e) = lib.load_barcode(&pick.label) {
+            tracing::warn!("{}: passed over: {e}", pick.label);
+            passed_over.push(format!("{}: {e}", pick.label));
+            continue;
+        }
         let mut drive = lib.open_drive()?;
         match prepare(
             &mut drive,
