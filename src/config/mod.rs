@@ -21,6 +21,8 @@
 //! schedule = "Mon..Sun 01:00"
 //! ```
 
+pub mod systemd;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -472,6 +474,19 @@ impl Config {
         }
         for (name, j) in raw.job {
             let key = |k: &str| format!("job.{name}.{k}");
+            // The name becomes a systemd unit name and a set name.
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                let at_line = text.find(&format!("[job.{name}")).unwrap_or(0);
+                return at.err(
+                    at_line..at_line,
+                    &format!("job.{name}"),
+                    "a job name is letters, digits, - and _",
+                );
+            }
             let pool_ref = |p: &Spanned<String>, k: &str| -> Result<String, ConfigError> {
                 if cfg.pools.contains_key(p.get_ref()) {
                     Ok(p.get_ref().clone())
