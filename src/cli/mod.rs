@@ -68,6 +68,8 @@ enum Command {
         /// Relabel a cartridge that already holds data, destroying it.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        kit: RescueKitArgs,
     },
     /// Write a directory tree (or files) as a new session on the loaded cartridge.
     Write {
@@ -116,6 +118,8 @@ enum Command {
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
+        #[command(flatten)]
+        kit: RescueKitArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -210,6 +214,26 @@ enum VtapeCommand {
         #[arg(long)]
         off: bool,
     },
+}
+
+/// What goes into the rescue kit (tape file 1) of a cartridge this command
+/// labels. Without either option: FORMAT.md and a static tapir, the running
+/// one when it is statically linked or else `tapir-static` beside it.
+#[derive(clap::Args, Debug, Clone)]
+struct RescueKitArgs {
+    /// Put this statically linked tapir into the rescue kit (build one with
+    /// scripts/build-static).
+    #[arg(long, value_name = "PATH", env = "TAPIR_RESCUE_BINARY")]
+    rescue_binary: Option<PathBuf>,
+    /// Leave the rescue kit out (tiny cartridges); the label says so.
+    #[arg(long, conflicts_with = "rescue_binary")]
+    no_rescue_kit: bool,
+}
+
+impl RescueKitArgs {
+    fn choose(&self) -> Result<pipeline::rescue::KitChoice, Error> {
+        pipeline::rescue::choose(self.rescue_binary.as_deref(), self.no_rescue_kit)
+    }
 }
 
 /// A drive's speed: defaults are an LTO-9.
@@ -566,7 +590,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             pool,
             block_size,
             force,
+            kit,
         } => {
+            let kit = kit.choose()?;
             let mut drive = open(cli)?;
             let done = pipeline::volume::label_cartridge(
                 drive.as_mut(),
@@ -574,6 +600,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 pool,
                 *block_size,
                 *force,
+                &kit,
             )?;
             output::labelled(cli.json, &done);
             Ok(ExitStatus::Success)
@@ -593,8 +620,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             no_catalog,
             ask_operator,
             operator_timeout,
+            kit,
             paths,
         } => {
+            let rescue_kit = kit.choose()?;
             let drive = open(cli)?;
             // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
             let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -626,6 +655,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     below_rate: *spool_below,
                     window: std::time::Duration::from_secs_f64(spool_window.max(0.0)),
                 }),
+                rescue_kit,
                 ..Default::default()
             };
             // When a cartridge fills: a library loads the next one; with a

@@ -6,6 +6,7 @@ pub mod glob;
 pub mod list;
 pub mod pool;
 pub mod reader;
+pub mod rescue;
 pub mod restore;
 pub mod setcat;
 pub mod setrestore;

@@ -2,7 +2,7 @@
 
 use crate::device::{DeviceError, ReadOutcome, TapeDrive};
 use crate::format::block::BlockHeader;
-use crate::format::label::{LabelBlock, RescueKit, VolumeLabel};
+use crate::format::label::{KitBinary, LabelBlock, RescueKit, VolumeLabel};
 use crate::format::meta::{
     from_cbor, CatalogEnd, CatalogEntry, CatalogHeader, SessionStart, Timestamp,
 };
@@ -11,6 +11,7 @@ use crate::format::stream::StreamDeframer;
 use crate::format::{BlockKind, FORMAT_VERSION, MAX_BLOCK_SIZE};
 
 use super::reader::{LostBlocks, StreamEvent, StreamExpect, StreamReader};
+use super::rescue::{BinaryOrigin, KitChoice, RescueBinary};
 use super::{Error, Result};
 
 /// The text of the format specification, written as the rescue kit.
@@ -80,18 +81,36 @@ fn describe_foreign(block: &[u8]) -> String {
     )
 }
 
-/// Write tape files 0 (label) and 1 (rescue kit) from the beginning of tape.
+/// Write tape files 0 (label) and 1 (rescue kit, as `kit` asks) from the
+/// beginning of tape, and set the label's `rescue_kit` to what was written.
 /// Everything after them on the cartridge is gone afterwards. `durable`
 /// makes the closing filemark synchronous; a session that follows at once
 /// leaves it immediate and makes everything durable at its own end.
-pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool) -> Result<()> {
+pub fn write_label(
+    drive: &mut dyn TapeDrive,
+    label: &mut VolumeLabel,
+    kit: &KitChoice,
+    durable: bool,
+) -> Result<()> {
+    let kept = if kit.explicit || kit.binary.is_some() {
+        None
+    } else {
+        keep_kit_binary(drive, label)
+    };
     drive.rewind()?;
+    let room = drive.room_before_early_warning();
+    let binary = plan_kit(drive.name(), label, kit, kept, room)?;
     drive.write_block(&LabelBlock::encode(label))?;
     drive.write_filemarks(1, true)?;
     let bs = label.block_size as usize;
     if label.rescue_kit.format_spec {
         for chunk in FORMAT_SPEC.as_bytes().chunks(bs) {
             drive.write_block(chunk)?;
+        }
+        if let Some(b) = &binary {
+            for chunk in b.bytes.chunks(bs) {
+                drive.write_block(chunk)?;
+            }
         }
     } else {
         drive.write_block(b"TAPIR RESCUE KIT: left out on this cartridge.\n")?;
@@ -100,14 +119,125 @@ pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool
     Ok(())
 }
 
-/// The rescue kit tapir writes by default.
-pub fn default_rescue_kit() -> RescueKit {
-    RescueKit {
-        format_spec: true,
-        binary: false,
-        binary_version: None,
-        binary_blake3: None,
+/// Decide what tape file 1 gets and describe it in `label`; the binary to
+/// write after FORMAT.md, if any. The kit may take at most half of the
+/// room before early warning, so that a small cartridge still holds data:
+/// a binary the user gave that does not fit is refused, one found
+/// automatically is left out with a warning.
+fn plan_kit(
+    device: &str,
+    label: &mut VolumeLabel,
+    kit: &KitChoice,
+    kept: Option<RescueBinary>,
+    room: Option<u64>,
+) -> Result<Option<RescueBinary>> {
+    // A rewritten label keeps a kit left out unless told otherwise.
+    if kit.leave_out || (!kit.explicit && !label.rescue_kit.format_spec) {
+        label.rescue_kit = RescueKit::left_out();
+        return Ok(None);
     }
+    let bs = u64::from(label.block_size);
+    let spec_blocks = (FORMAT_SPEC.len() as u64).div_ceil(bs);
+    let spec_bytes = LABEL_BLOCK_MAX + FORMAT_SPEC.len() as u64;
+    let budget = room.map(|r| r / 2);
+    let too_big = |bytes: u64| budget.is_some_and(|b| bytes > b);
+    let room_text = |bytes: u64| {
+        format!(
+            "the rescue kit ({bytes} bytes) would take more than half of cartridge {} ({} bytes before early warning)",
+            label.label,
+            room.unwrap_or(0)
+        )
+    };
+    let mut binary = kit.binary.clone().or(kept);
+    if let Some(b) = &binary {
+        let total = spec_bytes + b.bytes.len() as u64;
+        if too_big(total) {
+            if b.origin == BinaryOrigin::Given {
+                return Err(Error::Refused(format!(
+                    "{device}: {} with the binary {}; give --no-rescue-kit to leave the kit out, or use a larger cartridge",
+                    room_text(total),
+                    b.path.display()
+                )));
+            }
+            tracing::warn!(
+                "{device}: leaving the tapir binary {} out of the rescue kit: {}",
+                b.path.display(),
+                room_text(total)
+            );
+            binary = None;
+        }
+    }
+    if too_big(spec_bytes) {
+        return Err(Error::Refused(format!(
+            "{device}: {} even without a binary; give --no-rescue-kit to leave the kit out",
+            room_text(spec_bytes)
+        )));
+    }
+    label.rescue_kit = match &binary {
+        Some(b) => RescueKit::with_binary(spec_blocks as u32, &b.describe(spec_blocks as u32)),
+        None => RescueKit::spec_only(),
+    };
+    Ok(binary)
+}
+
+/// Largest label block (FORMAT.md §4.1).
+const LABEL_BLOCK_MAX: u64 = (crate::format::label::LABEL_TEXT_AREA
+    + crate::format::BLOCK_HEADER_LEN) as u64
+    + crate::format::label::MAX_LABEL_CBOR as u64;
+
+/// The binary in the rescue kit of the cartridge whose label is about to
+/// be rewritten, read back so that the rewrite keeps it (when this command
+/// found none of its own). None, with a warning, when it does not read
+/// back whole and matching its BLAKE3.
+fn keep_kit_binary(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Option<RescueBinary> {
+    let kit = label.rescue_kit.kit_binary()?;
+    match read_kit_binary(drive, &kit) {
+        Ok(bytes) => Some(RescueBinary::new(
+            format!("the rescue kit of cartridge {}", label.label).into(),
+            bytes,
+            kit.version,
+            BinaryOrigin::Cartridge,
+        )),
+        Err(why) => {
+            tracing::warn!(
+                "{}: the tapir binary in the rescue kit of cartridge {} is not kept: {why}",
+                drive.name(),
+                label.label
+            );
+            None
+        }
+    }
+}
+
+/// Read the rescue kit binary the label describes from tape file 1 and
+/// check its length and BLAKE3.
+pub fn read_kit_binary(
+    drive: &mut dyn TapeDrive,
+    kit: &KitBinary,
+) -> std::result::Result<Vec<u8>, String> {
+    drive
+        .locate(1, u64::from(kit.first_block))
+        .map_err(|e| e.to_string())?;
+    // kit_binary() bounded the size; the buffer grows as blocks arrive.
+    let size = kit.size as usize;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; MAX_BLOCK_SIZE as usize];
+    while bytes.len() < size {
+        match drive.read_block(&mut buf).map_err(|e| e.to_string())? {
+            ReadOutcome::Block(n) => bytes.extend_from_slice(&buf[..n.min(size - bytes.len())]),
+            ReadOutcome::Filemark | ReadOutcome::EndOfData => break,
+        }
+    }
+    if bytes.len() != size {
+        return Err(format!(
+            "tape file 1 holds {} of its {size} bytes",
+            bytes.len()
+        ));
+    }
+    if *blake3::hash(&bytes).as_bytes() != kit.blake3 {
+        return Err("its BLAKE3 differs from the label's".into());
+    }
+    Ok(bytes)
 }
 
 /// A new label for a blank or forcibly relabelled cartridge.
@@ -121,7 +251,8 @@ pub fn new_label(name: &str, pool: &str, block_size: u32) -> VolumeLabel {
         host: hostname(),
         block_size,
         set: None,
-        rescue_kit: default_rescue_kit(),
+        // write_label decides the kit.
+        rescue_kit: RescueKit::spec_only(),
         worm: false,
         tapir_version: env!("CARGO_PKG_VERSION").to_string(),
     }
@@ -389,6 +520,37 @@ pub struct Labelled {
     pub block_size: u32,
     /// What was on the cartridge before, when `--force` destroyed it.
     pub destroyed: Option<String>,
+    pub rescue_kit: KitSummary,
+}
+
+/// What a cartridge's rescue kit holds, for people and `--json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KitSummary {
+    /// FORMAT.md is in tape file 1 (false: the kit was left out).
+    pub format_spec: bool,
+    pub binary: Option<KitBinarySummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KitBinarySummary {
+    pub version: String,
+    pub size: u64,
+    pub blake3: String,
+    pub first_block: u32,
+}
+
+impl KitSummary {
+    pub fn of(kit: &RescueKit) -> KitSummary {
+        KitSummary {
+            format_spec: kit.format_spec,
+            binary: kit.kit_binary().map(|b| KitBinarySummary {
+                version: b.version,
+                size: b.size,
+                blake3: blake3::Hash::from_bytes(b.blake3).to_hex().to_string(),
+                first_block: b.first_block,
+            }),
+        }
+    }
 }
 
 /// Label the loaded cartridge. A cartridge that holds anything (a tapir
@@ -399,6 +561,7 @@ pub fn label_cartridge(
     pool: &str,
     block_size: u64,
     force: bool,
+    kit: &KitChoice,
 ) -> Result<Labelled> {
     let min = crate::format::MIN_BLOCK_SIZE as u64;
     let max = (MAX_BLOCK_SIZE as usize).min(drive.max_block_size()) as u64;
@@ -438,15 +601,16 @@ pub fn label_cartridge(
         }
         tracing::warn!("{}: --force: destroying {what}", drive.name());
     }
-    let label = new_label(name, pool, block_size as u32);
+    let mut label = new_label(name, pool, block_size as u32);
     // Synchronous: the label must be on the medium before anything relies on it.
-    write_label(drive, &label, true)?;
+    write_label(drive, &mut label, kit, true)?;
     Ok(Labelled {
         label: label.label.clone(),
         pool: label.pool.clone(),
         volume_uuid: crate::format::label::uuid_text(&label.volume_uuid),
         block_size: label.block_size,
         destroyed: existing,
+        rescue_kit: KitSummary::of(&label.rescue_kit),
     })
 }
 

@@ -62,6 +62,8 @@ pub struct WriteOptions {
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Record the session in this host catalog (None: do not record).
     pub catalog: Option<PathBuf>,
+    /// The rescue kit of cartridges whose label this write (re)writes.
+    pub rescue_kit: super::rescue::KitChoice,
 }
 
 impl Default for WriteOptions {
@@ -78,6 +80,7 @@ impl Default for WriteOptions {
             spool: None,
             interrupt: None,
             catalog: None,
+            rescue_kit: Default::default(),
         }
     }
 }
@@ -271,7 +274,7 @@ fn write_job(
         && map.unknown_files.is_empty()
         && map.closed_files < super::volume::FIRST_SESSION_FILE;
     if label_cut_short {
-        write_label(drive, &map.label, true)?;
+        write_label(drive, &mut map.label, &opts.rescue_kit, true)?;
     }
     let data_file = if new_set || label_cut_short {
         super::volume::FIRST_SESSION_FILE
@@ -407,6 +410,7 @@ fn write_job(
                     label: first_label,
                     early_warning_volume,
                     cartridge_ready,
+                    rescue_kit: &opts.rescue_kit,
                 },
                 from_producer,
                 pool,
@@ -777,7 +781,7 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
     // it (a synchronous filemark here would cost a stop of the drive); a
     // power loss before that may leave the cartridge blank, to be labelled
     // again, with nothing lost.
-    write_label(drive, &map.label, false)?;
+    write_label(drive, &mut map.label, &opts.rescue_kit, false)?;
     Ok(true)
 }
 
@@ -855,6 +859,7 @@ struct DriveWriterLinks<'a> {
     label: VolumeLabel,
     early_warning_volume: &'a AtomicU32,
     cartridge_ready: SyncSender<CartridgeReady>,
+    rescue_kit: &'a super::rescue::KitChoice,
 }
 
 fn drive_writer(
@@ -952,7 +957,7 @@ fn drive_writer(
                 streaming = false;
             }
             ToDrive::NextCartridge => {
-                let ready = next_cartridge(slot, &links.label)?;
+                let ready = next_cartridge(slot, &links.label, links.rescue_kit)?;
                 links.label = ready.label.clone();
                 streaming = false;
                 links
@@ -976,7 +981,11 @@ fn drive_writer(
 }
 
 /// The full cartridge (finished, durable) goes; the next one comes.
-fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<CartridgeReady> {
+fn next_cartridge(
+    slot: &mut DriveSlot<'_>,
+    full: &VolumeLabel,
+    rescue_kit: &super::rescue::KitChoice,
+) -> Result<CartridgeReady> {
     let membership = full.set.clone().expect("a set cartridge");
     let DriveSlot::Changing { drive, supply } = slot else {
         return Err(Error::Refused(format!(
@@ -997,6 +1006,7 @@ fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<Cartri
         &full.pool,
         full.block_size,
         full.volume_uuid,
+        rescue_kit,
     )?;
     let previous_whereabouts = supply.whereabouts(&full.label);
     let mut d = c.drive;
