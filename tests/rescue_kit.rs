@@ -68,7 +68,10 @@ fn a_given_binary_follows_format_md_in_tape_file_1_and_the_label_describes_it() 
     assert_eq!(json["rescue_kit"]["binary"]["size"], bytes.len() as u64);
 
     let (label, text, blocks) = label_and_kit_blocks(&lab);
-    let kit = label.rescue_kit.kit_binary().expect("the label describes the binary");
+    let kit = label
+        .rescue_kit
+        .kit_binary()
+        .expect("the label describes the binary");
     assert_eq!(kit.version, "tapir 9.9.9-rescue");
     assert_eq!(kit.size, bytes.len() as u64);
     assert_eq!(kit.blake3, *blake3::hash(&bytes).as_bytes());
@@ -76,8 +79,12 @@ fn a_given_binary_follows_format_md_in_tape_file_1_and_the_label_describes_it() 
     let first = kit.first_block as usize;
     assert_eq!(first, FORMAT_SPEC.len().div_ceil(bs));
     assert_eq!(blocks[..first].concat(), FORMAT_SPEC.as_bytes());
+    // Full blocks only, the last padded with zeros.
     assert_eq!(blocks.len() - first, bytes.len().div_ceil(bs));
-    assert_eq!(blocks[first..].concat(), bytes);
+    assert!(blocks[first..].iter().all(|b| b.len() == bs));
+    let kit_bytes = blocks[first..].concat();
+    assert_eq!(kit_bytes[..bytes.len()], bytes);
+    assert!(kit_bytes[bytes.len()..].iter().all(|&b| b == 0));
     // The text a stranger reads gives the numbers the extraction needs.
     let hash = blake3::hash(&bytes).to_hex().to_string();
     for line in [
@@ -113,9 +120,10 @@ fn a_write_that_rewrites_the_label_keeps_the_binary_and_data_restores() {
     assert!(label.set.is_some());
     assert_eq!(label.rescue_kit, before);
     let kit = label.rescue_kit.kit_binary().unwrap();
+    let bytes = std::fs::read(&binary).unwrap();
     assert_eq!(
-        blocks[kit.first_block as usize..].concat(),
-        std::fs::read(&binary).unwrap()
+        blocks[kit.first_block as usize..].concat()[..bytes.len()],
+        bytes
     );
     assert_ok(&lab.tapir(["restore", "--to", "out"]));
     assert_eq!(std::fs::read(lab.path("out/src/d/f")).unwrap(), b"kept");
@@ -139,12 +147,18 @@ fn without_a_binary_or_without_the_kit_the_label_says_so() {
     let (label, text_of_label, blocks) = label_and_kit_blocks(&lab);
     assert_eq!(label.rescue_kit, RescueKit::left_out());
     assert!(text_of_label.contains("rescue kit: left out on this cartridge"));
-    assert_eq!(blocks, [b"TAPIR RESCUE KIT: left out on this cartridge.\n".to_vec()]);
+    assert_eq!(
+        blocks,
+        [b"TAPIR RESCUE KIT: left out on this cartridge.\n".to_vec()]
+    );
 
     // A write that joins the set keeps the kit left out.
     std::fs::write(lab.path("f"), b"x").unwrap();
     assert_ok(&lab.tapir(["write", "--set", "s", "f"]));
-    assert_eq!(label_and_kit_blocks(&lab).0.rescue_kit, RescueKit::left_out());
+    assert_eq!(
+        label_and_kit_blocks(&lab).0.rescue_kit,
+        RescueKit::left_out()
+    );
 }
 
 #[test]

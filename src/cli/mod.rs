@@ -226,7 +226,8 @@ struct RescueKitArgs {
     #[arg(long, value_name = "PATH", env = "TAPIR_RESCUE_BINARY")]
     rescue_binary: Option<PathBuf>,
     /// Leave the rescue kit out (tiny cartridges); the label says so.
-    #[arg(long, conflicts_with = "rescue_binary")]
+    /// Overrides --rescue-binary (and $TAPIR_RESCUE_BINARY).
+    #[arg(long)]
     no_rescue_kit: bool,
 }
 

@@ -108,8 +108,13 @@ pub fn write_label(
             drive.write_block(chunk)?;
         }
         if let Some(b) = &binary {
+            // Full blocks only (FORMAT.md §2.2): the last one is padded.
+            let mut block = Vec::with_capacity(bs);
             for chunk in b.bytes.chunks(bs) {
-                drive.write_block(chunk)?;
+                block.clear();
+                block.extend_from_slice(chunk);
+                block.resize(bs, 0);
+                drive.write_block(&block)?;
             }
         }
     } else {
@@ -150,7 +155,7 @@ fn plan_kit(
     };
     let mut binary = kit.binary.clone().or(kept);
     if let Some(b) = &binary {
-        let total = spec_bytes + b.bytes.len() as u64;
+        let total = spec_bytes + (b.bytes.len() as u64).div_ceil(bs) * bs;
         if too_big(total) {
             if b.origin == BinaryOrigin::Given {
                 return Err(Error::Refused(format!(
