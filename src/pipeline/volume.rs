@@ -630,3 +630,86 @@ fn describe_labelled(drive: &mut dyn TapeDrive, l: VolumeLabel) -> Result<String
         l.label, l.pool
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(len: usize, origin: BinaryOrigin) -> RescueBinary {
+        RescueBinary::new(
+            "tapir-static".into(),
+            vec![7; len],
+            "tapir 0.1.0".into(),
+            origin,
+        )
+    }
+
+    fn choice(binary: Option<RescueBinary>, explicit: bool) -> KitChoice {
+        KitChoice {
+            leave_out: false,
+            binary,
+            explicit,
+        }
+    }
+
+    #[test]
+    fn a_binary_found_by_itself_that_does_not_fit_is_left_out_and_a_given_one_refused() {
+        let mut label = new_label("TAP001L9", "default", 256 * 1024);
+        let room = Some(4 << 20);
+        let found = choice(
+            Some(binary(3 << 20, BinaryOrigin::RunningExecutable)),
+            false,
+        );
+        assert!(plan_kit("d", &mut label, &found, None, room)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::spec_only());
+        // The same binary read back from the cartridge being relabelled.
+        let kept = Some(binary(3 << 20, BinaryOrigin::Cartridge));
+        assert!(plan_kit("d", &mut label, &choice(None, false), kept, room)
+            .unwrap()
+            .is_none());
+        let given = choice(Some(binary(3 << 20, BinaryOrigin::Given)), true);
+        match plan_kit("d", &mut label, &given, None, room) {
+            Err(Error::Refused(why)) => assert!(why.contains("--no-rescue-kit"), "{why}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        // Room enough, or a drive that cannot tell: the binary goes in.
+        for room in [Some(64 << 20), None] {
+            let b = plan_kit("d", &mut label, &given, None, room)
+                .unwrap()
+                .unwrap();
+            let kit = label.rescue_kit.kit_binary().unwrap();
+            assert_eq!(kit.size, b.bytes.len() as u64);
+            assert_eq!(
+                kit.first_block as usize,
+                FORMAT_SPEC.len().div_ceil(256 * 1024)
+            );
+        }
+    }
+
+    #[test]
+    fn a_kit_left_out_stays_out_unless_the_command_chose_otherwise() {
+        let mut label = new_label("TAP001L9", "default", 256 * 1024);
+        label.rescue_kit = RescueKit::left_out();
+        let found = choice(Some(binary(1000, BinaryOrigin::Beside)), false);
+        assert!(plan_kit("d", &mut label, &found, None, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::left_out());
+        let given = choice(Some(binary(1000, BinaryOrigin::Given)), true);
+        assert!(plan_kit("d", &mut label, &given, None, None)
+            .unwrap()
+            .is_some());
+        assert!(label.rescue_kit.binary);
+        let leave_out = KitChoice {
+            leave_out: true,
+            binary: None,
+            explicit: true,
+        };
+        assert!(plan_kit("d", &mut label, &leave_out, None, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::left_out());
+    }
+}
