@@ -440,14 +440,33 @@ fn set_membership() -> impl Strategy<Value = SetMembership> {
 }
 
 fn rescue_kit() -> impl Strategy<Value = RescueKit> {
-    (any::<bool>(), any::<bool>(), opt_text(), hash32()).prop_map(
-        |(format_spec, binary, binary_version, binary_blake3)| RescueKit {
-            format_spec,
-            binary,
-            binary_version,
-            binary_blake3,
-        },
+    (
+        any::<bool>(),
+        any::<bool>(),
+        opt_text(),
+        hash32(),
+        any::<Option<u64>>(),
+        any::<Option<u32>>(),
     )
+        .prop_map(
+            |(
+                format_spec,
+                binary,
+                binary_version,
+                binary_blake3,
+                binary_size,
+                binary_first_block,
+            )| {
+                RescueKit {
+                    format_spec,
+                    binary,
+                    binary_version,
+                    binary_blake3,
+                    binary_size,
+                    binary_first_block,
+                }
+            },
+        )
 }
 
 /// A label that a v1 reader accepts: block size within the allowed range.

@@ -249,12 +249,7 @@ pub(crate) mod testutil {
                 },
                 host: "backup01".into(),
             }),
-            rescue_kit: RescueKit {
-                format_spec: true,
-                binary: false,
-                binary_version: None,
-                binary_blake3: None,
-            },
+            rescue_kit: RescueKit::spec_only(),
             worm: false,
             tapir_version: "0.1.0".into(),
         }

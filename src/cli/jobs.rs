@@ -123,6 +123,13 @@ pub fn run(
         library: std::path::Path::new(library),
         catalog: catalog_path,
         interrupt: Some(interrupt),
+        rescue_kit: tapir::pipeline::rescue::choose(
+            std::env::var_os("TAPIR_RESCUE_BINARY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .as_deref(),
+            false,
+        )?,
     };
     let outcome =
         super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress))?;

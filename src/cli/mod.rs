@@ -72,6 +72,8 @@ enum Command {
         /// Relabel a cartridge that already holds data, destroying it.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        kit: RescueKitArgs,
     },
     /// Write a directory tree (or files) as a new session on the loaded cartridge.
     Write {
@@ -120,6 +122,8 @@ enum Command {
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
+        #[command(flatten)]
+        kit: RescueKitArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -217,6 +221,27 @@ enum VtapeCommand {
         #[arg(long)]
         off: bool,
     },
+}
+
+/// What goes into the rescue kit (tape file 1) of a cartridge this command
+/// labels. Without either option: FORMAT.md and a static tapir, the running
+/// one when it is statically linked or else `tapir-static` beside it.
+#[derive(clap::Args, Debug, Clone)]
+struct RescueKitArgs {
+    /// Put this statically linked tapir into the rescue kit (build one with
+    /// scripts/build-static).
+    #[arg(long, value_name = "PATH", env = "TAPIR_RESCUE_BINARY")]
+    rescue_binary: Option<PathBuf>,
+    /// Leave the rescue kit out (tiny cartridges); the label says so.
+    /// Overrides --rescue-binary (and $TAPIR_RESCUE_BINARY).
+    #[arg(long)]
+    no_rescue_kit: bool,
+}
+
+impl RescueKitArgs {
+    fn choose(&self) -> Result<pipeline::rescue::KitChoice, Error> {
+        pipeline::rescue::choose(self.rescue_binary.as_deref(), self.no_rescue_kit)
+    }
 }
 
 /// A drive's speed: defaults are an LTO-9.
@@ -575,7 +600,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             pool,
             block_size,
             force,
+            kit,
         } => {
+            let kit = kit.choose()?;
             let mut drive = open(cli)?;
             let done = pipeline::volume::label_cartridge(
                 drive.as_mut(),
@@ -583,6 +610,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 pool,
                 *block_size,
                 *force,
+                &kit,
             )?;
             output::labelled(cli.json, &done);
             Ok(ExitStatus::Success)
@@ -602,8 +630,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             no_catalog,
             ask_operator,
             operator_timeout,
+            kit,
             paths,
         } => {
+            let rescue_kit = kit.choose()?;
             let drive = open(cli)?;
             // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
             let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -635,6 +665,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     below_rate: *spool_below,
                     window: std::time::Duration::from_secs_f64(spool_window.max(0.0)),
                 }),
+                rescue_kit,
                 ..Default::default()
             };
             // When a cartridge fills: a library loads the next one; with a

@@ -106,6 +106,20 @@ pub fn labelled(json: bool, l: &Labelled) {
         "labelled {} (pool {}, volume {}, block size {})",
         l.label, l.pool, l.volume_uuid, l.block_size
     );
+    println!("rescue kit: {}", kit_text(&l.rescue_kit));
+}
+
+fn kit_text(kit: &tapir::pipeline::volume::KitSummary) -> String {
+    match (&kit.binary, kit.format_spec) {
+        (Some(b), _) => format!(
+            "FORMAT.md and {} ({} bytes, BLAKE3 {}) from block {} of tape file 1",
+            b.version, b.size, b.blake3, b.first_block
+        ),
+        (None, true) => "FORMAT.md; no tapir binary (give --rescue-binary PATH, or put a \
+             tapir-static beside tapir; see scripts/build-static)"
+            .to_string(),
+        (None, false) => "left out".to_string(),
+    }
 }
 
 /// Run a write with a live progress bar on a terminal (none otherwise).

@@ -21,6 +21,7 @@ use crate::media::plan::{
     self, Action, Cartridge, Known, Pick, Plan, SetFacts, Sources, State, Tier,
 };
 
+use super::rescue::KitChoice;
 use super::source::WalkOptions;
 use super::span::LibrarySupply;
 use super::volume::{label_cartridge, read_label, LabelState};
@@ -252,18 +253,33 @@ pub struct RunContext<'a> {
     pub library: &'a Path,
     pub catalog: PathBuf,
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The rescue kit for cartridges the run labels.
+    pub rescue_kit: KitChoice,
+}
+
+/// How a run labels the cartridges it takes.
+struct Labelling<'a> {
+    pool: &'a str,
+    block_size: u64,
+    job: &'a str,
+    day: &'a str,
+    kit: &'a KitChoice,
 }
 
 /// Get the loaded cartridge ready for `pick`, or say why it is passed over.
 fn prepare(
     drive: &mut dyn TapeDrive,
     pick: &Pick,
-    pool: &str,
-    block_size: u64,
+    how: &Labelling<'_>,
     cat: &mut Catalog,
-    job: &str,
-    day: &str,
 ) -> Result<std::result::Result<(Option<String>, u64), String>> {
+    let Labelling {
+        pool,
+        block_size,
+        job,
+        day,
+        kit,
+    } = *how;
     let state = read_label(drive)?;
     let new_set = Some(format!("{job}-{day}"));
     match (&pick.action, &state) {
@@ -276,7 +292,7 @@ fn prepare(
             "its label is not that of set \"{set}\" as the catalog says"
         ))),
         (Action::NewSet | Action::ReadLabelFirst, LabelState::Blank) => {
-            label_cartridge(drive, &pick.label, pool, block_size, false)?;
+            label_cartridge(drive, &pick.label, pool, block_size, false, kit)?;
             Ok(Ok((new_set, 0)))
         }
         (Action::NewSet | Action::ReadLabelFirst, LabelState::Tapir(l))
@@ -290,7 +306,7 @@ fn prepare(
             if !map.sessions.is_empty() || !map.unknown_files.is_empty() {
                 return Ok(Err("it holds data the catalog did not know of".into()));
             }
-            label_cartridge(drive, &pick.label, pool, block_size, true)?;
+            label_cartridge(drive, &pick.label, pool, block_size, true, kit)?;
             Ok(Ok((new_set, 0)))
         }
         (Action::Reuse, LabelState::Tapir(l)) => {
@@ -305,7 +321,7 @@ fn prepare(
                         &on_tape,
                         &format!("expired and labelled again for job {job} on {day}"),
                     )?;
-                    label_cartridge(drive, &pick.label, pool, block_size, true)?;
+                    label_cartridge(drive, &pick.label, pool, block_size, true, kit)?;
                     Ok(Ok((new_set, forgotten)))
                 }
                 _ => Ok(Err(format!(
@@ -355,11 +371,14 @@ pub fn execute(
         match prepare(
             &mut drive,
             pick,
-            &plan.plan.pool,
-            block_size,
+            &Labelling {
+                pool: &plan.plan.pool,
+                block_size,
+                job: &ctx.job.name,
+                day: &plan.day,
+                kit: &ctx.rescue_kit,
+            },
             &mut cat,
-            &ctx.job.name,
-            &plan.day,
         )? {
             Ok((set, forgotten)) => {
                 chosen = Some((pick.clone(), set, forgotten, drive));
@@ -406,6 +425,7 @@ pub fn execute(
             one_file_system: false,
         },
         compress: pool.compression == Compression::Zstd,
+        rescue_kit: ctx.rescue_kit.clone(),
         ..Default::default()
     };
     let mut supply = LibrarySupply::new(VirtualLibrary::open(ctx.library)?)?;

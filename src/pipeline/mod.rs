@@ -8,6 +8,7 @@ pub mod list;
 pub mod pool;
 pub mod reader;
 mod replay;
+pub mod rescue;
 pub mod restore;
 pub mod setcat;
 pub mod setrestore;
