@@ -375,3 +375,35 @@ fn a_changer_that_fails_a_move_costs_that_cartridge_only_and_the_catalog_stays_t
     let err = text(&out.stderr);
     assert!(err.contains("failed to move TAP002L9"), "{err}");
 }
+
+#[test]
+fn scheduled_jobs_get_systemd_units() {
+    let lab = Lab::new(1, "20M");
+    let src = lab.path("src");
+    let config = configure(&lab, &src, "7d");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("schedule = \"Mon..Fri 01:00\"\n");
+    fs::write(&config, text).unwrap();
+    let units = lab.path("units");
+    fs::create_dir_all(&units).unwrap();
+    assert_ok(&lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "systemd",
+        "generate",
+        "--dir",
+        units.to_str().unwrap(),
+        "--tapir",
+        "/usr/bin/tapir",
+    ]));
+    let service = fs::read_to_string(units.join("tapir-nightly.service")).unwrap();
+    let timer = fs::read_to_string(units.join("tapir-nightly.timer")).unwrap();
+    assert!(
+        service.contains(&format!(
+            "ExecStart=/usr/bin/tapir --config {} run nightly\n",
+            config.canonicalize().unwrap().display()
+        )),
+        "{service}"
+    );
+    assert!(timer.contains("OnCalendar=Mon..Fri 01:00\n"), "{timer}");
+}

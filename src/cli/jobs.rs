@@ -246,3 +246,60 @@ fn what(a: &Action) -> String {
         Action::ReadLabelFirst => "read its label; use it only if blank".into(),
     }
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SystemdCommand {
+    /// Write a service and a timer for every job with a schedule: into
+    /// DIR (e.g. /etc/systemd/system), or to standard output.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The tapir binary the services run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        tapir: Option<PathBuf>,
+    },
+}
+
+pub fn systemd(
+    cmd: &SystemdCommand,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitStatus> {
+    let SystemdCommand::Generate { dir, tapir } = cmd;
+    let mut cfg = Config::load(&config_path(config)).map_err(Error::from)?;
+    // The services run from anywhere: name the file absolutely.
+    if let Ok(abs) = std::fs::canonicalize(&cfg.path) {
+        cfg.path = abs;
+    }
+    let tapir = match tapir {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    let units = tapir::config::systemd::units(&cfg, &tapir);
+    if units.is_empty() {
+        eprintln!("tapir: no job in {} has a schedule", cfg.path.display());
+        return Ok(ExitStatus::Warnings);
+    }
+    for u in &units {
+        match dir {
+            Some(d) => {
+                let path = d.join(&u.name);
+                std::fs::write(&path, &u.text)
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                println!("wrote {}", path.display());
+            }
+            None => print!("# {}\n{}\n", u.name, u.text),
+        }
+    }
+    if dir.is_some() {
+        println!(
+            "then: systemctl daemon-reload && systemctl enable --now {}",
+            units
+                .iter()
+                .filter(|u| u.name.ends_with(".timer"))
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(ExitStatus::Success)
+}

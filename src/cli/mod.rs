@@ -181,6 +181,11 @@ enum Command {
     /// Run a job of the configuration: choose the cartridge (with the
     /// reason), then load, write, verify and export.
     Run(jobs::RunArgs),
+    /// systemd units for the configuration's scheduled jobs.
+    Systemd {
+        #[command(subcommand)]
+        command: jobs::SystemdCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -770,6 +775,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             cli.catalog.as_deref(),
             cli.json,
         ),
+        Command::Systemd { command } => jobs::systemd(command, cli.config.as_deref()),
         Command::Catalog(c) => catalog::run(
             c,
             &catalog::Globals {
