@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// the newest write, or far past it).
     #[arg(long)]
     trust_clock: bool,
+    /// How long to wait for an operator to insert a cartridge the job
+    /// needs (0: do not wait).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    insert_timeout: u64,
 }
 
 /// The configuration file: `--config`, `$TAPIR_CONFIG`, or the default.
@@ -117,6 +121,16 @@ pub fn run(
         )?;
         signal_hook::flag::register(sig, interrupt.clone())?;
     }
+    let notify = cfg.notify.clone();
+    let job_name = job.name.clone();
+    let tell = move |what: &str| {
+        eprintln!("tapir: OPERATOR: {what}");
+        if let Some(n) = &notify {
+            if let Err(e) = job::notify(n, "insert", &job_name, what) {
+                eprintln!("tapir: warning: {e}");
+            }
+        }
+    };
     let ctx = job::RunContext {
         cfg: &cfg,
         job,
@@ -130,9 +144,32 @@ pub fn run(
                 .as_deref(),
             false,
         )?,
+        insert_timeout: std::time::Duration::from_secs(args.insert_timeout),
+        tell: &tell,
     };
     let outcome =
-        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress))?;
+        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress));
+    // Whoever watches the jobs hears of a failure or warnings.
+    let said = match &outcome {
+        Err(e) => Some(("failed", e.to_string())),
+        Ok(o) if o.exit_status() != ExitStatus::Success => Some((
+            "warnings",
+            o.write
+                .warnings
+                .iter()
+                .chain(&o.plan.plan.warnings)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        Ok(_) => None,
+    };
+    if let (Some(n), Some((event, message))) = (&cfg.notify, said) {
+        if let Err(e) = job::notify(n, event, &job.name, &message) {
+            eprintln!("tapir: warning: {e}");
+        }
+    }
+    let outcome = outcome?;
     print_outcome(json, &outcome);
     Ok(outcome.exit_status())
 }

@@ -121,6 +121,14 @@ struct RawConfig {
     pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     job: BTreeMap<String, RawJob>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    command: Spanned<Vec<String>>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +200,17 @@ pub struct Config {
     pub changers: BTreeMap<String, Changer>,
     pub pools: BTreeMap<String, Pool>,
     pub jobs: BTreeMap<String, Job>,
+    pub notify: Option<Notify>,
+}
+
+/// A command told about what needs a person: a cartridge to insert, a
+/// job that failed or ended with warnings. It runs as `user` (never as
+/// root; `nobody` when tapir runs as root and none is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,7 +392,26 @@ impl Config {
                 .collect(),
             pools: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            notify: None,
         };
+        if let Some(n) = raw.notify {
+            if n.command.get_ref().is_empty() || n.command.get_ref()[0].is_empty() {
+                return at.err(n.command.span(), "notify.command", "give the program and its arguments, e.g. [\"/usr/local/bin/page\", \"backup\"]");
+            }
+            if let Some(u) = &n.user {
+                if u.get_ref() == "root" || u.get_ref().is_empty() {
+                    return at.err(
+                        u.span(),
+                        "notify.user",
+                        "the notify command never runs as root; name an unprivileged user",
+                    );
+                }
+            }
+            cfg.notify = Some(Notify {
+                command: n.command.into_inner(),
+                user: n.user.map(Spanned::into_inner),
+            });
+        }
         for (name, d) in raw.drive {
             if let Some(c) = &d.changer {
                 if !cfg.changers.contains_key(c.get_ref()) {
@@ -732,6 +770,8 @@ export_tiers = ["monthly"]
                 "vault:NAME",
             ),
             ("[drive.d]\ndevice = \"/dev/nst0\"\nchanger = \"nope\"\n", 3, "drive.d.changer", "no [changer.nope]"),
+            ("[notify]\ncommand = [\"/bin/page\"]\nuser = \"root\"\n", 3, "notify.user", "never runs as root"),
+            ("[notify]\ncommand = []\n", 2, "notify.command", "give the program"),
             (
                 "[pool.a]\nretention = \"1d\"\n\n[job.j]\nsources = [\"/\"]\ngfs = { daily = \"a\", weekly = \"a\", monthly = \"a\", weekly_on = \"funday\" }\n",
                 6,

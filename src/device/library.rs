@@ -453,7 +453,7 @@ impl VirtualLibrary {
             .map_err(|e| DeviceError::io(&self.name, format!("opening {}", path.display()), e))?;
         Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             if errno == Errno::EWOULDBLOCK {
-                DeviceError::InvalidRequest {
+                DeviceError::Busy {
                     device: self.name.clone(),
                     detail: format!(
                         "the drive is in use by another process (it holds the lock on {}); wait for it to finish and retry",

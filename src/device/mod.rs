@@ -116,6 +116,9 @@ pub enum DeviceError {
         device: String,
         reason: sense::UnitAttention,
     },
+    /// Another process has the drive or changer now.
+    #[error("{device}: {detail}")]
+    Busy { device: String, detail: String },
     /// A changer could not move a cartridge; it stays where it was.
     #[error("{device}: the changer failed to move {barcode} from {from}: {detail}; it stays there. Check the library (and its log) before retrying")]
     MoveFailed {

@@ -70,7 +70,9 @@ impl Error {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Device(DeviceError::WriteProtected { .. }) => ExitStatus::Refused,
-            Error::Device(DeviceError::NoMedium { .. }) => ExitStatus::Unavailable,
+            Error::Device(DeviceError::NoMedium { .. } | DeviceError::Busy { .. }) => {
+                ExitStatus::Unavailable
+            }
             Error::Device(DeviceError::InvalidRequest { .. }) => ExitStatus::Usage,
             Error::Device(_) => ExitStatus::DeviceError,
             Error::Format { .. } => ExitStatus::DataDamage,
