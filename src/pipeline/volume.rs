@@ -84,7 +84,13 @@ fn describe_foreign(block: &[u8]) -> String {
 /// Everything after them on the cartridge is gone afterwards. `durable`
 /// makes the closing filemark synchronous; a session that follows at once
 /// leaves it immediate and makes everything durable at its own end.
-pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool) -> Result<()> {
+/// Where the drive has cartridge memory, tapir's identity for the
+/// cartridge is recorded there too (see [`record_identity`]).
+pub fn write_label(
+    drive: &mut dyn TapeDrive,
+    label: &VolumeLabel,
+    durable: bool,
+) -> Result<MamRecord> {
     drive.rewind()?;
     drive.write_block(&LabelBlock::encode(label))?;
     drive.write_filemarks(1, true)?;
@@ -97,7 +103,125 @@ pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool
         drive.write_block(b"TAPIR RESCUE KIT: left out on this cartridge.\n")?;
     }
     drive.write_filemarks(1, !durable)?;
-    Ok(())
+    record_identity(drive, label)
+}
+
+/// Whether tapir's identity for a cartridge went into its cartridge memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MamRecord {
+    Recorded,
+    /// The drive has no WRITE ATTRIBUTE (or no cartridge memory).
+    NotSupported,
+    /// The drive refused it; the on-tape label stands alone.
+    Failed,
+}
+
+/// The cartridge-memory (MAM) attributes that identify a cartridge as
+/// tapir's: application vendor, name and version, the label as user medium
+/// text label, the pool (and set, once it has one) as media pool, and the
+/// host that labelled it. A value the attribute cannot hold is left out.
+pub fn identity_attributes(label: &VolumeLabel) -> Vec<crate::device::sg::Attribute> {
+    use crate::device::sg;
+    let pool = match &label.set {
+        Some(set) => format!("{}/{}", label.pool, set.set_name),
+        None => label.pool.clone(),
+    };
+    [
+        (sg::APPLICATION_VENDOR, "TAPIR".to_string()),
+        (sg::APPLICATION_NAME, "tapir".to_string()),
+        (sg::APPLICATION_VERSION, label.tapir_version.clone()),
+        (sg::USER_MEDIUM_TEXT_LABEL, label.label.clone()),
+        (sg::MEDIA_POOL, pool),
+        (sg::OWNING_HOST_TEXTUAL_NAME, label.host.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(attr, value)| match attr.with_text(&value) {
+        Ok(a) => Some(a),
+        Err(why) => {
+            tracing::debug!("not recorded in cartridge memory: {why}");
+            None
+        }
+    })
+    .collect()
+}
+
+/// Record the label's identity in cartridge memory, so a cartridge whose
+/// label block cannot be read is still identified. A drive without WRITE
+/// ATTRIBUTE is told at info level and the job carries on; so does one that
+/// refuses it (a warning). Only a reset or medium change fails the job.
+pub fn record_identity(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<MamRecord> {
+    match drive.write_cartridge_memory(&identity_attributes(label)) {
+        Ok(()) => {
+            tracing::info!(
+                "{}: label {} recorded in cartridge memory",
+                drive.name(),
+                label.label
+            );
+            Ok(MamRecord::Recorded)
+        }
+        Err(DeviceError::Unsupported { what, .. }) => {
+            tracing::info!(
+                "{}: {what} is not supported; the label is on the tape only",
+                drive.name()
+            );
+            Ok(MamRecord::NotSupported)
+        }
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("the label was not recorded in cartridge memory: {e}");
+            Ok(MamRecord::Failed)
+        }
+    }
+}
+
+/// The cartridge memory, or `None` where the drive has none to read (or
+/// refuses; said at debug level). A reset or medium change is an error.
+pub fn read_cartridge_memory(
+    drive: &mut dyn TapeDrive,
+) -> Result<Option<crate::device::sg::Attributes>> {
+    match drive.cartridge_memory() {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::debug!("no cartridge memory: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The names the loaded cartridge goes by: its barcode (from the library,
+/// else from cartridge memory), the given on-tape label, and the label in
+/// cartridge memory.
+pub fn cartridge_names(
+    drive: &mut dyn TapeDrive,
+    tape_label: Option<&str>,
+    mam: Option<&crate::device::sg::Attributes>,
+) -> Result<crate::media::CartridgeNames> {
+    let barcode = drive
+        .status()?
+        .barcode
+        .or_else(|| mam.and_then(|m| m.barcode()));
+    Ok(crate::media::CartridgeNames {
+        barcode,
+        tape_label: tape_label.map(str::to_string),
+        mam_label: mam.and_then(|m| m.user_label()),
+    })
+}
+
+/// Compare the cartridge's barcode, on-tape label and cartridge-memory
+/// label, and warn when they disagree; nothing is changed either way.
+pub fn check_identity(
+    drive: &mut dyn TapeDrive,
+    tape_label: &str,
+) -> Result<Option<crate::media::IdentityMismatch>> {
+    let mam = read_cartridge_memory(drive)?;
+    let names = cartridge_names(drive, Some(tape_label), mam.as_ref())?;
+    let mismatch = crate::media::compare_identity(&names);
+    if let Some(m) = &mismatch {
+        tracing::warn!("{}: {m}", drive.name());
+    }
+    Ok(mismatch)
 }
 
 /// The rescue kit tapir writes by default.
@@ -192,6 +316,7 @@ pub fn map_tape(drive: &mut dyn TapeDrive) -> Result<TapeMap> {
             )))
         }
     };
+    check_identity(drive, &label.label)?;
     let mut map = TapeMap {
         label,
         sessions: Vec::new(),
@@ -389,6 +514,8 @@ pub struct Labelled {
     pub block_size: u32,
     /// What was on the cartridge before, when `--force` destroyed it.
     pub destroyed: Option<String>,
+    /// Whether the label went into cartridge memory too.
+    pub cartridge_memory: MamRecord,
 }
 
 /// Label the loaded cartridge. A cartridge that holds anything (a tapir
@@ -440,8 +567,9 @@ pub fn label_cartridge(
     }
     let label = new_label(name, pool, block_size as u32);
     // Synchronous: the label must be on the medium before anything relies on it.
-    write_label(drive, &label, true)?;
+    let cartridge_memory = write_label(drive, &label, true)?;
     Ok(Labelled {
+        cartridge_memory,
         label: label.label.clone(),
         pool: label.pool.clone(),
         volume_uuid: crate::format::label::uuid_text(&label.volume_uuid),
