@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod glob;
 pub mod list;
 pub mod pool;
+pub mod qualify;
 pub mod reader;
 pub mod restore;
 pub mod setcat;
