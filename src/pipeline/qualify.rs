@@ -204,9 +204,10 @@ struct Run<'d> {
 
 impl Run<'_> {
     fn check(&mut self, name: &str, passed: bool, detail: impl Into<String>) -> bool {
-        let detail = detail.into();
+        let mut detail = detail.into();
         if passed {
             tracing::info!("qualify: {name}: ok");
+            detail.clear();
         } else {
             tracing::warn!("qualify: {name}: {detail}");
         }

@@ -589,3 +589,166 @@ fn describe_labelled(drive: &mut dyn TapeDrive, l: VolumeLabel) -> Result<String
         l.label, l.pool
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::sg::{Attribute, Attributes};
+    use crate::device::vtape::VirtualTape;
+    use crate::device::{BlockRead, BlockWrite, DeviceResult, DriveStatus, TapePosition};
+    use crate::device::{ReadOutcome as Outcome, WriteOutcome};
+
+    /// A virtual tape with cartridge memory, as a drive with WRITE
+    /// ATTRIBUTE would have.
+    struct MamTape {
+        tape: VirtualTape,
+        mam: Vec<Attribute>,
+    }
+
+    impl BlockRead for MamTape {
+        fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<Outcome> {
+            self.tape.read_block(buf)
+        }
+    }
+
+    impl BlockWrite for MamTape {
+        fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
+            self.tape.write_block(block)
+        }
+        fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
+            self.tape.write_filemarks(count, immediate)
+        }
+        fn flush(&mut self) -> DeviceResult<()> {
+            self.tape.flush()
+        }
+    }
+
+    impl TapeDrive for MamTape {
+        fn name(&self) -> &str {
+            self.tape.name()
+        }
+        fn rewind(&mut self) -> DeviceResult<()> {
+            self.tape.rewind()
+        }
+        fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_filemarks(count)
+        }
+        fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_blocks(count)
+        }
+        fn seek_end_of_data(&mut self) -> DeviceResult<()> {
+            self.tape.seek_end_of_data()
+        }
+        fn position(&mut self) -> DeviceResult<TapePosition> {
+            self.tape.position()
+        }
+        fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
+            self.tape.locate(file, block)
+        }
+        fn status(&mut self) -> DeviceResult<DriveStatus> {
+            self.tape.status()
+        }
+        fn max_block_size(&self) -> usize {
+            self.tape.max_block_size()
+        }
+        fn cartridge_memory(&mut self) -> DeviceResult<Attributes> {
+            Ok(Attributes {
+                attributes: self.mam.clone(),
+            })
+        }
+        fn write_cartridge_memory(&mut self, attributes: &[Attribute]) -> DeviceResult<()> {
+            for a in attributes {
+                self.mam.retain(|m| m.id != a.id);
+                self.mam.push(a.clone());
+            }
+            Ok(())
+        }
+    }
+
+    fn tape(dir: &tempfile::TempDir, barcode: &str) -> VirtualTape {
+        let path = dir.path().join(format!("{barcode}.vtape"));
+        VirtualTape::create(&path, barcode, 64 << 20, 4 << 20).unwrap();
+        VirtualTape::open(&path, "test").unwrap()
+    }
+
+    #[test]
+    fn labelling_records_tapirs_identity_in_cartridge_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        let done = label_cartridge(&mut drive, "TAP001L9", "weekly", 256 << 10, false).unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::Recorded);
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("TAP001L9"));
+        assert_eq!(mam.application_name().as_deref(), Some("tapir"));
+        assert_eq!(mam.application_vendor().as_deref(), Some("TAPIR"));
+        assert_eq!(
+            mam.application_version().as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(mam.media_pool().as_deref(), Some("weekly"));
+        // Names agree: no mismatch when the label is read.
+        assert_eq!(check_identity(&mut drive, "TAP001L9").unwrap(), None);
+        assert!(map_tape(&mut drive).is_ok());
+    }
+
+    #[test]
+    fn a_set_joins_the_pool_in_cartridge_memory() {
+        let mut label = new_label("TAP001L9", "weekly", 256 << 10);
+        label.set = Some(crate::format::label::SetMembership {
+            set_uuid: [7; 16],
+            set_name: "web".into(),
+            volume_seq: 1,
+            previous_volume: None,
+            joined: Timestamp::now(),
+            host: "h".into(),
+        });
+        let attrs = Attributes {
+            attributes: identity_attributes(&label),
+        };
+        assert_eq!(attrs.media_pool().as_deref(), Some("weekly/web"));
+        // A value the attribute cannot hold is left out, not cut.
+        label.host = "h".repeat(81);
+        let ids: Vec<u16> = identity_attributes(&label).iter().map(|a| a.id).collect();
+        assert!(!ids.contains(&crate::device::sg::ATTR_OWNING_HOST_TEXTUAL_NAME));
+        assert!(ids.contains(&crate::device::sg::ATTR_USER_MEDIUM_TEXT_LABEL));
+    }
+
+    #[test]
+    fn a_drive_without_cartridge_memory_labels_on_tape_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = tape(&dir, "TAP001L9");
+        let done = label_cartridge(&mut drive, "TAP001L9", "p", 256 << 10, false).unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::NotSupported);
+        assert_eq!(read_cartridge_memory(&mut drive).unwrap(), None);
+    }
+
+    #[test]
+    fn disagreeing_names_are_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        label_cartridge(&mut drive, "TAP001L9", "p", 256 << 10, false).unwrap();
+        // Another application (or an earlier label) left its own name in MAM.
+        drive
+            .write_cartridge_memory(&[crate::device::sg::USER_MEDIUM_TEXT_LABEL
+                .with_text("OLD042L9")
+                .unwrap()])
+            .unwrap();
+        let m = check_identity(&mut drive, "TAP001L9")
+            .unwrap()
+            .expect("a mismatch");
+        assert_eq!(m.names.barcode.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.tape_label.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.mam_label.as_deref(), Some("OLD042L9"));
+        // Reading the cartridge still works, and changes nothing.
+        let map = map_tape(&mut drive).unwrap();
+        assert_eq!(map.label.label, "TAP001L9");
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("OLD042L9"));
+    }
+}
