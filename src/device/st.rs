@@ -437,7 +437,8 @@ fn room_from(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quirks {
     /// Backward filemark spacing stops one block too far back, before the
-    /// last block of the file instead of just before the filemark (tgt's
+    /// last block of the file instead of just before the filemark, and
+    /// counts a filemark right ahead of the position as one crossed (tgt's
     /// tape emulation).
     pub bsf_one_block_early: bool,
 }
@@ -2193,6 +2194,16 @@ impl TapeDrive for StDrive {
                 Err(e) => Err(self.errno_error(e, "spacing forward over filemarks")),
             }
         } else {
+            if self.quirks.bsf_one_block_early && !was_writing && start.block.is_some_and(|b| b > 0)
+            {
+                // Such a drive also counts a filemark right ahead of the
+                // position as one crossed (after reading a file's last
+                // block): step back off it first, onto a block that the
+                // backward spacing crosses anyway.
+                self.mt(MtOpCode::Bsr, 1).map_err(|e| {
+                    self.errno_error(e, "spacing back one block before spacing over filemarks")
+                })?;
+            }
             match self.mt(MtOpCode::Bsf, n) {
                 Ok(()) if self.quirks.bsf_one_block_early => {
                     // Forward over the block it stopped before, to just
