@@ -82,7 +82,7 @@ fn print_json(v: &impl serde::Serialize) {
 enum Opened {
     St(Box<StDrive>),
     /// The tape in a virtual library's drive, if any.
-    Virtual(Option<VirtualTape>),
+    Virtual(Option<Box<VirtualTape>>),
 }
 
 fn spec(g: &Globals<'_>) -> anyhow::Result<DeviceSpec> {
@@ -100,7 +100,7 @@ fn open_any(g: &Globals<'_>) -> anyhow::Result<Opened> {
         DeviceSpec::VirtualLibrary(dir) => {
             let lib = VirtualLibrary::open(dir).map_err(Error::from)?;
             let tape = match lib.open_drive() {
-                Ok(t) => Some(t),
+                Ok(t) => Some(Box::new(t)),
                 Err(DeviceError::NoMedium { .. }) => None,
                 Err(e) => return Err(Error::from(e).into()),
             };
@@ -277,7 +277,7 @@ struct StatusReport {
 }
 
 impl StatusReport {
-    fn from_sg<T>(&mut self, field: &'static str, r: SgResult<T>) -> Option<T> {
+    fn value_or_reason<T>(&mut self, field: &'static str, r: SgResult<T>) -> Option<T> {
         r.map_err(|e| self.unavailable.insert(field, why_missing(&e)))
             .ok()
     }
@@ -349,9 +349,11 @@ fn status(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                     ),
                 }
                 let compression = d.scsi().compression();
-                r.compression = r.from_sg("compression", compression).map(|c| c.enabled);
+                r.compression = r
+                    .value_or_reason("compression", compression)
+                    .map(|c| c.enabled);
                 let worm = d.scsi().medium_configuration();
-                r.worm = r.from_sg("worm", worm).map(|m| m.worm);
+                r.worm = r.value_or_reason("worm", worm).map(|m| m.worm);
             }
             r.fill_from_drive(d.as_mut())?;
         }
@@ -372,7 +374,7 @@ fn status(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                 r.file = Some(s.position.file);
                 r.block = Some(s.position.block);
                 r.logical = Some(s.position.logical);
-                r.fill_from_drive(&mut t)?;
+                r.fill_from_drive(t.as_mut())?;
             } else {
                 r.fill_from_drive_without_tape();
             }
