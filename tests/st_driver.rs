@@ -1042,3 +1042,41 @@ fn t15_a_failed_write_loses_no_accepted_block() {
     d.rewind().unwrap();
     assert_eq!(read_to_eod(&mut d), vec![B(0x1, 512), B(0x2, 512), Fm, Eod]);
 }
+
+#[test]
+fn t16_cartridge_memory_and_erase() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    // Neither emulation has cartridge memory: READ and WRITE ATTRIBUTE are
+    // "not supported", and the drive carries on.
+    assert!(
+        matches!(d.cartridge_memory(), Err(DeviceError::Unsupported { .. })),
+        "{:?}",
+        d.cartridge_memory()
+    );
+    let label = tapir::device::sg::USER_MEDIUM_TEXT_LABEL
+        .with_text("VM0001L9")
+        .unwrap();
+    let written = d.write_cartridge_memory(&[label]);
+    assert!(
+        matches!(written, Err(DeviceError::Unsupported { .. })),
+        "{written:?}"
+    );
+    three_files(&mut d);
+    d.rewind().unwrap();
+    assert_eq!(
+        read_one(&mut d, &mut vec![0u8; 1 << 20]),
+        Seen::B(0x100, 512)
+    );
+    if not_on_tgt(&d, "no ERASE") {
+        return;
+    }
+    // A short erase from the beginning leaves a blank tape.
+    d.rewind().unwrap();
+    d.erase(false).unwrap();
+    d.rewind().unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![Seen::Eod]);
+    assert!(d
+        .positioning()
+        .is_some_and(|p| p.read_position == Some(true)));
+}
