@@ -2,6 +2,7 @@
 //! library, and prints; `anyhow` is used only here, at the edge.
 
 mod catalog;
+mod drive;
 mod jobs;
 mod output;
 
@@ -47,8 +48,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List the tape drives on this system (st devices, from sysfs).
+    /// List the tape drives on this system (st devices, from sysfs); the
+    /// same as `drive list`.
     Drives,
+    /// The drive: status, rewind, eject, load, erase, TapeAlert, cartridge
+    /// memory, and qualifying it.
+    Drive {
+        #[command(subcommand)]
+        command: drive::DriveCommand,
+    },
     /// Virtual tape libraries (file-backed cartridges).
     Vtape {
         #[command(subcommand)]
@@ -366,14 +374,25 @@ fn init_logging(verbose: u8) {
 }
 
 fn device_spec(cli: &Cli) -> anyhow::Result<&str> {
-    cli.device.as_deref().ok_or_else(|| {
+    require_device(cli.device.as_deref())
+}
+
+fn require_device(device: Option<&str>) -> anyhow::Result<&str> {
+    device.ok_or_else(|| {
         Error::Usage("no device given: use --device DEV or set $TAPE (e.g. --device vtape:/srv/vtl or /dev/nst0)".into())
             .into()
     })
 }
 
 fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
-    let timeout = std::time::Duration::from_secs(cli.wait_ready);
+    open_device(cli.device.as_deref(), cli.wait_ready)
+}
+
+/// Open the drive with its cartridge, waiting up to `wait_ready` seconds
+/// for one that is becoming ready.
+fn open_device(device: Option<&str>, wait_ready: u64) -> anyhow::Result<Box<dyn TapeDrive>> {
+    let spec = require_device(device)?;
+    let timeout = std::time::Duration::from_secs(wait_ready);
     let mut said = String::new();
     let mut on_wait = |what: &str| {
         if what != said {
@@ -381,7 +400,7 @@ fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
             said = what.to_string();
         }
     };
-    Ok(open_drive_waiting(device_spec(cli)?, timeout, &mut on_wait).map_err(Error::from)?)
+    Ok(open_drive_waiting(spec, timeout, &mut on_wait).map_err(Error::from)?)
 }
 
 /// `verify --other-drive`: the loaded drive must not be one that wrote this
@@ -510,12 +529,18 @@ fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     }
 }
 
+fn drive_globals(cli: &Cli) -> drive::Globals<'_> {
+    drive::Globals {
+        device: cli.device.as_deref(),
+        json: cli.json,
+        wait_ready: cli.wait_ready,
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     match &cli.command {
-        Command::Drives => {
-            output::drives(cli.json, &tapir::device::discover::discover());
-            Ok(ExitStatus::Success)
-        }
+        Command::Drives => drive::run(&drive::DriveCommand::List, &drive_globals(cli)),
+        Command::Drive { command } => drive::run(command, &drive_globals(cli)),
         Command::Vtape { command } => match command {
             VtapeCommand::Create {
                 dir,

@@ -14,7 +14,7 @@ use tapir::format::meta::{CatalogEntry, EntryKind, END_COMPLETE};
 use tapir::pipeline::list::{ListSource, Listing};
 use tapir::pipeline::restore::RestoreSummary;
 use tapir::pipeline::verify::VerifySummary;
-use tapir::pipeline::volume::Labelled;
+use tapir::pipeline::volume::{Labelled, MamRecord};
 use tapir::pipeline::writer::{WriteProgress, WriteSummary};
 
 fn print_json(v: &impl serde::Serialize) {
@@ -107,6 +107,17 @@ pub fn labelled(json: bool, l: &Labelled) {
         l.label, l.pool, l.volume_uuid, l.block_size
     );
     println!("rescue kit: {}", kit_text(&l.rescue_kit));
+    match l.cartridge_memory {
+        MamRecord::Recorded => println!("cartridge memory: label recorded"),
+        MamRecord::NotSupported => {
+            println!(
+                "cartridge memory: not supported by this drive (the label is on the tape only)"
+            )
+        }
+        MamRecord::Failed => {
+            println!("cartridge memory: the drive refused it (the label is on the tape only)")
+        }
+    }
 }
 
 fn kit_text(kit: &tapir::pipeline::volume::KitSummary) -> String {

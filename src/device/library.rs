@@ -817,7 +817,7 @@ mod tests {
         let mut tape = lib.open_drive().unwrap();
         let e = other.open_drive().unwrap_err();
         assert!(
-            matches!(&e, DeviceError::InvalidRequest { detail, .. } if detail.contains("in use by another process")),
+            matches!(&e, DeviceError::Busy { detail, .. } if detail.contains("in use by another process")),
             "{e}"
         );
         // Cartridges cannot be moved while the drive is open.

@@ -6,6 +6,7 @@ pub mod glob;
 pub mod job;
 pub mod list;
 pub mod pool;
+pub mod qualify;
 pub mod reader;
 mod replay;
 pub mod rescue;

@@ -86,12 +86,14 @@ fn describe_foreign(block: &[u8]) -> String {
 /// Everything after them on the cartridge is gone afterwards. `durable`
 /// makes the closing filemark synchronous; a session that follows at once
 /// leaves it immediate and makes everything durable at its own end.
+/// Where the drive has cartridge memory, tapir's identity for the
+/// cartridge is recorded there too (see [`record_identity`]).
 pub fn write_label(
     drive: &mut dyn TapeDrive,
     label: &mut VolumeLabel,
     kit: &KitChoice,
     durable: bool,
-) -> Result<()> {
+) -> Result<MamRecord> {
     let kept = if kit.explicit || kit.binary.is_some() {
         None
     } else {
@@ -121,7 +123,125 @@ pub fn write_label(
         drive.write_block(b"TAPIR RESCUE KIT: left out on this cartridge.\n")?;
     }
     drive.write_filemarks(1, !durable)?;
-    Ok(())
+    record_identity(drive, label)
+}
+
+/// Whether tapir's identity for a cartridge went into its cartridge memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MamRecord {
+    Recorded,
+    /// The drive has no WRITE ATTRIBUTE (or no cartridge memory).
+    NotSupported,
+    /// The drive refused it; the on-tape label stands alone.
+    Failed,
+}
+
+/// The cartridge-memory (MAM) attributes that identify a cartridge as
+/// tapir's: application vendor, name and version, the label as user medium
+/// text label, the pool (and set, once it has one) as media pool, and the
+/// host that labelled it. A value the attribute cannot hold is left out.
+pub fn identity_attributes(label: &VolumeLabel) -> Vec<crate::device::sg::Attribute> {
+    use crate::device::sg;
+    let pool = match &label.set {
+        Some(set) => format!("{}/{}", label.pool, set.set_name),
+        None => label.pool.clone(),
+    };
+    [
+        (sg::APPLICATION_VENDOR, "TAPIR".to_string()),
+        (sg::APPLICATION_NAME, "tapir".to_string()),
+        (sg::APPLICATION_VERSION, label.tapir_version.clone()),
+        (sg::USER_MEDIUM_TEXT_LABEL, label.label.clone()),
+        (sg::MEDIA_POOL, pool),
+        (sg::OWNING_HOST_TEXTUAL_NAME, label.host.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(attr, value)| match attr.with_text(&value) {
+        Ok(a) => Some(a),
+        Err(why) => {
+            tracing::debug!("not recorded in cartridge memory: {why}");
+            None
+        }
+    })
+    .collect()
+}
+
+/// Record the label's identity in cartridge memory, so a cartridge whose
+/// label block cannot be read is still identified. A drive without WRITE
+/// ATTRIBUTE is told at info level and the job carries on; so does one that
+/// refuses it (a warning). Only a reset or medium change fails the job.
+pub fn record_identity(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<MamRecord> {
+    match drive.write_cartridge_memory(&identity_attributes(label)) {
+        Ok(()) => {
+            tracing::info!(
+                "{}: label {} recorded in cartridge memory",
+                drive.name(),
+                label.label
+            );
+            Ok(MamRecord::Recorded)
+        }
+        Err(DeviceError::Unsupported { what, .. }) => {
+            tracing::info!(
+                "{}: {what} is not supported; the label is on the tape only",
+                drive.name()
+            );
+            Ok(MamRecord::NotSupported)
+        }
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("the label was not recorded in cartridge memory: {e}");
+            Ok(MamRecord::Failed)
+        }
+    }
+}
+
+/// The cartridge memory, or `None` where the drive has none to read (or
+/// refuses; said at debug level). A reset or medium change is an error.
+pub fn read_cartridge_memory(
+    drive: &mut dyn TapeDrive,
+) -> Result<Option<crate::device::sg::Attributes>> {
+    match drive.cartridge_memory() {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::debug!("no cartridge memory: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The names the loaded cartridge goes by: its barcode (from the library,
+/// else from cartridge memory), the given on-tape label, and the label in
+/// cartridge memory.
+pub fn cartridge_names(
+    drive: &mut dyn TapeDrive,
+    tape_label: Option<&str>,
+    mam: Option<&crate::device::sg::Attributes>,
+) -> Result<crate::media::CartridgeNames> {
+    let barcode = drive
+        .status()?
+        .barcode
+        .or_else(|| mam.and_then(|m| m.barcode()));
+    Ok(crate::media::CartridgeNames {
+        barcode,
+        tape_label: tape_label.map(str::to_string),
+        mam_label: mam.and_then(|m| m.user_label()),
+    })
+}
+
+/// Compare the cartridge's barcode, on-tape label and cartridge-memory
+/// label, and warn when they disagree; nothing is changed either way.
+pub fn check_identity(
+    drive: &mut dyn TapeDrive,
+    tape_label: &str,
+) -> Result<Option<crate::media::IdentityMismatch>> {
+    let mam = read_cartridge_memory(drive)?;
+    let names = cartridge_names(drive, Some(tape_label), mam.as_ref())?;
+    let mismatch = crate::media::compare_identity(&names);
+    if let Some(m) = &mismatch {
+        tracing::warn!("{}: {m}", drive.name());
+    }
+    Ok(mismatch)
 }
 
 /// Decide what tape file 1 gets and describe it in `label`; the binary to
@@ -328,6 +448,7 @@ pub fn map_tape(drive: &mut dyn TapeDrive) -> Result<TapeMap> {
             )))
         }
     };
+    check_identity(drive, &label.label)?;
     let mut map = TapeMap {
         label,
         sessions: Vec::new(),
@@ -526,6 +647,8 @@ pub struct Labelled {
     /// What was on the cartridge before, when `--force` destroyed it.
     pub destroyed: Option<String>,
     pub rescue_kit: KitSummary,
+    /// Whether the label went into cartridge memory too.
+    pub cartridge_memory: MamRecord,
 }
 
 /// What a cartridge's rescue kit holds, for people and `--json`.
@@ -608,8 +731,9 @@ pub fn label_cartridge(
     }
     let mut label = new_label(name, pool, block_size as u32);
     // Synchronous: the label must be on the medium before anything relies on it.
-    write_label(drive, &mut label, kit, true)?;
+    let cartridge_memory = write_label(drive, &mut label, kit, true)?;
     Ok(Labelled {
+        cartridge_memory,
         label: label.label.clone(),
         pool: label.pool.clone(),
         volume_uuid: crate::format::label::uuid_text(&label.volume_uuid),
@@ -703,6 +827,10 @@ fn describe_labelled(drive: &mut dyn TapeDrive, l: VolumeLabel) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::sg::{Attribute, Attributes};
+    use crate::device::vtape::VirtualTape;
+    use crate::device::{BlockRead, BlockWrite, DeviceResult, DriveStatus, TapePosition};
+    use crate::device::{ReadOutcome as Outcome, WriteOutcome};
 
     fn binary(len: usize, origin: BinaryOrigin) -> RescueBinary {
         RescueBinary::new(
@@ -780,5 +908,183 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(label.rescue_kit, RescueKit::left_out());
+    }
+
+    /// A virtual tape with cartridge memory, as a drive with WRITE
+    /// ATTRIBUTE would have.
+    struct MamTape {
+        tape: VirtualTape,
+        mam: Vec<Attribute>,
+    }
+
+    impl BlockRead for MamTape {
+        fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<Outcome> {
+            self.tape.read_block(buf)
+        }
+    }
+
+    impl BlockWrite for MamTape {
+        fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
+            self.tape.write_block(block)
+        }
+        fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
+            self.tape.write_filemarks(count, immediate)
+        }
+        fn flush(&mut self) -> DeviceResult<()> {
+            self.tape.flush()
+        }
+    }
+
+    impl TapeDrive for MamTape {
+        fn name(&self) -> &str {
+            self.tape.name()
+        }
+        fn rewind(&mut self) -> DeviceResult<()> {
+            self.tape.rewind()
+        }
+        fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_filemarks(count)
+        }
+        fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_blocks(count)
+        }
+        fn seek_end_of_data(&mut self) -> DeviceResult<()> {
+            self.tape.seek_end_of_data()
+        }
+        fn position(&mut self) -> DeviceResult<TapePosition> {
+            self.tape.position()
+        }
+        fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
+            self.tape.locate(file, block)
+        }
+        fn status(&mut self) -> DeviceResult<DriveStatus> {
+            self.tape.status()
+        }
+        fn max_block_size(&self) -> usize {
+            self.tape.max_block_size()
+        }
+        fn cartridge_memory(&mut self) -> DeviceResult<Attributes> {
+            Ok(Attributes {
+                attributes: self.mam.clone(),
+            })
+        }
+        fn write_cartridge_memory(&mut self, attributes: &[Attribute]) -> DeviceResult<()> {
+            for a in attributes {
+                self.mam.retain(|m| m.id != a.id);
+                self.mam.push(a.clone());
+            }
+            Ok(())
+        }
+    }
+
+    fn tape(dir: &tempfile::TempDir, barcode: &str) -> VirtualTape {
+        let path = dir.path().join(format!("{barcode}.vtape"));
+        VirtualTape::create(&path, barcode, 64 << 20, 4 << 20).unwrap();
+        VirtualTape::open(&path, "test").unwrap()
+    }
+
+    #[test]
+    fn labelling_records_tapirs_identity_in_cartridge_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        let done = label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "weekly",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::Recorded);
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("TAP001L9"));
+        assert_eq!(mam.application_name().as_deref(), Some("tapir"));
+        assert_eq!(mam.application_vendor().as_deref(), Some("TAPIR"));
+        assert_eq!(
+            mam.application_version().as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(mam.media_pool().as_deref(), Some("weekly"));
+        // Names agree: no mismatch when the label is read.
+        assert_eq!(check_identity(&mut drive, "TAP001L9").unwrap(), None);
+        assert!(map_tape(&mut drive).is_ok());
+    }
+
+    #[test]
+    fn a_set_joins_the_pool_in_cartridge_memory() {
+        let mut label = new_label("TAP001L9", "weekly", 256 << 10);
+        label.set = Some(crate::format::label::SetMembership {
+            set_uuid: [7; 16],
+            set_name: "web".into(),
+            volume_seq: 1,
+            previous_volume: None,
+            joined: Timestamp::now(),
+            host: "h".into(),
+        });
+        let attrs = Attributes {
+            attributes: identity_attributes(&label),
+        };
+        assert_eq!(attrs.media_pool().as_deref(), Some("weekly/web"));
+        // A value the attribute cannot hold is left out, not cut.
+        label.host = "h".repeat(81);
+        let ids: Vec<u16> = identity_attributes(&label).iter().map(|a| a.id).collect();
+        assert!(!ids.contains(&crate::device::sg::ATTR_OWNING_HOST_TEXTUAL_NAME));
+        assert!(ids.contains(&crate::device::sg::ATTR_USER_MEDIUM_TEXT_LABEL));
+    }
+
+    #[test]
+    fn a_drive_without_cartridge_memory_labels_on_tape_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = tape(&dir, "TAP001L9");
+        let done = label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "p",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::NotSupported);
+        assert_eq!(read_cartridge_memory(&mut drive).unwrap(), None);
+    }
+
+    #[test]
+    fn disagreeing_names_are_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "p",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        // Another application (or an earlier label) left its own name in MAM.
+        drive
+            .write_cartridge_memory(&[crate::device::sg::USER_MEDIUM_TEXT_LABEL
+                .with_text("OLD042L9")
+                .unwrap()])
+            .unwrap();
+        let m = check_identity(&mut drive, "TAP001L9")
+            .unwrap()
+            .expect("a mismatch");
+        assert_eq!(m.names.barcode.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.tape_label.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.mam_label.as_deref(), Some("OLD042L9"));
+        // Reading the cartridge still works, and changes nothing.
+        let map = map_tape(&mut drive).unwrap();
+        assert_eq!(map.label.label, "TAP001L9");
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("OLD042L9"));
     }
 }
