@@ -265,6 +265,7 @@ pub fn drive_if_loaded(device: &str) -> Result<Option<Box<dyn TapeDrive>>> {
         Err(
             DeviceError::NoMedium { .. }
             | DeviceError::InvalidRequest { .. }
+            | DeviceError::Busy { .. }
             | DeviceError::UnitAttention { .. },
         ) => Ok(None),
         Err(e) => Err(e.into()),
