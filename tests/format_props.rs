@@ -291,6 +291,8 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
                 volume_seq,
                 block_size,
                 continues,
+                excludes: None,
+                contents_excluded: None,
             },
         )
 }
