@@ -90,6 +90,11 @@ enum Command {
         /// (by default a walk that meets them keeps only the directories).
         #[arg(long)]
         no_default_excludes: bool,
+        /// Keep directory DIR but leave out its contents (repeatable), as
+        /// the defaults do for /proc, /sys, /dev, /run and /tmp; e.g. the
+        /// tmp of a snapshot mounted elsewhere.
+        #[arg(long, value_name = "DIR")]
+        exclude_contents: Vec<PathBuf>,
         /// Also store the system manifest (partitions, filesystems, LVM,
         /// RAID, LUKS, boot loader, kernel, hostname) for a bare-metal
         /// restore; see docs/BARE-METAL.md.
@@ -658,6 +663,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             exclude,
             one_file_system,
             no_default_excludes,
+            exclude_contents,
             system,
             compress,
             buffer,
@@ -685,21 +691,24 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 )?;
                 signal_hook::flag::register(sig, interrupt.clone())?;
             }
+            let mut walk = if *no_default_excludes {
+                pipeline::source::WalkOptions::default()
+            } else {
+                pipeline::source::WalkOptions::with_default_excludes()
+            };
+            walk.excludes = exclude.clone();
+            walk.one_file_system = *one_file_system;
+            for dir in exclude_contents {
+                // The walk compares absolute paths.
+                walk.contents_excluded.push(std::path::absolute(dir)?);
+            }
             let opts = pipeline::writer::WriteOptions {
                 interrupt: Some(interrupt),
                 catalog: (!no_catalog)
                     .then(|| tapir::catalog::resolve_path(cli.catalog.as_deref())),
                 sources: paths.clone(),
                 set_name: set.clone(),
-                walk: pipeline::source::WalkOptions {
-                    excludes: exclude.clone(),
-                    one_file_system: *one_file_system,
-                    ..if *no_default_excludes {
-                        Default::default()
-                    } else {
-                        pipeline::source::WalkOptions::with_default_excludes()
-                    }
-                },
+                walk,
                 system_manifest: *system,
                 compress: *compress == Compress::Zstd,
                 buffer_bytes: *buffer as usize,
