@@ -371,3 +371,48 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         text(&read.stderr)
     );
 }
+
+#[test]
+fn only_tapir_writes_the_manifest_path_and_a_reader_checks_what_it_finds_there() {
+    let lab = Lab::new(1, "256M");
+    lab.label("TAP001L9");
+    let src = lab.path("src");
+    fs::create_dir_all(src.join(".tapir")).unwrap();
+    fs::write(src.join(".tapir/system-manifest.json"), b"{\"hostname\": \"impostor\"}\n").unwrap();
+    fs::write(src.join("data"), b"data\n").unwrap();
+
+    let none = lab.tapir(["manifest", "show"]);
+    assert_ne!(code(&none), 0);
+
+    // Without --system the path is an ordinary file, which is not taken
+    // for a manifest.
+    assert_ok(&lab.tapir_in(&src, ["write", "--set", "s", "--no-catalog", "."]));
+    let fake = lab.tapir(["manifest", "show"]);
+    assert_ne!(code(&fake), 0);
+    assert!(
+        text(&fake.stderr).contains("not a system manifest"),
+        "{}",
+        text(&fake.stderr)
+    );
+
+    // With --system, the source's file is left out with a warning and the
+    // manifest takes the path.
+    let w = lab.tapir_in(&src, ["--json", "write", "--system", "--no-catalog", "."]);
+    let summary: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    let warnings = summary["warnings"].to_string();
+    assert!(warnings.contains("reserved for the system manifest"), "{warnings}");
+    let (code, found) = lab.json(["manifest", "show"]);
+    assert_eq!(code, 0, "{found}");
+    assert_eq!(found["session"], 2);
+    assert_ne!(found["manifest"]["hostname"], "impostor");
+    let listing = text(&lab.tapir(["list", "--session", "2"]).stdout);
+    assert_eq!(
+        listing.matches(".tapir/system-manifest.json").count(),
+        1,
+        "{listing}"
+    );
+    // The newest manifest is shown; asked for session 1, the impostor is refused.
+    let older = lab.tapir(["manifest", "show", "--session", "1"]);
+    assert_ne!(common::code(&older), 0);
+    assert!(text(&older.stderr).contains("not a system manifest"));
+}
