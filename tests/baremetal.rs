@@ -78,7 +78,12 @@ fn add_fidelity_objects(root: &Path) -> bool {
 
     // xattrs: user namespace, and an SELinux label if the kernel takes one.
     fs::write(f.join("xattr-file"), b"xattrs\n").unwrap();
-    xattr::set(f.join("xattr-file"), "user.tapir.note", b"kept \x00 binary \xff").unwrap();
+    xattr::set(
+        f.join("xattr-file"),
+        "user.tapir.note",
+        b"kept \x00 binary \xff",
+    )
+    .unwrap();
     let selinux = xattr::set(f.join("xattr-file"), "security.selinux", SELINUX_LABEL).is_ok();
 
     // Sparse: 64 MiB with two small data runs.
@@ -177,7 +182,13 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
     let src = lab.path("src");
     fs::create_dir(&src).unwrap();
     run(Command::new("tar")
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-xpf"])
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+        ])
         .arg(&tarball)
         .arg("-C")
         .arg(&src));
@@ -233,7 +244,9 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
     );
     assert_eq!(
         manifest["kernel"]["release"],
-        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim()
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
     );
 
     // Restore from the cartridge alone: no catalog exists.
@@ -266,7 +279,10 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         .cloned()
         .collect();
     assert!(left_out.contains(&b"tmp/scratch".to_vec()), "{left_out:?}");
-    assert!(left_out.contains(&b"run/lock/left-out".to_vec()), "{left_out:?}");
+    assert!(
+        left_out.contains(&b"run/lock/left-out".to_vec()),
+        "{left_out:?}"
+    );
     for p in &left_out {
         before.remove(p);
     }
@@ -287,10 +303,21 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         .map(|(p, m)| (p.clone(), m.content.take()))
         .collect();
     let only_in = |a: &BTreeMap<Vec<u8>, _>, b: &BTreeMap<Vec<u8>, _>| -> Vec<String> {
-        a.keys().filter(|k| !b.contains_key(*k)).map(|k| text(k)).collect()
+        a.keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| text(k))
+            .collect()
     };
-    assert_eq!(only_in(&before, &after), Vec::<String>::new(), "not restored");
-    assert_eq!(only_in(&after, &before), Vec::<String>::new(), "restored, not in the source");
+    assert_eq!(
+        only_in(&before, &after),
+        Vec::<String>::new(),
+        "not restored"
+    );
+    assert_eq!(
+        only_in(&after, &before),
+        Vec::<String>::new(),
+        "restored, not in the source"
+    );
     for (path, want) in &before {
         assert_eq!(Some(want), after.get(path), "metadata of {}", text(path));
     }
@@ -302,7 +329,11 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
             text(path)
         );
     }
-    assert!(before.len() > 3000, "a whole root: {} objects", before.len());
+    assert!(
+        before.len() > 3000,
+        "a whole root: {} objects",
+        before.len()
+    );
 
     // What the comparison above covers, checked by name so a weaker
     // snapshot could not pass it silently.
@@ -317,16 +348,25 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         .xattrs
         .contains_key(&b"system.posix_acl_default"[..]));
     assert_eq!(
-        f("xattr-file").xattrs.get(&b"security.selinux"[..]).map(Vec::as_slice),
+        f("xattr-file")
+            .xattrs
+            .get(&b"security.selinux"[..])
+            .map(Vec::as_slice),
         selinux.then_some(SELINUX_LABEL)
     );
     assert_eq!(f("setuid").mode, 0o4755);
     assert_eq!(f("setgid").mode, 0o2711);
     assert_eq!(f("shared").mode, 0o3777);
-    assert_eq!((f("numeric-owner").uid, f("numeric-owner").gid), (4321, 8765));
+    assert_eq!(
+        (f("numeric-owner").uid, f("numeric-owner").gid),
+        (4321, 8765)
+    );
     assert_eq!(f("linked").nlink, 3);
     assert_eq!(f("sparse.img").mtime, (1_000_000_000, 123_456_789));
-    assert_eq!(after[FIDELITY.as_bytes()].mtime, (1_000_000_000, 987_654_321));
+    assert_eq!(
+        after[FIDELITY.as_bytes()].mtime,
+        (1_000_000_000, 987_654_321)
+    );
     let sparse = fs::metadata(out.join(FIDELITY).join("sparse.img")).unwrap();
     assert!(
         sparse.blocks() * 512 < 1 << 20,
@@ -343,8 +383,14 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
     // The restored root works: dpkg in a chroot...
     let audit = run(Command::new("chroot").arg(&out).args(["dpkg", "--audit"]));
     assert_eq!(text(&audit.stdout), "", "dpkg --audit finds nothing to fix");
-    let listed = run(Command::new("chroot").arg(&out).args(["dpkg", "-l", "dpkg"]));
-    assert!(text(&listed.stdout).contains("ii  dpkg"), "{}", text(&listed.stdout));
+    let listed = run(Command::new("chroot")
+        .arg(&out)
+        .args(["dpkg", "-l", "dpkg"]));
+    assert!(
+        text(&listed.stdout).contains("ii  dpkg"),
+        "{}",
+        text(&listed.stdout)
+    );
     // ...and the restored capability grants what it should: an
     // unprivileged user reads the root-only file through capcat, but not
     // through plain cat.
@@ -378,7 +424,11 @@ fn only_tapir_writes_the_manifest_path_and_a_reader_checks_what_it_finds_there()
     lab.label("TAP001L9");
     let src = lab.path("src");
     fs::create_dir_all(src.join(".tapir")).unwrap();
-    fs::write(src.join(".tapir/system-manifest.json"), b"{\"hostname\": \"impostor\"}\n").unwrap();
+    fs::write(
+        src.join(".tapir/system-manifest.json"),
+        b"{\"hostname\": \"impostor\"}\n",
+    )
+    .unwrap();
     fs::write(src.join("data"), b"data\n").unwrap();
 
     let none = lab.tapir(["manifest", "show"]);
@@ -400,7 +450,10 @@ fn only_tapir_writes_the_manifest_path_and_a_reader_checks_what_it_finds_there()
     let w = lab.tapir_in(&src, ["--json", "write", "--system", "--no-catalog", "."]);
     let summary: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
     let warnings = summary["warnings"].to_string();
-    assert!(warnings.contains("reserved for the system manifest"), "{warnings}");
+    assert!(
+        warnings.contains("reserved for the system manifest"),
+        "{warnings}"
+    );
     let (code, found) = lab.json(["manifest", "show"]);
     assert_eq!(code, 0, "{found}");
     assert_eq!(found["session"], 2);

@@ -533,7 +533,7 @@ impl Iterator for Walker {
                     let abs = dent.path().to_path_buf();
                     if dent.depth() > 0
                         && dent.file_type().is_dir()
-                        && self.contents_excluded.iter().any(|d| *d == abs)
+                        && self.contents_excluded.contains(&abs)
                     {
                         cur.iter.skip_current_dir();
                     }

@@ -83,4 +83,3 @@ pub fn snapshot(root: &Path, with_content: bool) -> BTreeMap<Vec<u8>, Meta> {
     }
     out
 }
-
