@@ -136,9 +136,14 @@ fn add_fidelity_objects(root: &Path) -> bool {
     fs::hard_link(f.join("linked"), f.join("shared/linked-2")).unwrap();
     fs::hard_link(f.join("linked"), root.join("usr/local/linked-3")).unwrap();
 
-    // An immutable file (set last, on restore too).
+    // Immutable: a file, and a directory with contents (restore must fill
+    // it before freezing it).
     fs::write(f.join("immutable"), b"cannot change\n").unwrap();
-    run(Command::new("chattr").arg("+i").arg(f.join("immutable")));
+    fs::create_dir(f.join("frozen")).unwrap();
+    fs::write(f.join("frozen/inside"), b"in a frozen directory\n").unwrap();
+    for p in [f.join("immutable"), f.join("frozen")] {
+        run(Command::new("chattr").arg("+i").arg(p));
+    }
 
     // Scratch contents the write leaves out; the directories stay.
     fs::write(root.join("tmp/scratch"), b"left out\n").unwrap();
@@ -194,10 +199,10 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         .arg(&src));
     let selinux = add_fidelity_objects(&src);
     let out = lab.path("out");
-    let immutables = [
-        src.join(FIDELITY).join("immutable"),
-        out.join(FIDELITY).join("immutable"),
-    ];
+    let immutables: Vec<PathBuf> = [&src, &out]
+        .iter()
+        .flat_map(|root| ["immutable", "frozen"].map(|p| root.join(FIDELITY).join(p)))
+        .collect();
     // Whatever happens below, the lab directory must stay removable.
     struct Cleanup<'a>(&'a [PathBuf]);
     impl Drop for Cleanup<'_> {
@@ -374,11 +379,14 @@ fn a_debian_root_restores_exactly_from_one_cartridge_and_runs() {
         sparse.blocks()
     );
     let flags_of = |p: &Path| tapir::device::inode_flags::get(fs::File::open(p).unwrap()).unwrap();
-    assert_eq!(
-        flags_of(&immutables[1]),
-        tapir::format::meta::INODE_IMMUTABLE,
-        "the immutable flag came back"
-    );
+    for p in &immutables {
+        assert_eq!(
+            flags_of(p),
+            tapir::format::meta::INODE_IMMUTABLE,
+            "{} is immutable",
+            p.display()
+        );
+    }
 
     // The restored root works: dpkg in a chroot...
     let audit = run(Command::new("chroot").arg(&out).args(["dpkg", "--audit"]));
