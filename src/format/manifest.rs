@@ -36,7 +36,8 @@ pub struct SystemManifest {
     /// Whole disks from /sys/block (loop, ram, zram, dm, md and optical
     /// devices left out), each with its partition table.
     pub disks: Vec<Disk>,
-    /// Every block device `blkid` knows, with its identifiers.
+    /// Every block device `blkid` knows (or udev's /dev/disk links name,
+    /// without blkid), with its identifiers.
     pub block_devices: BlockDevices,
     /// Mounted filesystems backed by block devices, from
     /// /proc/self/mountinfo, with UUID and label where known.

@@ -41,7 +41,11 @@ const NOT_DISKS: &[&str] = &["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nb
 /// Gather the manifest of the running system.
 pub fn gather() -> SystemManifest {
     let blkid = run(&["blkid", "-o", "export"]);
-    let devices = parse_blkid_export(&blkid.stdout);
+    let devices = if blkid.status == CaptureStatus::NotAvailable {
+        devices_from_dev_disk(Path::new("/dev/disk"))
+    } else {
+        parse_blkid_export(&blkid.stdout)
+    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let filesystems = filesystems(&mountinfo, &devices);
     let disks = disks_in(Path::new("/sys/block"))
@@ -310,6 +314,50 @@ pub fn parse_blkid_export(text: &str) -> Vec<BlockDevice> {
     out
 }
 
+/// Without blkid: UUIDs, labels and partition UUIDs from udev's symlinks
+/// under `dev_disk` (normally /dev/disk/by-uuid, by-label, ...). udev
+/// escapes some bytes in link names (`\x20` for a space); they are kept
+/// as they are.
+pub fn devices_from_dev_disk(dev_disk: &Path) -> Vec<BlockDevice> {
+    let mut by_dev: std::collections::BTreeMap<String, BlockDevice> = Default::default();
+    for (dir, field) in [
+        ("by-uuid", 0),
+        ("by-label", 1),
+        ("by-partuuid", 2),
+        ("by-partlabel", 3),
+    ] {
+        for link in std::fs::read_dir(dev_disk.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(target) = std::fs::canonicalize(link.path()) else {
+                continue;
+            };
+            let devname = target.to_string_lossy().into_owned();
+            let value = Some(link.file_name().to_string_lossy().into_owned());
+            let d = by_dev
+                .entry(devname.clone())
+                .or_insert_with(|| BlockDevice {
+                    devname,
+                    fstype: None,
+                    uuid: None,
+                    uuid_sub: None,
+                    label: None,
+                    partuuid: None,
+                    partlabel: None,
+                });
+            match field {
+                0 => d.uuid = value,
+                1 => d.label = value,
+                2 => d.partuuid = value,
+                _ => d.partlabel = value,
+            }
+        }
+    }
+    by_dev.into_values().collect()
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(field: &str) -> String {
     let b = field.as_bytes();
@@ -574,6 +622,36 @@ mod tests {
         assert_eq!(d[0].partuuid.as_deref(), Some("aa-01"));
         assert_eq!(d[1].label.as_deref(), Some("root fs"));
         assert_eq!(d[1].uuid.as_deref(), Some("3333"));
+    }
+
+    #[test]
+    fn without_blkid_udev_links_give_uuids_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("sda2");
+        std::fs::write(&dev, b"").unwrap();
+        for (sub, name) in [
+            ("by-uuid", "3333-aaaa"),
+            ("by-label", "root"),
+            ("by-partuuid", "aa-02"),
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::os::unix::fs::symlink(&dev, dir.path().join(sub).join(name)).unwrap();
+        }
+        let d = devices_from_dev_disk(dir.path());
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[0].devname,
+            std::fs::canonicalize(&dev).unwrap().to_string_lossy()
+        );
+        assert_eq!(
+            (
+                d[0].uuid.as_deref(),
+                d[0].label.as_deref(),
+                d[0].partuuid.as_deref()
+            ),
+            (Some("3333-aaaa"), Some("root"), Some("aa-02"))
+        );
+        assert!(devices_from_dev_disk(&dir.path().join("missing")).is_empty());
     }
 
     #[test]
