@@ -552,7 +552,14 @@ pub fn read_from_cartridge(drive: &mut dyn TapeDrive, only: Option<u32>) -> Resu
             Ok(e.path == SYSTEM_MANIFEST_PATH)
         }
         fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
-            let end = offset as usize + bytes.len();
+            // The Entry record's size is not the catalog's, which was checked.
+            let end = offset.saturating_add(bytes.len() as u64);
+            if end > SYSTEM_MANIFEST_MAX_BYTES {
+                return Err(Error::Refused(format!(
+                    "the system manifest's content goes past {SYSTEM_MANIFEST_MAX_BYTES} bytes"
+                )));
+            }
+            let end = end as usize;
             if self.content.len() < end {
                 self.content.resize(end, 0);
             }
