@@ -188,8 +188,12 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Run a command with a timeout, capturing its output verbatim.
+/// Run a command with the timeout, capturing its output verbatim.
 fn run(argv: &[&str]) -> Captured {
+    run_within(argv, COMMAND_TIMEOUT)
+}
+
+fn run_within(argv: &[&str], timeout: Duration) -> Captured {
     let command: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     let Some(program) = find_program(argv[0]) else {
         return Captured::not_available(command);
@@ -225,22 +229,23 @@ fn run(argv: &[&str]) -> Captured {
     };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("killed after {} s", COMMAND_TIMEOUT.as_secs()));
+                break Err(format!("killed after {} ms", timeout.as_millis()));
             }
             // Polling is the timeout itself: std has no wait with a deadline.
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => break Err(format!("cannot wait for it: {e}")),
         }
     };
-    let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-    let mut stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
     match status {
         Ok(s) => Captured {
             command,
@@ -250,16 +255,12 @@ fn run(argv: &[&str]) -> Captured {
                 CaptureStatus::Failed
             },
             exit_code: s.code(),
-            stdout,
-            stderr,
+            stdout: text(out),
+            stderr: text(err),
         },
-        Err(why) => {
-            stderr.push_str(&why);
-            Captured {
-                stdout,
-                ..failed(stderr)
-            }
-        }
+        // The readers are left behind: something the command started may
+        // still hold its pipes open.
+        Err(why) => failed(why),
     }
 }
 
@@ -743,6 +744,11 @@ mod tests {
         assert_eq!(c.status, CaptureStatus::Failed);
         assert_eq!(c.exit_code, Some(3));
         assert_eq!((c.stdout.as_str(), c.stderr.as_str()), ("out\n", "err\n"));
+        let started = Instant::now();
+        let c = run_within(&["sleep", "30"], Duration::from_millis(100));
+        assert_eq!(c.status, CaptureStatus::Failed);
+        assert!(c.stderr.contains("killed after 100 ms"), "{}", c.stderr);
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 
     #[test]
