@@ -503,6 +503,7 @@ pub fn execute(
             excludes: ctx.job.exclude.clone(),
             ..WalkOptions::with_default_excludes()
         },
+        system_manifest: ctx.job.system,
         compress: pool.compression == Compression::Zstd,
         rescue_kit: ctx.rescue_kit.clone(),
         ..Default::default()
