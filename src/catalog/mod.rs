@@ -272,6 +272,8 @@ pub(crate) mod testutil {
             volume_seq: m.volume_seq,
             block_size: l.block_size,
             continues: None,
+            excludes: None,
+            contents_excluded: None,
         }
     }
 

@@ -94,6 +94,20 @@ enum Command {
         /// Do not cross into other filesystems.
         #[arg(long)]
         one_file_system: bool,
+        /// Archive the contents of /proc, /sys, /dev, /run and /tmp too
+        /// (by default a walk that meets them keeps only the directories).
+        #[arg(long)]
+        no_default_excludes: bool,
+        /// Keep directory DIR but leave out its contents (repeatable), as
+        /// the defaults do for /proc, /sys, /dev, /run and /tmp; e.g. the
+        /// tmp of a snapshot mounted elsewhere.
+        #[arg(long, value_name = "DIR")]
+        exclude_contents: Vec<PathBuf>,
+        /// Also store the system manifest (partitions, filesystems, LVM,
+        /// RAID, LUKS, boot loader, kernel, hostname) for a bare-metal
+        /// restore; see docs/BARE-METAL.md.
+        #[arg(long)]
+        system: bool,
         /// Software compression of file content.
         #[arg(long, value_enum, default_value = "none")]
         compress: Compress,
@@ -184,6 +198,11 @@ enum Command {
         #[arg(long)]
         other_drive: bool,
     },
+    /// The system manifest stored by `write --system`.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
     #[command(flatten)]
     Catalog(catalog::CatalogCommand),
     /// Run a job of the configuration: choose the cartridge (with the
@@ -193,6 +212,25 @@ enum Command {
     Systemd {
         #[command(subcommand)]
         command: jobs::SystemdCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Print the newest system manifest on the loaded cartridge (no host
+    /// catalog needed).
+    Show {
+        /// The manifest of this session instead of the newest.
+        #[arg(long)]
+        session: Option<u32>,
+        /// Print only this disk's partition table, as `sfdisk --dump` wrote
+        /// it (to pipe into `sfdisk /dev/DISK`).
+        #[arg(long, value_name = "DISK", conflicts_with = "vgcfg")]
+        sfdisk: Option<String>,
+        /// Print only this LVM volume group's metadata backup (a file for
+        /// `vgcfgrestore -f`).
+        #[arg(long, value_name = "VG")]
+        vgcfg: Option<String>,
     },
 }
 
@@ -649,6 +687,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             set,
             exclude,
             one_file_system,
+            no_default_excludes,
+            exclude_contents,
+            system,
             compress,
             buffer,
             checkpoint_every,
@@ -675,16 +716,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 )?;
                 signal_hook::flag::register(sig, interrupt.clone())?;
             }
+            let mut walk = if *no_default_excludes {
+                pipeline::source::WalkOptions::default()
+            } else {
+                pipeline::source::WalkOptions::with_default_excludes()
+            };
+            walk.excludes = exclude.clone();
+            walk.one_file_system = *one_file_system;
+            for dir in exclude_contents {
+                // The walk compares absolute paths.
+                walk.contents_excluded.push(std::path::absolute(dir)?);
+            }
             let opts = pipeline::writer::WriteOptions {
                 interrupt: Some(interrupt),
                 catalog: (!no_catalog)
                     .then(|| tapir::catalog::resolve_path(cli.catalog.as_deref())),
                 sources: paths.clone(),
                 set_name: set.clone(),
-                walk: pipeline::source::WalkOptions {
-                    excludes: exclude.clone(),
-                    one_file_system: *one_file_system,
-                },
+                walk,
+                system_manifest: *system,
                 compress: *compress == Compress::Zstd,
                 buffer_bytes: *buffer as usize,
                 checkpoint_bytes: *checkpoint_every,
@@ -724,6 +774,52 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             } else {
                 ExitStatus::Warnings
             })
+        }
+        Command::Manifest {
+            command:
+                ManifestCommand::Show {
+                    session,
+                    sfdisk,
+                    vgcfg,
+                },
+        } => {
+            let mut drive = open(cli)?;
+            let found = pipeline::manifest::read_from_cartridge(drive.as_mut(), *session)?;
+            let m = &found.manifest;
+            if let Some(disk) = sfdisk {
+                let name = disk.trim_start_matches("/dev/");
+                let Some(d) = m.disks.iter().find(|d| d.name == name) else {
+                    return Err(Error::Usage(format!(
+                        "the manifest has no disk {name} (it has: {})",
+                        m.disks
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .into());
+                };
+                if d.partition_table.status != tapir::format::manifest::CaptureStatus::Ok {
+                    return Err(Error::Refused(format!(
+                        "the partition table of {} was not recorded: {:?} ({})",
+                        d.path,
+                        d.partition_table.status,
+                        d.partition_table.stderr.trim()
+                    ))
+                    .into());
+                }
+                print!("{}", d.partition_table.stdout);
+            } else if let Some(vg) = vgcfg {
+                let Some(b) = m.lvm.vg_backups.iter().find(|b| b.name == *vg) else {
+                    return Err(
+                        Error::Usage(format!("the manifest has no volume group {vg}")).into(),
+                    );
+                };
+                print!("{}", b.text);
+            } else {
+                output::manifest(cli.json, &found);
+            }
+            Ok(ExitStatus::Success)
         }
         Command::List { session } => {
             let mut drive = open(cli)?;

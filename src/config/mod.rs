@@ -19,6 +19,11 @@
 //! sources = ["/etc", "/home"]
 //! gfs = { daily = "daily", weekly = "weekly", monthly = "monthly", weekly_on = "sunday" }
 //! schedule = "Mon..Sun 01:00"
+//!
+//! [job.system]
+//! sources = ["/"]
+//! pool = "daily"
+//! system = true        # also store the system manifest (docs/BARE-METAL.md)
 //! ```
 
 pub mod systemd;
@@ -180,6 +185,9 @@ struct RawJob {
     export: Option<Spanned<String>>,
     /// Which tiers are exported (default: all).
     export_tiers: Option<Vec<Spanned<String>>>,
+    /// Store the system manifest for a bare-metal restore (`write --system`).
+    #[serde(default)]
+    system: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +306,8 @@ pub struct Job {
     pub export: Option<String>,
     /// Tiers whose cartridges are exported (empty: every run's).
     pub export_tiers: Vec<Tier>,
+    /// Store the system manifest (FORMAT.md §7.6), as `write --system` does.
+    pub system: bool,
 }
 
 /// Resolves byte offsets in the file to line numbers for messages.
@@ -639,6 +649,7 @@ impl Config {
                     schedule: j.schedule.map(Spanned::into_inner),
                     export: j.export.map(Spanned::into_inner),
                     export_tiers,
+                    system: j.system,
                 },
             );
         }
@@ -704,6 +715,7 @@ verify = true
 schedule = "Mon..Sun 01:00"
 export = "vault:ironmountain"
 export_tiers = ["monthly"]
+system = true
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -728,6 +740,7 @@ export_tiers = ["monthly"]
         );
         let j = c.job("nightly").unwrap();
         assert!(j.verify);
+        assert!(j.system);
         assert_eq!(j.export_tiers, vec![Tier::Monthly]);
         // The first Friday of the month is monthly, other Fridays weekly.
         let d = jiff::civil::date;

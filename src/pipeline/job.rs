@@ -501,8 +501,9 @@ pub fn execute(
         set_name,
         walk: WalkOptions {
             excludes: ctx.job.exclude.clone(),
-            one_file_system: false,
+            ..WalkOptions::with_default_excludes()
         },
+        system_manifest: ctx.job.system,
         compress: pool.compression == Compression::Zstd,
         rescue_kit: ctx.rescue_kit.clone(),
         ..Default::default()

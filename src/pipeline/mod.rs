@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod glob;
 pub mod job;
 pub mod list;
+pub mod manifest;
 pub mod pool;
 pub mod qualify;
 pub mod reader;

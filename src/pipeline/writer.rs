@@ -65,6 +65,9 @@ pub struct WriteOptions {
     pub catalog: Option<PathBuf>,
     /// The rescue kit of cartridges whose label this write (re)writes.
     pub rescue_kit: super::rescue::KitChoice,
+    /// Gather the system manifest and store it as the session's first
+    /// entry (FORMAT.md §7.6), for a bare-metal restore.
+    pub system_manifest: bool,
 }
 
 impl Default for WriteOptions {
@@ -82,6 +85,7 @@ impl Default for WriteOptions {
             interrupt: None,
             catalog: None,
             rescue_kit: Default::default(),
+            system_manifest: false,
         }
     }
 }
@@ -300,6 +304,10 @@ fn write_job(
     let pool = BufferPool::new(n_buffers, block_size);
 
     let start = session_start(opts, &membership, session, map.label.block_size);
+    let manifest = opts
+        .system_manifest
+        .then(super::manifest::manifest_entry)
+        .transpose()?;
     let room = drive.room_before_early_warning();
     // The host catalog: a problem with it never stops the backup; it is a
     // warning, and `tapir catalog import` catalogues the cartridge later.
@@ -370,7 +378,8 @@ fn write_job(
         let walk = opts.walk.clone();
         let walker = scope.spawn(move || {
             let mut batch = Vec::with_capacity(WALK_BATCH);
-            for item in Walker::new(sources.iter(), walk) {
+            let walked = Walker::new(sources.iter(), walk);
+            for item in super::manifest::manifest_first(manifest, walked) {
                 batch.push(item);
                 if batch.len() == WALK_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
@@ -775,6 +784,24 @@ fn session_start(
         volume_seq: membership.volume_seq,
         block_size,
         continues: None,
+        excludes: Some(
+            opts.walk
+                .excludes
+                .iter()
+                .map(|p| p.as_bytes().to_vec().into())
+                .collect(),
+        ),
+        contents_excluded: Some(
+            opts.walk
+                .contents_excluded
+                .iter()
+                .map(|p| {
+                    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())
+                        .to_vec()
+                        .into()
+                })
+                .collect(),
+        ),
     }
 }
 
