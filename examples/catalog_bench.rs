@@ -191,6 +191,7 @@ fn ingest(a: &Args) {
             complete: true,
             origin: Origin::Catalog,
             lost_blocks: 0,
+            job: None,
         };
         let t = Instant::now();
         cat.merge_session_stream(&vol, &rec, per, (0..per).map(|i| entry(i, s)))

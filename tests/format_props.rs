@@ -18,8 +18,8 @@ use tapir::format::block::{
 use tapir::format::label::{LabelBlock, RescueKit, SetMembership, VolumeLabel, MAX_LABEL_CBOR};
 use tapir::format::meta::{
     from_cbor, to_cbor, CatalogEnd, CatalogEntry, CatalogHeader, Checkpoint, DeviceNumbers, Entry,
-    EntryEnd, EntryKind, Extent, SessionEnd, SessionLink, SessionStart, StreamPosition, Timestamp,
-    Xattr,
+    EntryEnd, EntryKind, Extent, JobRun, SessionEnd, SessionLink, SessionStart, StreamPosition,
+    Timestamp, Xattr,
 };
 use tapir::format::record::{
     Codec, DataPrefix, RecordHeader, RecordType, DATA_CHUNK_LEN, DATA_PREFIX_LEN, MAX_RECORD_BODY,
@@ -277,13 +277,14 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
         (
             prop::option::of(vec(path_bytes(), 0..3)),
             prop::option::of(vec(path_bytes(), 0..3)),
+            prop::option::of((text(), 0u8..3, prop::option::of(any::<[u8; 16]>()))),
         ),
     )
         .prop_map(
             |(
                 (session_uuid, session, set_uuid, set_name, host),
                 (started, tapir_version, sources, volume_seq, block_size, continues),
-                (excludes, contents_excluded),
+                (excludes, contents_excluded, job),
             )| SessionStart {
                 session_uuid,
                 session,
@@ -299,6 +300,7 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
                 excludes: excludes.map(|v| v.into_iter().map(Into::into).collect()),
                 contents_excluded: contents_excluded
                     .map(|v| v.into_iter().map(Into::into).collect()),
+                job: job.map(|(name, level, base)| JobRun { name, level, base }),
             },
         )
 }
@@ -842,7 +844,7 @@ proptest! {
     fn entry_cbor(v in entry(), k in future_key(), x in cbor_value(), m in mutations()) {
         check_cbor(&v, k, &x, &m)?;
         // The kind byte maps back to an EntryKind exactly for the known codes.
-        prop_assert_eq!(v.kind().is_ok(), (1..=7).contains(&v.kind));
+        prop_assert_eq!(v.kind().is_ok(), (1..=8).contains(&v.kind));
     }
 
     #[test]
@@ -1025,11 +1027,12 @@ fn entry_kind_codes_round_trip() {
         EntryKind::Fifo,
         EntryKind::CharDevice,
         EntryKind::BlockDevice,
+        EntryKind::Unchanged,
     ] {
         assert_eq!(EntryKind::from_code(k.code()).unwrap(), k);
     }
     assert!(EntryKind::from_code(0).is_err());
-    assert!(EntryKind::from_code(8).is_err());
+    assert!(EntryKind::from_code(9).is_err());
 }
 
 // ---------------------------------------------------------------------------

@@ -80,6 +80,7 @@ fn forge(lab: &Lab, items: Vec<Forged>, raw_tail: Option<Vec<u8>>) {
         continues: None,
         excludes: None,
         contents_excluded: None,
+        job: None,
     };
     f.push_record(RecordType::SessionStart, 0, &[&to_cbor(&start)], &mut emit)
         .unwrap();

@@ -522,3 +522,129 @@ fn two_jobs_never_share_a_drive() {
     let (code, done) = run_night(&lab, &config, "2026-12-02", &[]);
     assert_eq!(code, 0, "{done}");
 }
+
+/// Regular files under `dir`, relative path → content.
+fn tree_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn incrementals_write_only_what_changed_and_restore_at_a_date_rebuilds_the_tree_of_that_night() {
+    let lab = Lab::new(8, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    let config = lab.path("tapir.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[drive.vt]
+device = "{dev}"
+[pool.inc]
+retention = "30d"
+block_size = "64K"
+[job.nightly]
+sources = ["{src}"]
+pool = "inc"
+level = "incremental"
+"#,
+            dev = lab.device(),
+            src = src.display()
+        ),
+    )
+    .unwrap();
+    let night = |day: &str| -> serde_json::Value {
+        let now = format!("{day}T01:00:00Z");
+        let (code, out) = lab.json([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "nightly",
+            "--now",
+            &now,
+        ]);
+        assert!(code <= 1, "{day}: {out}");
+        out
+    };
+    let big = vec![7u8; 300_000];
+    fs::write(src.join("big"), &big).unwrap();
+    fs::write(src.join("d/a"), b"a, first").unwrap();
+    fs::write(src.join("d/b"), b"b, first").unwrap();
+    let first = night("2026-12-01");
+    assert_eq!(
+        first["level_written"], 0,
+        "no base yet: a full one: {first}"
+    );
+    assert!(first["plan"]["warnings"]
+        .to_string()
+        .contains("this run is a full one"));
+    let mut states = vec![tree_of(&src)];
+
+    // Night 2: b changes, c appears; big stays.
+    fs::write(src.join("d/b"), b"b, second and longer").unwrap();
+    fs::write(src.join("d/c"), b"c, new").unwrap();
+    let second = night("2026-12-02");
+    assert_eq!(second["level_written"], 1, "{second}");
+    // Only the changed and new files were read.
+    assert_eq!(
+        second["write"]["bytes_read"],
+        (b"b, second and longer".len() + b"c, new".len()) as u64,
+        "{second}"
+    );
+    states.push(tree_of(&src));
+
+    // Night 3: a is deleted, big changes.
+    fs::remove_file(src.join("d/a")).unwrap();
+    fs::write(src.join("big"), vec![9u8; 200_000]).unwrap();
+    let third = night("2026-12-03");
+    assert_eq!(third["level_written"], 1, "{third}");
+    states.push(tree_of(&src));
+
+    // Night 4: nothing changes at all.
+    let fourth = night("2026-12-04");
+    assert_eq!(fourth["write"]["bytes_read"], 0, "{fourth}");
+    states.push(tree_of(&src));
+
+    let rel = src.strip_prefix("/").unwrap();
+    for (i, (day, want)) in ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
+        .iter()
+        .zip(&states)
+        .enumerate()
+    {
+        let to = lab.path(&format!("as-of-{i}"));
+        let (code, r) = lab.json([
+            "restore",
+            "--at",
+            &format!("{day}T12:00:00Z"),
+            "--job",
+            "nightly",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{day}: {r}");
+        assert!(
+            tree_of(&to.join(rel)) == *want,
+            "{day}: the tree differs: {r}"
+        );
+    }
+    // The last night's cartridge alone names what it does not hold.
+    let last = fourth["cartridge"].as_str().unwrap();
+    assert_ok(&lab.tapir(["changer", "load", last]));
+    let alone = lab.path("alone");
+    let (code, r) = lab.json(["restore", "--to", alone.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["unchanged"].to_string().contains("big"), "{r}");
+}

@@ -176,6 +176,8 @@ pub struct SessionRecord {
     pub complete: bool,
     pub origin: Origin,
     pub lost_blocks: u64,
+    /// The job that wrote it (from its `SessionStart`).
+    pub job: Option<crate::format::meta::JobRun>,
 }
 
 impl SessionRecord {
@@ -208,6 +210,7 @@ impl SessionRecord {
                 .iter()
                 .map(|l| l.last_block.saturating_sub(l.first_block) + 1)
                 .sum(),
+            job: start.and_then(|st| st.job.clone()),
         }
     }
 }
@@ -517,6 +520,9 @@ impl Catalog {
                 tx.last_insert_rowid()
             }
         };
+        if let Some(j) = &rec.job {
+            super::record::note_job(&tx, session_id, j).map_err(e)?;
+        }
         let mut cache = PathCache::default();
         let n = insert_entries(&tx, &mut cache, session_id, 0, entries).map_err(e)?;
         if n as u64 != count {
@@ -797,6 +803,7 @@ impl Catalog {
                     skipped: 0,
                 }),
                 complete,
+                job: None,
                 origin: Origin::SetCopy,
                 lost_blocks: 0,
             };

@@ -19,6 +19,7 @@
 //! [`location`] and [`when`] (pure parsing and policy), [`prune`].
 
 pub mod ingest;
+pub mod levels;
 pub mod location;
 pub mod paths;
 pub mod prune;
@@ -274,6 +275,7 @@ pub(crate) mod testutil {
             continues: None,
             excludes: None,
             contents_excluded: None,
+            job: None,
         }
     }
 

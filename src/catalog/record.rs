@@ -131,6 +131,9 @@ impl Catalog {
         )
         .map_err(|e| Error::sql(&path, ctx, e))?;
         let session_id = tx.last_insert_rowid();
+        if let Some(j) = &start.job {
+            note_job(&tx, session_id, j).map_err(|e| Error::sql(&path, ctx, e))?;
+        }
         tx.commit().map_err(|e| Error::sql(&path, ctx, e))?;
         Ok(SessionRecorder {
             cat: self,
@@ -412,6 +415,19 @@ pub(crate) fn insert_entries<B: std::borrow::Borrow<CatalogEntry>>(
     }
     cache.flush(conn)?;
     Ok(seq - first_seq)
+}
+
+/// Record which job wrote session `id`, at which level, relative to what.
+pub(crate) fn note_job(
+    conn: &Connection,
+    id: i64,
+    j: &crate::format::meta::JobRun,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE sessions SET job = ?2, level = ?3, base = ?4 WHERE id = ?1",
+        params![id, j.name, j.level, j.base],
+    )?;
+    Ok(())
 }
 
 /// Source paths as stored: NUL-separated (archive paths never hold NUL).

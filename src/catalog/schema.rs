@@ -23,7 +23,7 @@ pub const APPLICATION_ID: u32 = 0x5441_5052;
 
 /// Schema versions, in order; `PRAGMA user_version` counts those applied.
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this tapir writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -161,6 +161,15 @@ CREATE TABLE entries (
     link      BLOB
 ) STRICT;
 CREATE INDEX entries_path ON entries(path);
+"#;
+
+/// Version 2: the job that wrote a session, its level, and the session
+/// an incremental or differential is relative to (FORMAT.md §7.7).
+const V2: &str = r#"
+ALTER TABLE sessions ADD COLUMN job TEXT;
+ALTER TABLE sessions ADD COLUMN level INTEGER;
+ALTER TABLE sessions ADD COLUMN base BLOB;
+CREATE INDEX sessions_job ON sessions(job, started) WHERE job IS NOT NULL;
 "#;
 
 /// The rowid of entry `seq` of session `session`.

@@ -340,3 +340,48 @@ pub fn systemd(
     }
     Ok(ExitStatus::Success)
 }
+
+/// `restore --at TIME --job JOB`: the job's tree as of a time, gathered
+/// from its full and incremental sessions through the host catalog.
+pub fn restore_at(
+    catalog: Option<&std::path::Path>,
+    device: &str,
+    job: &str,
+    at: &str,
+    opts: tapir::pipeline::restore::RestoreOptions,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let at = parse_now(at)?;
+    let Some(dir) = device.strip_prefix("vtape:") else {
+        return Err(Error::Usage(format!(
+            "{device}: restore --at loads cartridges itself and needs a library (vtape:DIR) for now"
+        ))
+        .into());
+    };
+    let catalog = tapir::catalog::resolve_path(catalog);
+    let done = job::restore_at(&catalog, std::path::Path::new(dir), job, at, &opts)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&done).expect("summaries serialise")
+        );
+    } else {
+        println!(
+            "job {} as of {}: its session of {} on {}",
+            done.job, done.at, done.session_started, done.session_cartridge
+        );
+        for c in &done.cartridges {
+            println!(
+                "  {}: {} entries restored, {} bytes",
+                c.cartridge, c.restored, c.bytes
+            );
+            for d in c.damaged.iter().chain(&c.failed).chain(&c.refused) {
+                println!("    not restored: {} ({})", d.path, d.reason);
+            }
+        }
+        for m in &done.missing {
+            println!("  missing: {m}: no session in the catalog holds its content any more");
+        }
+    }
+    Ok(done.exit_status())
+}

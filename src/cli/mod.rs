@@ -185,6 +185,14 @@ enum Command {
         /// How long to wait for the operator to insert each cartridge.
         #[arg(long, value_name = "SECONDS", default_value_t = 8 * 3600)]
         operator_timeout: u64,
+        /// Restore a job's tree as it was at this time (YYYY-MM-DD or RFC
+        /// 3339), from the host catalog: its newest session by then, each
+        /// file from the full or incremental that holds it.
+        #[arg(long, value_name = "TIME", requires = "job", conflicts_with_all = ["session", "whole_set"])]
+        at: Option<String>,
+        /// With --at: the job (as named in the configuration).
+        #[arg(long, requires = "at")]
+        job: Option<String>,
         /// Glob patterns over archive paths; a directory selects its contents.
         patterns: Vec<String>,
     },
@@ -847,8 +855,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             whole_set,
             ask_operator,
             operator_timeout,
+            at,
+            job,
             patterns,
         } => {
+            if let (Some(at), Some(job)) = (at, job) {
+                return jobs::restore_at(
+                    cli.catalog.as_deref(),
+                    device_spec(cli)?,
+                    job,
+                    at,
+                    pipeline::restore::RestoreOptions {
+                        target: to.clone(),
+                        overwrite: *overwrite,
+                        numeric_owner: *numeric_owner,
+                        ..Default::default()
+                    },
+                    cli.json,
+                );
+            }
             let mut drive = open(cli)?;
             let opts = pipeline::restore::RestoreOptions {
                 partials: *partials,

@@ -47,6 +47,9 @@ pub enum EntryKind {
     Fifo,
     CharDevice,
     BlockDevice,
+    /// A regular file of an incremental or differential session whose
+    /// content is that of the same path in the session's base chain.
+    Unchanged,
 }
 
 impl EntryKind {
@@ -59,6 +62,7 @@ impl EntryKind {
             EntryKind::Fifo => 5,
             EntryKind::CharDevice => 6,
             EntryKind::BlockDevice => 7,
+            EntryKind::Unchanged => 8,
         }
     }
     pub fn from_code(c: u8) -> Result<Self, FormatError> {
@@ -70,13 +74,14 @@ impl EntryKind {
             5 => EntryKind::Fifo,
             6 => EntryKind::CharDevice,
             7 => EntryKind::BlockDevice,
+            8 => EntryKind::Unchanged,
             other => return Err(FormatError::Invalid(format!("unknown entry kind {other}"))),
         })
     }
     /// The `ls -l` type character.
     pub fn type_char(self) -> char {
         match self {
-            EntryKind::File | EntryKind::HardLink => '-',
+            EntryKind::File | EntryKind::HardLink | EntryKind::Unchanged => '-',
             EntryKind::Dir => 'd',
             EntryKind::Symlink => 'l',
             EntryKind::Fifo => 'p',
@@ -259,7 +264,29 @@ pub struct SessionStart {
     /// whole-root write); the directories themselves are archived.
     #[n(12)]
     pub contents_excluded: Option<Vec<minicbor::bytes::ByteVec>>,
+    /// The scheduled job that wrote the session, and what it is relative to.
+    #[n(13)]
+    pub job: Option<JobRun>,
 }
+
+/// A session written by a job of the configuration (FORMAT.md §7.7).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct JobRun {
+    #[n(0)]
+    pub name: String,
+    /// LEVEL_FULL, LEVEL_INCREMENTAL or LEVEL_DIFFERENTIAL.
+    #[n(1)]
+    pub level: u8,
+    /// The session an incremental or differential is relative to: files
+    /// unchanged since then are `Unchanged` entries here.
+    #[cbor(n(2), with = "minicbor::bytes")]
+    pub base: Option<[u8; 16]>,
+}
+
+pub const LEVEL_FULL: u8 = 0;
+pub const LEVEL_INCREMENTAL: u8 = 1;
+pub const LEVEL_DIFFERENTIAL: u8 = 2;
 
 /// How a session part on one cartridge follows the part before it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -25,8 +25,12 @@ use super::rescue::KitChoice;
 use super::source::WalkOptions;
 use super::span::LibrarySupply;
 use super::volume::{label_cartridge, read_label, LabelState};
-use super::writer::{write_session_spanning, WriteOptions, WriteProgress, WriteSummary};
+use super::writer::{write_session_spanning, Baseline, WriteOptions, WriteProgress, WriteSummary};
 use super::{Error, Result};
+use crate::config::Level;
+use crate::format::meta::{
+    Entry, EntryKind, JobRun, LEVEL_DIFFERENTIAL, LEVEL_FULL, LEVEL_INCREMENTAL,
+};
 
 /// What a run would do, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -229,6 +233,70 @@ pub struct RunOutcome {
     pub verified: Vec<Verified>,
     /// Cartridges recorded as exported, and where to.
     pub exported: Vec<String>,
+    /// 0 full, 1 incremental, 2 differential: what was written (an
+    /// incremental with no full before it is written as a full).
+    pub level_written: u8,
+}
+
+/// The job's level for this run: its `JobRun`, the unchanged-file check
+/// against the base session, and a note when an incremental or
+/// differential has no base yet and is written full.
+fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, Option<Baseline>, Option<String>)> {
+    let name = ctx.job.name.clone();
+    let wanted = match ctx.job.level {
+        Level::Full => {
+            return Ok((
+                JobRun {
+                    name,
+                    level: LEVEL_FULL,
+                    base: None,
+                },
+                None,
+                None,
+            ))
+        }
+        Level::Incremental => LEVEL_INCREMENTAL,
+        Level::Differential => LEVEL_DIFFERENTIAL,
+    };
+    let cat = Catalog::open(&ctx.catalog)?;
+    let Some(base) = cat.job_base(&name, wanted == LEVEL_DIFFERENTIAL)? else {
+        let note = format!(
+            "job {name}: no earlier full backup of this job in the catalog; this run is a full one"
+        );
+        return Ok((
+            JobRun {
+                name,
+                level: LEVEL_FULL,
+                base: None,
+            },
+            None,
+            Some(note),
+        ));
+    };
+    let base_id = base.id;
+    let check = move |e: &Entry| -> Option<[u8; 32]> {
+        let f = cat.base_facts(base_id, &e.path).ok()??;
+        let same = (f.kind == EntryKind::File.code() || f.kind == EntryKind::Unchanged.code())
+            && f.size == e.size
+            && f.mtime == (e.mtime.sec, e.mtime.nsec)
+            && f.mode == e.mode
+            && f.uid == e.uid
+            && f.gid == e.gid;
+        if same {
+            f.hash
+        } else {
+            None
+        }
+    };
+    Ok((
+        JobRun {
+            name,
+            level: wanted,
+            base: Some(base.uuid),
+        },
+        Some(Baseline::new(Box::new(check))),
+        None,
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -494,7 +562,10 @@ pub fn execute(
         }
     };
     drop(cat);
+    let (job_run, baseline, level_note) = levels(ctx)?;
     let opts = WriteOptions {
+        job: Some(job_run),
+        baseline,
         interrupt: ctx.interrupt.clone(),
         catalog: Some(ctx.catalog.clone()),
         sources: ctx.job.sources.clone(),
@@ -550,7 +621,10 @@ pub fn execute(
             exported.push(format!("{} to {loc}", part.cartridge));
         }
     }
+    let mut plan = plan;
+    plan.plan.warnings.extend(level_note);
     Ok(RunOutcome {
+        level_written: opts.job.as_ref().map_or(0, |j| j.level),
         cartridge: pick.label.clone(),
         action: pick.action.clone(),
         plan,
@@ -609,4 +683,94 @@ pub fn notify(n: &crate::config::Notify, event: &str, job: &str, message: &str) 
         )));
     }
     Ok(())
+}
+
+/// What `restore --at` did: the job's session it restored as of the date,
+/// and one restore per cartridge it read.
+#[derive(Debug, Serialize)]
+pub struct RestoredAt {
+    pub job: String,
+    pub at: String,
+    /// The session the tree is as of: when it started, and where it is.
+    pub session_started: String,
+    pub session_cartridge: String,
+    pub cartridges: Vec<super::restore::RestoreSummary>,
+    /// Paths whose content no session of the catalog holds any more.
+    pub missing: Vec<String>,
+}
+
+impl RestoredAt {
+    pub fn exit_status(&self) -> ExitStatus {
+        let worst = self
+            .cartridges
+            .iter()
+            .map(|c| c.exit_status())
+            .max()
+            .unwrap_or(ExitStatus::Success);
+        if self.missing.is_empty() {
+            worst
+        } else {
+            worst.max(ExitStatus::DataDamage)
+        }
+    }
+}
+
+/// Restore `job`'s tree as it was at `at`: its newest session by then, each
+/// file from the session that holds its content (following incrementals
+/// back to their full), reading each cartridge once, oldest first, so the
+/// newest session's directories get their times last.
+pub fn restore_at(
+    catalog: &Path,
+    library: &Path,
+    job: &str,
+    at: i64,
+    opts: &super::restore::RestoreOptions,
+) -> Result<RestoredAt> {
+    use std::collections::{BTreeMap, HashSet};
+    let cat = Catalog::open_existing(catalog)?;
+    let Some(session) = cat.job_session_at(job, at)? else {
+        return Err(Error::Refused(format!(
+            "the catalog holds no complete session of job {job} from before {}",
+            crate::catalog::when::ts_text(at)
+        )));
+    };
+    let (contents, missing) = cat.contents_at(&session)?;
+    drop(cat);
+    // Per cartridge: the newest session read from it, and what to restore.
+    type Selection = HashMap<u32, HashSet<Vec<u8>>>;
+    let mut by_cartridge: BTreeMap<String, (i64, Selection)> = BTreeMap::new();
+    for c in contents {
+        let e = by_cartridge.entry(c.cartridge).or_default();
+        e.0 = e.0.max(c.started);
+        e.1.entry(c.number).or_default().insert(c.path);
+    }
+    let mut order: Vec<(String, i64, Selection)> = by_cartridge
+        .into_iter()
+        .map(|(c, (t, sel))| (c, t, sel))
+        .collect();
+    order.sort_by_key(|(c, t, _)| (*t, c == &session.cartridge));
+    let mut lib = VirtualLibrary::open(library)?;
+    let mut cartridges = Vec::new();
+    for (cartridge, _, selection) in order {
+        lib.load_barcode(&cartridge)?;
+        let mut drive = lib.open_drive()?;
+        let o = super::restore::RestoreOptions {
+            selection: Some(selection),
+            patterns: Vec::new(),
+            session: None,
+            ..opts.clone()
+        };
+        cartridges.push(super::restore::restore(&mut drive, &o)?);
+    }
+    Ok(RestoredAt {
+        job: job.to_string(),
+        at: crate::catalog::when::ts_text(at),
+        session_started: crate::catalog::when::ts_text(session.started),
+        session_cartridge: session.cartridge,
+        cartridges,
+        missing: missing
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect(),
+    })
 }

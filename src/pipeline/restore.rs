@@ -86,6 +86,10 @@ pub struct RestoreSummary {
     pub spanning: Vec<NotRestored>,
     /// Spanning entries completed by joining their parts (whole hash checked).
     pub joined: u64,
+    /// Files of an incremental or differential session that were unchanged
+    /// since its base: their content is in an earlier session (`restore
+    /// --at` gathers it through the host catalog).
+    pub unchanged: Vec<String>,
     /// The raw paths of `spanning` and of the joined entries, for a restore
     /// across cartridges to follow them (names need not be UTF-8).
     #[serde(skip)]
@@ -119,6 +123,7 @@ impl RestoreSummary {
             ExitStatus::DataDamage
         } else if !self.skipped_existing.is_empty()
             || !self.spanning.is_empty()
+            || !self.unchanged.is_empty()
             || !self.warnings.is_empty()
             || !self.patterns_without_match.is_empty()
         {
@@ -561,6 +566,10 @@ impl Restorer<'_> {
                     .target
                     .create_hardlink(path, t, self.overwrite)?
                     .is_new()
+            }
+            EntryKind::Unchanged => {
+                self.summary.unchanged.push(show(path));
+                return Ok(false);
             }
             EntryKind::Fifo => !self.target.create_fifo(path, self.overwrite)?.is_new(),
             EntryKind::CharDevice | EntryKind::BlockDevice => {

@@ -68,6 +68,34 @@ pub struct WriteOptions {
     /// Gather the system manifest and store it as the session's first
     /// entry (FORMAT.md §7.6), for a bare-metal restore.
     pub system_manifest: bool,
+    /// The job that writes, its level, and its base session.
+    pub job: Option<crate::format::meta::JobRun>,
+    /// For an incremental or differential: which files are unchanged since
+    /// the base (they become `Unchanged` entries, FORMAT.md §7.7).
+    pub baseline: Option<Baseline>,
+}
+
+/// Says whether a file is unchanged since an incremental's base, and its
+/// BLAKE3 there. Called from the producer thread, once per regular file.
+pub type UnchangedCheck = dyn FnMut(&Entry) -> Option<[u8; 32]> + Send;
+
+#[derive(Clone)]
+pub struct Baseline(pub std::sync::Arc<std::sync::Mutex<Box<UnchangedCheck>>>);
+
+impl Baseline {
+    pub fn new(check: Box<UnchangedCheck>) -> Self {
+        Baseline(std::sync::Arc::new(std::sync::Mutex::new(check)))
+    }
+    fn unchanged(&self, e: &Entry) -> Option<[u8; 32]> {
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(e)
+    }
+}
+
+impl std::fmt::Debug for Baseline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Baseline")
+    }
 }
 
 impl Default for WriteOptions {
@@ -86,6 +114,8 @@ impl Default for WriteOptions {
             catalog: None,
             rescue_kit: Default::default(),
             system_manifest: false,
+            job: None,
+            baseline: None,
         }
     }
 }
@@ -636,6 +666,7 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             complete: !failed,
             origin: Origin::Catalog,
             lost_blocks: 0,
+            job: part.start.job.clone(),
         };
         let count = part.count();
         let entries = part
@@ -784,6 +815,7 @@ fn session_start(
         volume_seq: membership.volume_seq,
         block_size,
         continues: None,
+        job: opts.job.clone(),
         excludes: Some(
             opts.walk
                 .excludes
@@ -2253,6 +2285,18 @@ fn produce(
 /// Write one walked (or rewritten) entry into the open part.
 fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOutcome> {
     let progress = pr.ctx.progress;
+    // An incremental keeps only the name and metadata of a file unchanged
+    // since its base: its content is there.
+    let mut base_hash = None;
+    if src.entry.kind == EntryKind::File.code() && src.entry.continued_from.is_none() {
+        if let Some(b) = &pr.ctx.opts.baseline {
+            base_hash = b.unchanged(&src.entry);
+            if base_hash.is_some() {
+                src.entry.kind = EntryKind::Unchanged.code();
+                src.file = None;
+            }
+        }
+    }
     let entry = &src.entry;
     let kind = entry.kind().expect("the walker makes known kinds");
     if let Ok(mut cur) = progress.current.lock() {
@@ -2351,7 +2395,7 @@ fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOu
     pr.scratch = end_cbor;
     let mut listed = super::list::catalog_entry_of(entry, pr.current_position);
     listed.continued_from = pr.current_continued_from;
-    listed.blake3 = end.blake3;
+    listed.blake3 = end.blake3.or(base_hash);
     listed.status = end.status;
     pr.list_entry(listed)?;
     pr.p.entries += 1;
