@@ -640,6 +640,56 @@ level = "incremental"
             "{day}: the tree differs: {r}"
         );
     }
+    // With the full backup's cartridge in a vault, the restore asks for it.
+    let full = first["cartridge"].as_str().unwrap();
+    assert_ok(&lab.tapir(["changer", "export", full, "--to", "vault:offsite"]));
+    let to = lab.path("asked");
+    let mut child = std::process::Command::new(TAPIR)
+        .args([
+            "--device",
+            &lab.device(),
+            "--json",
+            "restore",
+            "--at",
+            "2026-12-02T12:00:00Z",
+        ])
+        .args([
+            "--job",
+            "nightly",
+            "--operator-timeout",
+            "600",
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .env("TAPIR_CATALOG", lab.catalog())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut asked = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "{asked}"
+        );
+        asked.push_str(&line);
+        if line.contains("OPERATOR:") {
+            break;
+        }
+    }
+    assert!(
+        asked.contains(&format!(
+            "insert cartridge {full} (last known at vault:offsite"
+        )),
+        "{asked}"
+    );
+    assert_ok(&lab.tapir(["changer", "import", full]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{asked}");
+    assert!(tree_of(&to.join(rel)) == states[1]);
+
     // The last night's cartridge alone names what it does not hold.
     let last = fourth["cartridge"].as_str().unwrap();
     assert_ok(&lab.tapir(["changer", "load", last]));

@@ -349,6 +349,7 @@ pub fn restore_at(
     job: &str,
     at: &str,
     opts: tapir::pipeline::restore::RestoreOptions,
+    operator_timeout: u64,
     json: bool,
 ) -> anyhow::Result<ExitStatus> {
     let at = parse_now(at)?;
@@ -359,7 +360,19 @@ pub fn restore_at(
         .into());
     };
     let catalog = tapir::catalog::resolve_path(catalog);
-    let done = job::restore_at(&catalog, std::path::Path::new(dir), job, at, &opts)?;
+    let tell = |what: &str| eprintln!("tapir: OPERATOR: {what}");
+    let operator = job::Operator {
+        timeout: std::time::Duration::from_secs(operator_timeout),
+        tell: &tell,
+    };
+    let done = job::restore_at(
+        &catalog,
+        std::path::Path::new(dir),
+        job,
+        at,
+        &opts,
+        &operator,
+    )?;
     if json {
         println!(
             "{}",

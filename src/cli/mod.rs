@@ -871,6 +871,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                         numeric_owner: *numeric_owner,
                         ..Default::default()
                     },
+                    *operator_timeout,
                     cli.json,
                 );
             }

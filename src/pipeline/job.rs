@@ -725,6 +725,7 @@ pub fn restore_at(
     job: &str,
     at: i64,
     opts: &super::restore::RestoreOptions,
+    operator: &Operator<'_>,
 ) -> Result<RestoredAt> {
     use std::collections::{BTreeMap, HashSet};
     let cat = Catalog::open_existing(catalog)?;
@@ -735,6 +736,14 @@ pub fn restore_at(
         )));
     };
     let (contents, missing) = cat.contents_at(&session)?;
+    let whereabouts: HashMap<String, String> = cat
+        .media_list(&MediaFilter::default())?
+        .into_iter()
+        .filter_map(|m| {
+            let at = m.brief.location?;
+            Some((m.brief.label, at.location.to_string()))
+        })
+        .collect();
     drop(cat);
     // Per cartridge: the newest session read from it, and what to restore.
     type Selection = HashMap<u32, HashSet<Vec<u8>>>;
@@ -752,7 +761,10 @@ pub fn restore_at(
     let mut lib = VirtualLibrary::open(library)?;
     let mut cartridges = Vec::new();
     for (cartridge, _, selection) in order {
-        lib.load_barcode(&cartridge)?;
+        if !present_in(&lib)?.contains(&cartridge) {
+            operator.wait_for(&lib, &cartridge, whereabouts.get(&cartridge))?;
+        }
+        operator.load(&mut lib, &cartridge)?;
         let mut drive = lib.open_drive()?;
         let o = super::restore::RestoreOptions {
             selection: Some(selection),
@@ -773,4 +785,57 @@ pub fn restore_at(
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect(),
     })
+}
+
+/// Someone who can put cartridges into the library.
+pub struct Operator<'a> {
+    pub timeout: std::time::Duration,
+    /// Tells the operator what is needed.
+    pub tell: &'a dyn Fn(&str),
+}
+
+impl Operator<'_> {
+    /// Ask for `label` (last known at `whereabouts`) and wait until it is
+    /// in the library.
+    pub fn wait_for(
+        &self,
+        lib: &VirtualLibrary,
+        label: &str,
+        whereabouts: Option<&String>,
+    ) -> Result<()> {
+        let at = whereabouts.map_or(String::new(), |w| format!(" (last known at {w})"));
+        if self.timeout.is_zero() {
+            return Err(Error::Refused(format!(
+                "cartridge {label}{at} is not in the library; insert it (`tapir changer import {label}`) and retry"
+            )));
+        }
+        (self.tell)(&format!(
+            "insert cartridge {label}{at} into the library (`tapir changer import {label}`); waiting up to {} s",
+            self.timeout.as_secs()
+        ));
+        let since = std::time::Instant::now();
+        while since.elapsed() < self.timeout {
+            if present_in(lib)?.iter().any(|b| b == label) {
+                return Ok(());
+            }
+            std::thread::sleep(INSERT_POLL);
+        }
+        Err(Error::Device(DeviceError::NoMedium {
+            device: format!("{} (waiting for {label})", lib.name()),
+        }))
+    }
+
+    /// Load `label`, waiting while the library is busy with someone
+    /// else's move (the operator's import may still hold it).
+    pub fn load(&self, lib: &mut VirtualLibrary, label: &str) -> Result<()> {
+        let since = std::time::Instant::now();
+        loop {
+            match lib.load_barcode(label) {
+                Err(DeviceError::Busy { .. }) if since.elapsed() < self.timeout => {
+                    std::thread::sleep(INSERT_POLL)
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
 }
