@@ -62,6 +62,21 @@ fn run_night(lab: &Lab, config: &Path, day: &str, extra: &[&str]) -> (i32, serde
     lab.json(args)
 }
 
+/// A night that is expected to fail: no waiting for an operator, and the
+/// plain output (errors print no JSON).
+fn run_refused(lab: &Lab, config: &Path, now: &str) -> std::process::Output {
+    lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        now,
+        "--insert-timeout",
+        "0",
+    ])
+}
+
 #[derive(Debug)]
 struct Night {
     day: String,
@@ -208,16 +223,7 @@ fn unexpired_cartridges_are_never_reused_and_the_run_says_why() {
     assert_eq!(code, 5, "{plan}");
     let refused = plan["plan"]["refused"].to_string();
     assert!(refused.contains("kept until 2026-12-07"), "{plan}");
-    let err = lab.tapir([
-        "--config",
-        config.to_str().unwrap(),
-        "run",
-        "nightly",
-        "--now",
-        "2026-12-02T01:00:00Z",
-        "--insert-timeout",
-        "0",
-    ]);
+    let err = run_refused(&lab, &config, "2026-12-02T01:00:00Z");
     assert_code(&err, 3);
     assert!(
         text(&err.stderr).contains("no cartridge in the library can take it"),
@@ -365,16 +371,7 @@ fn a_changer_that_fails_a_move_costs_that_cartridge_only_and_the_catalog_stays_t
         r#"{"fail_move_of": ["TAP001L9", "TAP002L9"]}"#,
     )
     .unwrap();
-    let out = lab.tapir([
-        "--config",
-        config.to_str().unwrap(),
-        "run",
-        "nightly",
-        "--now",
-        "2026-12-09T01:00:00Z",
-        "--insert-timeout",
-        "0",
-    ]);
+    let out = run_refused(&lab, &config, "2026-12-09T01:00:00Z");
     assert_code(&out, 3);
     let err = text(&out.stderr);
     assert!(err.contains("failed to move TAP002L9"), "{err}");
@@ -414,7 +411,7 @@ fn scheduled_jobs_get_systemd_units() {
 
 #[test]
 fn an_operator_is_told_which_cartridge_to_insert_and_where_it_is_and_the_notify_command_hears_it() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     let lab = Lab::new(2, "20M");
@@ -457,18 +454,7 @@ fn an_operator_is_told_which_cartridge_to_insert_and_where_it_is_and_the_notify_
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut asked = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "ended without asking: {asked}"
-        );
-        asked.push_str(&line);
-        if line.contains("OPERATOR:") {
-            break;
-        }
-    }
+    let asked = read_until_operator(&mut stderr);
     assert!(
         asked.contains("TAP001L9 (last known at shelf:B3"),
         "{asked}"
@@ -502,16 +488,7 @@ fn two_jobs_never_share_a_drive() {
     // Another job has the drive open (and so the library's lock).
     let lib = tapir::device::library::VirtualLibrary::open(lab.lib()).unwrap();
     let held = lib.open_drive().unwrap();
-    let out = lab.tapir([
-        "--config",
-        config.to_str().unwrap(),
-        "run",
-        "nightly",
-        "--now",
-        "2026-12-02T01:00:00Z",
-        "--insert-timeout",
-        "0",
-    ]);
+    let out = run_refused(&lab, &config, "2026-12-02T01:00:00Z");
     assert_code(&out, 5);
     assert!(
         text(&out.stderr).contains("in use by another process"),
@@ -667,18 +644,7 @@ level = "incremental"
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut asked = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "{asked}"
-        );
-        asked.push_str(&line);
-        if line.contains("OPERATOR:") {
-            break;
-        }
-    }
+    let asked = read_until_operator(&mut stderr);
     assert!(
         asked.contains(&format!(
             "insert cartridge {full} (last known at vault:offsite"

@@ -344,7 +344,7 @@ fn one_cartridge_rebuilds_the_host_catalog_for_its_whole_set() {
 
 #[test]
 fn a_single_drive_asks_the_operator_for_the_next_cartridge_and_waits() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     use std::process::{Command, Stdio};
     let lab = Lab::new(3, "5M");
     // Without a changer there is no barcode to label a blank one with: the
@@ -371,18 +371,7 @@ fn a_single_drive_asks_the_operator_for_the_next_cartridge_and_waits() {
         .unwrap();
     // Wait for the request, as an operator would.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut asked = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "tapir ended without asking: {asked}"
-        );
-        asked.push_str(&line);
-        if line.contains("OPERATOR:") {
-            break;
-        }
-    }
+    let asked = read_until_operator(&mut stderr);
     assert!(
         asked.contains("TAP001L9") && asked.contains("insert the next cartridge"),
         "{asked}"

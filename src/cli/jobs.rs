@@ -112,15 +112,7 @@ pub fn run(
         .into());
     };
     drop(cat);
-    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(
-            sig,
-            ExitStatus::Interrupted.code(),
-            interrupt.clone(),
-        )?;
-        signal_hook::flag::register(sig, interrupt.clone())?;
-    }
+    let interrupt = super::interrupt_on_signals()?;
     let notify = cfg.notify.clone();
     let job_name = job.name.clone();
     let tell = move |what: &str| {

@@ -406,6 +406,21 @@ pub fn main() -> i32 {
     }
 }
 
+/// Ctrl-C or SIGTERM raise the returned flag, so a write closes its
+/// session cleanly; a second signal ends tapir at once.
+fn interrupt_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            ExitStatus::Interrupted.code(),
+            interrupt.clone(),
+        )?;
+        signal_hook::flag::register(sig, interrupt.clone())?;
+    }
+    Ok(interrupt)
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => tracing::Level::WARN,
@@ -714,16 +729,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         } => {
             let rescue_kit = kit.choose()?;
             let drive = open(cli)?;
-            // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
-            let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register_conditional_shutdown(
-                    sig,
-                    ExitStatus::Interrupted.code(),
-                    interrupt.clone(),
-                )?;
-                signal_hook::flag::register(sig, interrupt.clone())?;
-            }
+            let interrupt = interrupt_on_signals()?;
             let mut walk = if *no_default_excludes {
                 pipeline::source::WalkOptions::default()
             } else {

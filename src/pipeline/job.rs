@@ -243,18 +243,16 @@ pub struct RunOutcome {
 /// differential has no base yet and is written full.
 fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, Option<Baseline>, Option<String>)> {
     let name = ctx.job.name.clone();
+    let full = |name: String, note: Option<String>| {
+        let run = JobRun {
+            name,
+            level: LEVEL_FULL,
+            base: None,
+        };
+        Ok((run, None, note))
+    };
     let wanted = match ctx.job.level {
-        Level::Full => {
-            return Ok((
-                JobRun {
-                    name,
-                    level: LEVEL_FULL,
-                    base: None,
-                },
-                None,
-                None,
-            ))
-        }
+        Level::Full => return full(name, None),
         Level::Incremental => LEVEL_INCREMENTAL,
         Level::Differential => LEVEL_DIFFERENTIAL,
     };
@@ -263,15 +261,7 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, Option<Baseline>, Option<Stri
         let note = format!(
             "job {name}: no earlier full backup of this job in the catalog; this run is a full one"
         );
-        return Ok((
-            JobRun {
-                name,
-                level: LEVEL_FULL,
-                base: None,
-            },
-            None,
-            Some(note),
-        ));
+        return full(name, Some(note));
     };
     let base_id = base.id;
     let check = move |e: &Entry| -> Option<[u8; 32]> {

@@ -187,3 +187,21 @@ pub fn find_all(path: &Path, needle: &[u8]) -> Vec<u64> {
         .map(|(i, _)| i as u64)
         .collect()
 }
+
+/// Read a child's standard error up to the first line addressed to the
+/// operator (`tapir: OPERATOR:`); returns everything read. Fails if the
+/// child ends without asking.
+pub fn read_until_operator(stderr: &mut impl std::io::BufRead) -> String {
+    let mut asked = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tapir ended without asking: {asked}"
+        );
+        asked.push_str(&line);
+        if line.contains("OPERATOR:") {
+            return asked;
+        }
+    }
+}
