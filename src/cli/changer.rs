@@ -85,23 +85,18 @@ enum Library {
     Scsi(String),
 }
 
-/// The changer to use: `--changer`, else the configuration's changer for
-/// `--device` (or its only changer), else `--device` when it is vtape:DIR.
+/// The changer to use: `--changer`; else `--device` when it is vtape:DIR
+/// (a virtual library is its own changer); else the configuration's changer
+/// of `--device`, or its only changer.
 fn resolve(cli: &Cli, given: Option<&str>) -> anyhow::Result<Library> {
-    let spec = match given {
-        Some(s) => s.to_string(),
-        None => match configured_changer(cli)? {
-            Some(s) => s,
-            None => match cli.device.as_deref() {
-                Some(d) if d.starts_with("vtape:") => d.to_string(),
-                _ => {
-                    return Err(Error::Usage(
-                        "no changer given: use --changer /dev/sgN (or vtape:DIR), declare one in the configuration, or give --device vtape:DIR".into(),
-                    )
-                    .into())
-                }
-            },
-        },
+    let device_library = cli.device.as_deref().filter(|d| d.starts_with("vtape:"));
+    let spec = match (given, device_library) {
+        (Some(s), _) | (None, Some(s)) => s.to_string(),
+        (None, None) => configured_changer(cli)?.ok_or_else(|| {
+            Error::Usage(
+                "no changer given: use --changer /dev/sgN (or vtape:DIR), declare one in the configuration, or give --device vtape:DIR".into(),
+            )
+        })?,
     };
     Ok(match spec.strip_prefix("vtape:") {
         Some(dir) if !dir.is_empty() => Library::Virtual(PathBuf::from(dir)),

@@ -528,19 +528,8 @@ impl ScsiChanger {
         }
     }
 
-    /// A failed command as a typed error: a refusal with its named
-    /// condition, or what the SG layer makes of it.
     fn refused(&self, action: String, e: SgError) -> DeviceError {
-        match e {
-            SgError::CheckCondition { sense, .. } if !sense.deferred => {
-                DeviceError::ChangerRefused {
-                    device: self.name.clone(),
-                    action,
-                    condition: sense.condition(),
-                }
-            }
-            other => other.into(),
-        }
+        refused(&self.name, action, e)
     }
 
     /// MODE SENSE page 1Dh; `None` when the library does not have it.
@@ -906,6 +895,19 @@ impl Changer for ScsiChanger {
 
     fn unload(&mut self) -> DeviceResult<()> {
         self.unload_drive(self.drive).map(|_| ())
+    }
+}
+
+/// A failed command as a typed error: a refusal with its named
+/// condition, or what the SG layer makes of it.
+fn refused(device: &str, action: String, e: SgError) -> DeviceError {
+    match e {
+        SgError::CheckCondition { sense, .. } if !sense.deferred => DeviceError::ChangerRefused {
+            device: device.to_string(),
+            action,
+            condition: sense.condition(),
+        },
+        other => other.into(),
     }
 }
 
