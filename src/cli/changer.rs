@@ -181,10 +181,25 @@ fn run_scsi(cli: &Cli, dev: &str, command: &ChangerCommand) -> anyhow::Result<Ex
         ChangerCommand::Load {
             slot_or_barcode,
             drive,
-        } => match slot_or_barcode.parse::<usize>() {
-            Ok(slot) => changer.load(slot, drive_of(drive)),
-            Err(_) => changer.load_barcode(slot_or_barcode, drive_of(drive)),
-        },
+        } => {
+            let slot = slot_or_barcode.parse::<usize>().ok();
+            // The drive gives up another cartridge only once ejected.
+            let before = changer.status().map_err(Error::from)?;
+            let holds_another = before.drives.get(drive_of(drive)).is_some_and(|d| {
+                let wanted = match slot {
+                    Some(n) => before.slots.get(n.wrapping_sub(1)).map(|e| e.address) == d.source,
+                    None => d.barcode.as_deref() == Some(slot_or_barcode.as_str()),
+                };
+                d.full && !wanted
+            });
+            if holds_another {
+                eject_before_unload(cli);
+            }
+            match slot {
+                Some(slot) => changer.load(slot, drive_of(drive)),
+                None => changer.load_barcode(slot_or_barcode, drive_of(drive)),
+            }
+        }
         ChangerCommand::Unload { drive } => {
             eject_before_unload(cli);
             changer.unload_drive(drive_of(drive))

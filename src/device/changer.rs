@@ -248,6 +248,10 @@ pub struct ElementReport {
     /// Elements the library says it has from the requested address on.
     pub available: u16,
     pub elements: Vec<ElementStatus>,
+    /// The data ended inside the last element's descriptor: it holds only
+    /// the fields that were complete (tgt sends every report 8 bytes short
+    /// of its own byte count; a library cuts at the allocation length).
+    pub last_cut: bool,
 }
 
 impl ElementReport {
@@ -259,14 +263,17 @@ impl ElementReport {
 
 /// Parse READ ELEMENT STATUS data (SMC-3 §6.10): the element status
 /// header, then element status pages, each with its header and fixed-length
-/// descriptors. `dvcid`: device identifiers were asked for. Only complete
-/// descriptors count; declared lengths beyond the bytes returned are
-/// ignored, so nothing is allocated from a length field.
+/// descriptors. `dvcid`: device identifiers were asked for. Declared
+/// lengths beyond the bytes returned are ignored, so nothing is allocated
+/// from a length field; a descriptor the data ends inside counts if its
+/// first 12 bytes are there (see [`ElementReport::last_cut`]).
 pub fn parse_element_status(b: &[u8], dvcid: bool) -> Result<ElementReport, String> {
     need(b, 8, "element status header")?;
     let available = be16(&b[2..4]);
-    let end = (8 + be24(&b[5..8])).min(b.len());
+    let declared_end = 8 + be24(&b[5..8]);
+    let end = declared_end.min(b.len());
     let mut elements = Vec::new();
+    let mut last_cut = false;
     let mut at = 8;
     while at + 8 <= end {
         let page = &b[at..at + 8];
@@ -274,7 +281,8 @@ pub fn parse_element_status(b: &[u8], dvcid: bool) -> Result<ElementReport, Stri
         let primary_tag = page[1] & 0x80 != 0;
         let alternate_tag = page[1] & 0x40 != 0;
         let descriptor_len = be16(&page[2..4]) as usize;
-        let page_end = (at + 8 + be24(&page[5..8])).min(end);
+        let page_declared_end = (at + 8 + be24(&page[5..8])).min(declared_end);
+        let page_end = page_declared_end.min(end);
         at += 8;
         if descriptor_len < DESCRIPTOR_MIN {
             return Err(format!(
@@ -292,11 +300,25 @@ pub fn parse_element_status(b: &[u8], dvcid: bool) -> Result<ElementReport, Stri
             }
             at += descriptor_len;
         }
+        // The report is shorter than its header says, and ends inside a
+        // descriptor the page declares.
+        if b.len() < declared_end
+            && page_end == b.len()
+            && at + DESCRIPTOR_MIN <= page_end
+            && at < page_declared_end
+        {
+            if let Some(ty) = ty {
+                elements.push(parse_descriptor(ty, &b[at..page_end], layout));
+                last_cut = true;
+            }
+            break;
+        }
         at = page_end;
     }
     Ok(ElementReport {
         available,
         elements,
+        last_cut,
     })
 }
 
@@ -325,10 +347,11 @@ fn parse_descriptor(ty: ElementType, d: &[u8], layout: Layout) -> ElementStatus 
     }
     let mut identifier = None;
     if layout.dvcid {
+        // Only a whole identifier: a cut one would name another drive.
         if let Some(h) = d.get(at..at + 4) {
-            let len = h[3] as usize;
-            let raw = &d[at + 4..(at + 4 + len).min(d.len())];
-            identifier = parse_identifier(h[0] & 0x0F, h[1] & 0x0F, raw);
+            if let Some(raw) = d.get(at + 4..at + 4 + h[3] as usize) {
+                identifier = parse_identifier(h[0] & 0x0F, h[1] & 0x0F, raw);
+            }
         }
     }
     ElementStatus {
@@ -637,11 +660,17 @@ impl ScsiChanger {
                         )
                     }
                 };
-            let truncated = report.truncated();
+            let mut truncated = report.truncated();
+            let mut elements = report.elements;
+            // A cut descriptor is read again whole from its own address,
+            // unless it came first (no request can return it whole: tgt).
+            if report.last_cut && elements.len() > 1 {
+                elements.pop();
+                truncated = true;
+            }
             // Only elements of this type at or past `start`: a report that
             // goes backwards or repeats itself cannot loop.
-            let fresh: Vec<ElementStatus> = report
-                .elements
+            let fresh: Vec<ElementStatus> = elements
                 .into_iter()
                 .filter(|e| e.element_type == ty && e.address >= start)
                 .collect();
@@ -1230,7 +1259,7 @@ mod tests {
     }
 
     #[test]
-    fn truncated_reports_keep_whole_descriptors_only() {
+    fn cut_reports_keep_only_whole_fields() {
         let ds: Vec<Vec<u8>> = (0..5)
             .map(|i| {
                 [
@@ -1242,13 +1271,49 @@ mod tests {
             })
             .collect();
         let b = report(1000, 5, &[page(2, 0x80, 52, &ds)]);
-        // Cut in the middle of the third descriptor, as an allocation
-        // length would.
+        // Cut 20 bytes into the third descriptor, as an allocation length
+        // would: its first 12 bytes count, its cut volume tag does not.
         let cut = 8 + 8 + 52 * 2 + 20;
         let r = parse_element_status(&b[..cut], false).unwrap();
-        assert_eq!(r.elements.len(), 2);
-        assert!(r.truncated());
+        assert_eq!(r.elements.len(), 3);
+        assert!(r.truncated() && r.last_cut);
         assert_eq!(r.elements[1].barcode.as_deref(), Some("TAP001L9"));
+        assert_eq!((r.elements[2].address, r.elements[2].full), (1002, true));
+        assert_eq!(r.elements[2].barcode, None);
+        // Fewer than 12 bytes of it: not an element.
+        let r = parse_element_status(&b[..8 + 8 + 52 * 2 + 11], false).unwrap();
+        assert_eq!(r.elements.len(), 2);
+        assert!(r.truncated() && !r.last_cut);
+        // tgt's way: 8 bytes short of its own byte count. The volume tag's
+        // identifier is whole, so the barcode counts.
+        let r = parse_element_status(&b[..b.len() - 8], false).unwrap();
+        assert_eq!(r.elements.len(), 5);
+        assert!(r.last_cut && !r.truncated());
+        assert_eq!(r.elements[4].barcode.as_deref(), Some("TAP004L9"));
+        // A drive's descriptor cut so: barcode kept, the cut identifier
+        // dropped (a partial serial number would name another drive).
+        let id = t10_id("IET", "VIRTUAL-TAPE", "beaf11    ");
+        let d = [
+            base(500, 1, (0, 0), 1, Some(1000)),
+            tag("VM0002L9"),
+            ident(2, 1, &id),
+        ]
+        .concat();
+        let b = report(500, 1, &[page(4, 0x80, 86, &[d])]);
+        let r = parse_element_status(&b[..b.len() - 8], true).unwrap();
+        assert!(r.last_cut);
+        assert_eq!(r.elements[0].barcode.as_deref(), Some("VM0002L9"));
+        assert_eq!(r.elements[0].identifier, None);
+        let whole = parse_element_status(&b, true).unwrap();
+        assert_eq!(
+            whole.elements[0]
+                .identifier
+                .as_ref()
+                .unwrap()
+                .serial
+                .as_deref(),
+            Some("beaf11")
+        );
         // Headers alone.
         assert!(parse_element_status(&b[..7], false).is_err());
         assert!(parse_element_status(&b[..8], false)
@@ -1303,7 +1368,7 @@ mod tests {
             (e.address, e.barcode.as_ref(), e.identifier.as_ref()),
             (7, None, None)
         );
-        // An identifier length past the descriptor's end is cut there.
+        // An identifier length past the descriptor's end: no identifier.
         let d = [
             base(500, 0, (0, 0), 0, None),
             vec![2, 0, 0, 200],
@@ -1311,14 +1376,8 @@ mod tests {
         ]
         .concat();
         let b = report(500, 1, &[page(4, 0, d.len(), &[d])]);
-        assert_eq!(
-            parse_element_status(&b, true).unwrap().elements[0]
-                .identifier
-                .as_ref()
-                .unwrap()
-                .text,
-            "SN"
-        );
+        let e = &parse_element_status(&b, true).unwrap().elements[0];
+        assert_eq!((e.address, e.identifier.as_ref()), (500, None));
         // An unknown element type's page is skipped, the next one read.
         let bad = page(9, 0, 12, &[base(1, 1, (0, 0), 0, None)]);
         let good = page(2, 0, 12, &[base(2, 1, (0, 0), 0, None)]);
