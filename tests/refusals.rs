@@ -321,3 +321,49 @@ fn label_barcodes_labels_only_blank_cartridges_and_names_the_others() {
     // --barcodes and --label exclude each other.
     assert_code(&lab.tapir(["label", "--barcodes", "--label", "X"]), 2);
 }
+
+#[test]
+fn the_changer_comes_from_the_option_the_device_or_the_configuration() {
+    let lab = Lab::new(2, "64M");
+    let run = |args: &[&str]| {
+        std::process::Command::new(TAPIR)
+            .args(args)
+            .env_remove("TAPE")
+            .env_remove("TAPIR_CHANGER")
+            .env_remove("TAPIR_CONFIG")
+            .env("TAPIR_CATALOG", lab.catalog())
+            .output()
+            .unwrap()
+    };
+    let config = lab.path("tapir.toml");
+    std::fs::write(
+        &config,
+        format!("[changer.lib]\ndevice = \"{}\"\n", lab.device()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // From the configuration's only changer.
+    let out = run(&["--config", config, "changer", "status", "--json"]);
+    assert_ok(&out);
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inv["drive"][0], "TAP001L9");
+    // --changer names it directly.
+    let dev = lab.device();
+    assert_ok(&run(&["changer", "--changer", &dev, "status"]));
+    // Nothing names one: a usage error that says how.
+    let none = run(&["--device", "/dev/nst0", "changer", "status"]);
+    assert_code(&none, 2);
+    assert!(
+        text(&none.stderr).contains("--changer"),
+        "{}",
+        text(&none.stderr)
+    );
+    // A device that is not a changer: the open fails and names it.
+    let missing = run(&["changer", "--changer", "/nonexistent/sg9", "status"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("/nonexistent/sg9"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
