@@ -274,11 +274,16 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
             any::<u32>(),
             prop::option::of(session_link()),
         ),
+        (
+            prop::option::of(vec(path_bytes(), 0..3)),
+            prop::option::of(vec(path_bytes(), 0..3)),
+        ),
     )
         .prop_map(
             |(
                 (session_uuid, session, set_uuid, set_name, host),
                 (started, tapir_version, sources, volume_seq, block_size, continues),
+                (excludes, contents_excluded),
             )| SessionStart {
                 session_uuid,
                 session,
@@ -291,6 +296,9 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
                 volume_seq,
                 block_size,
                 continues,
+                excludes: excludes.map(|v| v.into_iter().map(Into::into).collect()),
+                contents_excluded: contents_excluded
+                    .map(|v| v.into_iter().map(Into::into).collect()),
             },
         )
 }
@@ -440,14 +448,33 @@ fn set_membership() -> impl Strategy<Value = SetMembership> {
 }
 
 fn rescue_kit() -> impl Strategy<Value = RescueKit> {
-    (any::<bool>(), any::<bool>(), opt_text(), hash32()).prop_map(
-        |(format_spec, binary, binary_version, binary_blake3)| RescueKit {
-            format_spec,
-            binary,
-            binary_version,
-            binary_blake3,
-        },
+    (
+        any::<bool>(),
+        any::<bool>(),
+        opt_text(),
+        hash32(),
+        any::<Option<u64>>(),
+        any::<Option<u32>>(),
     )
+        .prop_map(
+            |(
+                format_spec,
+                binary,
+                binary_version,
+                binary_blake3,
+                binary_size,
+                binary_first_block,
+            )| {
+                RescueKit {
+                    format_spec,
+                    binary,
+                    binary_version,
+                    binary_blake3,
+                    binary_size,
+                    binary_first_block,
+                }
+            },
+        )
 }
 
 /// A label that a v1 reader accepts: block size within the allowed range.

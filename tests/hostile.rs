@@ -78,6 +78,8 @@ fn forge(lab: &Lab, items: Vec<Forged>, raw_tail: Option<Vec<u8>>) {
         volume_seq: 0,
         block_size: 64 * 1024,
         continues: None,
+        excludes: None,
+        contents_excluded: None,
     };
     f.push_record(RecordType::SessionStart, 0, &[&to_cbor(&start)], &mut emit)
         .unwrap();

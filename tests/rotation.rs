@@ -215,6 +215,8 @@ fn unexpired_cartridges_are_never_reused_and_the_run_says_why() {
         "nightly",
         "--now",
         "2026-12-02T01:00:00Z",
+        "--insert-timeout",
+        "0",
     ]);
     assert_code(&err, 3);
     assert!(
@@ -322,4 +324,201 @@ fn a_foreign_cartridge_is_passed_over_until_scratched_and_then_used() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out["cartridge"], "TAP002L9", "{out}");
     assert_eq!(out["action"], "new-set", "{out}");
+}
+
+#[test]
+fn a_changer_that_fails_a_move_costs_that_cartridge_only_and_the_catalog_stays_true() {
+    let lab = Lab::new(3, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "7d");
+    let (code, _) = run_night(&lab, &config, "2026-11-30", &[]);
+    assert_eq!(code, 0);
+    fs::write(
+        lab.lib().join("faults.json"),
+        r#"{"fail_move_of": ["TAP002L9"]}"#,
+    )
+    .unwrap();
+    let before = fs::read(lab.image("TAP002L9")).unwrap();
+    let (code, out) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["cartridge"], "TAP003L9", "{out}");
+    assert!(
+        out["passed_over"]
+            .to_string()
+            .contains("failed to move TAP002L9"),
+        "{out}"
+    );
+    assert!(fs::read(lab.image("TAP002L9")).unwrap() == before);
+    let (_, status) = lab.json(["changer", "status"]);
+    assert!(
+        status.to_string().contains("TAP002L9"),
+        "still in its slot: {status}"
+    );
+    // The catalog knows nothing written to it.
+    let shown = lab.tapir(["media", "show", "TAP002L9"]);
+    assert!(text(&shown.stderr).contains("no cartridge TAP002L9 in the catalog"));
+    // With every candidate failing, the job stops and says why.
+    fs::write(
+        lab.lib().join("faults.json"),
+        r#"{"fail_move_of": ["TAP001L9", "TAP002L9"]}"#,
+    )
+    .unwrap();
+    let out = lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        "2026-12-09T01:00:00Z",
+        "--insert-timeout",
+        "0",
+    ]);
+    assert_code(&out, 3);
+    let err = text(&out.stderr);
+    assert!(err.contains("failed to move TAP002L9"), "{err}");
+}
+
+#[test]
+fn scheduled_jobs_get_systemd_units() {
+    let lab = Lab::new(1, "20M");
+    let src = lab.path("src");
+    let config = configure(&lab, &src, "7d");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("schedule = \"Mon..Fri 01:00\"\n");
+    fs::write(&config, text).unwrap();
+    let units = lab.path("units");
+    fs::create_dir_all(&units).unwrap();
+    assert_ok(&lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "systemd",
+        "generate",
+        "--dir",
+        units.to_str().unwrap(),
+        "--tapir",
+        "/usr/bin/tapir",
+    ]));
+    let service = fs::read_to_string(units.join("tapir-nightly.service")).unwrap();
+    let timer = fs::read_to_string(units.join("tapir-nightly.timer")).unwrap();
+    assert!(
+        service.contains(&format!(
+            "ExecStart=/usr/bin/tapir --config {} run nightly\n",
+            config.canonicalize().unwrap().display()
+        )),
+        "{service}"
+    );
+    assert!(timer.contains("OnCalendar=Mon..Fri 01:00\n"), "{timer}");
+}
+
+#[test]
+fn an_operator_is_told_which_cartridge_to_insert_and_where_it_is_and_the_notify_command_hears_it() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let lab = Lab::new(2, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "1d");
+    // The notify command writes who it ran as and what it heard, into a
+    // directory anyone may write (it runs as nobody under root).
+    let heard = tempfile::Builder::new()
+        .prefix("tapir-notify-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(heard.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let out_file = heard.path().join("heard");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"echo $(id -u) $TAPIR_EVENT $TAPIR_JOB \\\"$1\\\" >> $0\", \"{}\"]\n",
+        out_file.display()
+    ));
+    fs::write(&config, text).unwrap();
+    for day in ["2026-11-30", "2026-12-01"] {
+        let (code, out) = run_night(&lab, &config, day, &[]);
+        assert_eq!(code, 0, "{out}");
+    }
+    // The older daily goes to a shelf; when it expires it is the one to use.
+    assert_ok(&lab.tapir(["changer", "export", "TAP001L9", "--to", "shelf:B3"]));
+    let mut child = Command::new(TAPIR)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "run",
+            "nightly",
+        ])
+        .args(["--now", "2026-12-02T01:00:00Z", "--insert-timeout", "600"])
+        .env("TAPIR_CATALOG", lab.catalog())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut asked = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "ended without asking: {asked}"
+        );
+        asked.push_str(&line);
+        if line.contains("OPERATOR:") {
+            break;
+        }
+    }
+    assert!(
+        asked.contains("TAP001L9 (last known at shelf:B3"),
+        "{asked}"
+    );
+    assert_ok(&lab.tapir(["changer", "import", "TAP001L9"]));
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{asked}{rest}");
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["cartridge"], "TAP001L9", "{done}");
+    assert_eq!(done["action"], "reuse", "{done}");
+    let heard = fs::read_to_string(&out_file).unwrap();
+    assert!(heard.contains("insert nightly"), "{heard}");
+    assert!(heard.contains("TAP001L9"), "{heard}");
+    if is_root() {
+        assert!(
+            !heard.starts_with("0 "),
+            "the notify command ran as root: {heard}"
+        );
+    }
+}
+
+#[test]
+fn two_jobs_never_share_a_drive() {
+    let lab = Lab::new(2, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, "7d");
+    // Another job has the drive open (and so the library's lock).
+    let lib = tapir::device::library::VirtualLibrary::open(lab.lib()).unwrap();
+    let held = lib.open_drive().unwrap();
+    let out = lab.tapir([
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "nightly",
+        "--now",
+        "2026-12-02T01:00:00Z",
+        "--insert-timeout",
+        "0",
+    ]);
+    assert_code(&out, 5);
+    assert!(
+        text(&out.stderr).contains("in use by another process"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(held);
+    let (code, done) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert_eq!(code, 0, "{done}");
 }

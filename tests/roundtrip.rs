@@ -11,78 +11,8 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::snapshot::snapshot;
 use common::*;
-
-/// Everything restore can set, per path (ctime excluded: nobody can set it).
-#[derive(Debug, PartialEq, Eq)]
-struct Meta {
-    kind: u32,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime: (i64, i64),
-    atime: Option<(i64, i64)>,
-    rdev: u64,
-    link: Option<PathBuf>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    content: Option<[u8; 32]>,
-}
-
-fn snapshot(root: &Path, with_content: bool) -> BTreeMap<Vec<u8>, Meta> {
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(root).min_depth(1) {
-        let e = e.unwrap();
-        let p = e.path();
-        let md = fs::symlink_metadata(p).unwrap();
-        let is_dir = md.is_dir();
-        let mut xattrs = BTreeMap::new();
-        if let Ok(names) = xattr::list(p) {
-            for n in names {
-                if let Ok(Some(v)) = xattr::get(p, &n) {
-                    xattrs.insert(n.as_bytes().to_vec(), v);
-                }
-            }
-        }
-        let rel = p
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        out.insert(
-            rel,
-            Meta {
-                kind: md.mode() & 0o170000,
-                mode: md.mode() & 0o7777,
-                uid: md.uid(),
-                gid: md.gid(),
-                size: if is_dir { 0 } else { md.size() },
-                mtime: (md.mtime(), md.mtime_nsec()),
-                // Listing a directory or reading a link (this snapshot does)
-                // moves its atime; files are compared before their content is read.
-                atime: (!is_dir && !md.file_type().is_symlink())
-                    .then(|| (md.atime(), md.atime_nsec())),
-                rdev: md.rdev(),
-                link: md
-                    .file_type()
-                    .is_symlink()
-                    .then(|| fs::read_link(p).unwrap()),
-                xattrs,
-                content: None,
-            },
-        );
-    }
-    // Content after metadata, so reading does not disturb atimes compared above.
-    for (rel, m) in out.iter_mut() {
-        if with_content && m.kind == 0o100000 {
-            let p = root.join(OsStr::from_bytes(rel));
-            let data = fs::read(&p).unwrap();
-            m.content = Some(*blake3::hash(&data).as_bytes());
-        }
-    }
-    out
-}
 
 fn build_tree(root: &Path) {
     fs::create_dir_all(root.join("dir/sub")).unwrap();

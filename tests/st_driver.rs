@@ -413,6 +413,37 @@ fn t05_spacing_and_locate() {
 }
 
 #[test]
+fn t05b_backward_file_spacing_from_the_end_of_a_file() {
+    // Right after a file's last block the filemark is next; tgt counts it
+    // as crossed when spacing back over filemarks. Checked by reading, as
+    // tgt reports no positions.
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    three_files(&mut d);
+    d.rewind().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    use Seen::*;
+    d.space_filemarks(2).unwrap();
+    for b in 0..3u32 {
+        assert_eq!(
+            read_one(&mut d, &mut buf),
+            B(0x300 | b, 512 * (1 + b as usize))
+        );
+    }
+    d.space_filemarks(-2).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), Fm);
+    assert_eq!(read_one(&mut d, &mut buf), B(0x200, 512));
+    assert_eq!(read_one(&mut d, &mut buf), B(0x201, 1024));
+    // Locating an earlier file from the end of a file spaces back too.
+    d.locate(0, 1).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x101, 1024));
+    d.locate(2, 2).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x302, 1536));
+    d.locate(1, 0).unwrap();
+    assert_eq!(read_one(&mut d, &mut buf), B(0x200, 512));
+}
+
+#[test]
 fn t06_block_larger_than_the_buffer() {
     let Some(dev) = device() else { return };
     let mut d = open(&dev);
@@ -1010,4 +1041,42 @@ fn t15_a_failed_write_loses_no_accepted_block() {
     d.write_filemarks(1, false).unwrap();
     d.rewind().unwrap();
     assert_eq!(read_to_eod(&mut d), vec![B(0x1, 512), B(0x2, 512), Fm, Eod]);
+}
+
+#[test]
+fn t16_cartridge_memory_and_erase() {
+    let Some(dev) = device() else { return };
+    let mut d = open(&dev);
+    // Neither emulation has cartridge memory: READ and WRITE ATTRIBUTE are
+    // "not supported", and the drive carries on.
+    assert!(
+        matches!(d.cartridge_memory(), Err(DeviceError::Unsupported { .. })),
+        "{:?}",
+        d.cartridge_memory()
+    );
+    let label = tapir::device::sg::USER_MEDIUM_TEXT_LABEL
+        .with_text("VM0001L9")
+        .unwrap();
+    let written = d.write_cartridge_memory(&[label]);
+    assert!(
+        matches!(written, Err(DeviceError::Unsupported { .. })),
+        "{written:?}"
+    );
+    three_files(&mut d);
+    d.rewind().unwrap();
+    assert_eq!(
+        read_one(&mut d, &mut vec![0u8; 1 << 20]),
+        Seen::B(0x100, 512)
+    );
+    if not_on_tgt(&d, "no ERASE") {
+        return;
+    }
+    // A short erase from the beginning leaves a blank tape.
+    d.rewind().unwrap();
+    d.erase(false).unwrap();
+    d.rewind().unwrap();
+    assert_eq!(read_to_eod(&mut d), vec![Seen::Eod]);
+    assert!(d
+        .positioning()
+        .is_some_and(|p| p.read_position == Some(true)));
 }

@@ -249,12 +249,7 @@ pub(crate) mod testutil {
                 },
                 host: "backup01".into(),
             }),
-            rescue_kit: RescueKit {
-                format_spec: true,
-                binary: false,
-                binary_version: None,
-                binary_blake3: None,
-            },
+            rescue_kit: RescueKit::spec_only(),
             worm: false,
             tapir_version: "0.1.0".into(),
         }
@@ -277,6 +272,8 @@ pub(crate) mod testutil {
             volume_seq: m.volume_seq,
             block_size: l.block_size,
             continues: None,
+            excludes: None,
+            contents_excluded: None,
         }
     }
 

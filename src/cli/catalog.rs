@@ -857,7 +857,9 @@ fn scratch(
             .map_err(PipelineError::from)?;
     }
     let mut drive = open_drive(spec).map_err(PipelineError::from)?;
-    let done = pipeline::volume::scratch_cartridge(drive.as_mut(), label, pool, block_size, yes)?;
+    let kit = pipeline::rescue::choose(None, false)?;
+    let done =
+        pipeline::volume::scratch_cartridge(drive.as_mut(), label, pool, block_size, yes, &kit)?;
     let mut forgotten = 0;
     if done.destroyed {
         // The catalog knows it from now on: an empty cartridge of the pool.

@@ -10,6 +10,7 @@ use tapir::device::changer::{ElementStatus, LibraryStatus, MediumType, ScsiChang
 use tapir::device::library::VirtualLibrary;
 use tapir::device::{Changer, ChangerInventory, TapeDrive};
 use tapir::exit::ExitStatus;
+use tapir::pipeline::rescue::KitChoice;
 use tapir::pipeline::volume::{self, LabelState, Labelled};
 use tapir::pipeline::Error;
 
@@ -390,6 +391,7 @@ fn label_one(
     barcode: &str,
     pool: &str,
     block_size: u64,
+    kit: &KitChoice,
 ) -> anyhow::Result<BarcodeLabel> {
     let skipped = match volume::read_label(drive)? {
         LabelState::Blank => None,
@@ -403,7 +405,7 @@ fn label_one(
     };
     let labelled = match skipped {
         None => Some(volume::label_cartridge(
-            drive, barcode, pool, block_size, false,
+            drive, barcode, pool, block_size, false, kit,
         )?),
         Some(_) => None,
     };
@@ -436,10 +438,11 @@ pub(super) fn label_barcodes(
     args: &BarcodeLabelArgs,
     pool: &str,
     block_size: u64,
+    kit: &KitChoice,
 ) -> anyhow::Result<ExitStatus> {
     let done = match resolve(cli, args.changer.as_deref())? {
-        Library::Virtual(dir) => label_virtual(cli, &dir, pool, block_size)?,
-        Library::Scsi(dev) => label_scsi(cli, &dev, args.drive, pool, block_size)?,
+        Library::Virtual(dir) => label_virtual(cli, &dir, pool, block_size, kit)?,
+        Library::Scsi(dev) => label_scsi(cli, &dev, args.drive, pool, block_size, kit)?,
     };
     if cli.json {
         println!(
@@ -468,6 +471,7 @@ fn label_virtual(
     dir: &Path,
     pool: &str,
     block_size: u64,
+    kit: &KitChoice,
 ) -> anyhow::Result<Vec<BarcodeLabel>> {
     let mut lib = VirtualLibrary::open(dir).map_err(Error::from)?;
     let inv = lib.inventory().map_err(Error::from)?;
@@ -486,7 +490,7 @@ fn label_virtual(
         }
         lib.load_barcode(&barcode).map_err(Error::from)?;
         let mut drive = open_loaded(cli, &device)?;
-        done.push(label_one(drive.as_mut(), &barcode, pool, block_size)?);
+        done.push(label_one(drive.as_mut(), &barcode, pool, block_size, kit)?);
     }
     Ok(done)
 }
@@ -526,6 +530,7 @@ fn label_scsi(
     drive: Option<usize>,
     pool: &str,
     block_size: u64,
+    kit: &KitChoice,
 ) -> anyhow::Result<Vec<BarcodeLabel>> {
     let device = super::device_spec(cli)?;
     let changer = ScsiChanger::open(dev).map_err(Error::from)?;
@@ -551,7 +556,7 @@ fn label_scsi(
         }
         changer.load_barcode(barcode, drive).map_err(Error::from)?;
         let mut d = open_loaded(cli, device)?;
-        done.push(label_one(d.as_mut(), barcode, pool, block_size)?);
+        done.push(label_one(d.as_mut(), barcode, pool, block_size, kit)?);
         if let Err(e) = d.eject() {
             eprintln!("tapir: warning: {device}: ejecting {barcode}: {e}");
         }

@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// the newest write, or far past it).
     #[arg(long)]
     trust_clock: bool,
+    /// How long to wait for an operator to insert a cartridge the job
+    /// needs (0: do not wait).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    insert_timeout: u64,
 }
 
 /// The configuration file: `--config`, `$TAPIR_CONFIG`, or the default.
@@ -117,15 +121,55 @@ pub fn run(
         )?;
         signal_hook::flag::register(sig, interrupt.clone())?;
     }
+    let notify = cfg.notify.clone();
+    let job_name = job.name.clone();
+    let tell = move |what: &str| {
+        eprintln!("tapir: OPERATOR: {what}");
+        if let Some(n) = &notify {
+            if let Err(e) = job::notify(n, "insert", &job_name, what) {
+                eprintln!("tapir: warning: {e}");
+            }
+        }
+    };
     let ctx = job::RunContext {
         cfg: &cfg,
         job,
         library: std::path::Path::new(library),
         catalog: catalog_path,
         interrupt: Some(interrupt),
+        rescue_kit: tapir::pipeline::rescue::choose(
+            std::env::var_os("TAPIR_RESCUE_BINARY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .as_deref(),
+            false,
+        )?,
+        insert_timeout: std::time::Duration::from_secs(args.insert_timeout),
+        tell: &tell,
     };
     let outcome =
-        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress))?;
+        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress));
+    // Whoever watches the jobs hears of a failure or warnings.
+    let said = match &outcome {
+        Err(e) => Some(("failed", e.to_string())),
+        Ok(o) if o.exit_status() != ExitStatus::Success => Some((
+            "warnings",
+            o.write
+                .warnings
+                .iter()
+                .chain(&o.plan.plan.warnings)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        Ok(_) => None,
+    };
+    if let (Some(n), Some((event, message))) = (&cfg.notify, said) {
+        if let Err(e) = job::notify(n, event, &job.name, &message) {
+            eprintln!("tapir: warning: {e}");
+        }
+    }
+    let outcome = outcome?;
     print_outcome(json, &outcome);
     Ok(outcome.exit_status())
 }
@@ -238,4 +282,61 @@ fn what(a: &Action) -> String {
         Action::Reuse => "reuse: check its label, then start a new set on it".into(),
         Action::ReadLabelFirst => "read its label; use it only if blank".into(),
     }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SystemdCommand {
+    /// Write a service and a timer for every job with a schedule: into
+    /// DIR (e.g. /etc/systemd/system), or to standard output.
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The tapir binary the services run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        tapir: Option<PathBuf>,
+    },
+}
+
+pub fn systemd(
+    cmd: &SystemdCommand,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitStatus> {
+    let SystemdCommand::Generate { dir, tapir } = cmd;
+    let mut cfg = Config::load(&config_path(config)).map_err(Error::from)?;
+    // The services run from anywhere: name the file absolutely.
+    if let Ok(abs) = std::fs::canonicalize(&cfg.path) {
+        cfg.path = abs;
+    }
+    let tapir = match tapir {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    let units = tapir::config::systemd::units(&cfg, &tapir);
+    if units.is_empty() {
+        eprintln!("tapir: no job in {} has a schedule", cfg.path.display());
+        return Ok(ExitStatus::Warnings);
+    }
+    for u in &units {
+        match dir {
+            Some(d) => {
+                let path = d.join(&u.name);
+                std::fs::write(&path, &u.text)
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                println!("wrote {}", path.display());
+            }
+            None => print!("# {}\n{}\n", u.name, u.text),
+        }
+    }
+    if dir.is_some() {
+        println!(
+            "then: systemctl daemon-reload && systemctl enable --now {}",
+            units
+                .iter()
+                .filter(|u| u.name.ends_with(".timer"))
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(ExitStatus::Success)
 }

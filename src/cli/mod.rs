@@ -3,6 +3,7 @@
 
 mod catalog;
 mod changer;
+mod drive;
 mod jobs;
 mod output;
 
@@ -48,8 +49,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List the tape drives on this system (st devices, from sysfs).
+    /// List the tape drives on this system (st devices, from sysfs); the
+    /// same as `drive list`.
     Drives,
+    /// The drive: status, rewind, eject, load, erase, TapeAlert, cartridge
+    /// memory, and qualifying it.
+    Drive {
+        #[command(subcommand)]
+        command: drive::DriveCommand,
+    },
     /// Virtual tape libraries (file-backed cartridges).
     Vtape {
         #[command(subcommand)]
@@ -73,6 +81,8 @@ enum Command {
         force: bool,
         #[command(flatten)]
         library: changer::BarcodeLabelArgs,
+        #[command(flatten)]
+        kit: RescueKitArgs,
     },
     /// Write a directory tree (or files) as a new session on the loaded cartridge.
     Write {
@@ -85,6 +95,20 @@ enum Command {
         /// Do not cross into other filesystems.
         #[arg(long)]
         one_file_system: bool,
+        /// Archive the contents of /proc, /sys, /dev, /run and /tmp too
+        /// (by default a walk that meets them keeps only the directories).
+        #[arg(long)]
+        no_default_excludes: bool,
+        /// Keep directory DIR but leave out its contents (repeatable), as
+        /// the defaults do for /proc, /sys, /dev, /run and /tmp; e.g. the
+        /// tmp of a snapshot mounted elsewhere.
+        #[arg(long, value_name = "DIR")]
+        exclude_contents: Vec<PathBuf>,
+        /// Also store the system manifest (partitions, filesystems, LVM,
+        /// RAID, LUKS, boot loader, kernel, hostname) for a bare-metal
+        /// restore; see docs/BARE-METAL.md.
+        #[arg(long)]
+        system: bool,
         /// Software compression of file content.
         #[arg(long, value_enum, default_value = "none")]
         compress: Compress,
@@ -121,6 +145,8 @@ enum Command {
         /// Make data durable at least every SIZE of content.
         #[arg(long, default_value = "8G", value_parser = parse_size)]
         checkpoint_every: u64,
+        #[command(flatten)]
+        kit: RescueKitArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -173,11 +199,40 @@ enum Command {
         #[arg(long)]
         other_drive: bool,
     },
+    /// The system manifest stored by `write --system`.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
     #[command(flatten)]
     Catalog(catalog::CatalogCommand),
     /// Run a job of the configuration: choose the cartridge (with the
     /// reason), then load, write, verify and export.
     Run(jobs::RunArgs),
+    /// systemd units for the configuration's scheduled jobs.
+    Systemd {
+        #[command(subcommand)]
+        command: jobs::SystemdCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Print the newest system manifest on the loaded cartridge (no host
+    /// catalog needed).
+    Show {
+        /// The manifest of this session instead of the newest.
+        #[arg(long)]
+        session: Option<u32>,
+        /// Print only this disk's partition table, as `sfdisk --dump` wrote
+        /// it (to pipe into `sfdisk /dev/DISK`).
+        #[arg(long, value_name = "DISK", conflicts_with = "vgcfg")]
+        sfdisk: Option<String>,
+        /// Print only this LVM volume group's metadata backup (a file for
+        /// `vgcfgrestore -f`).
+        #[arg(long, value_name = "VG")]
+        vgcfg: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -218,6 +273,27 @@ enum VtapeCommand {
         #[arg(long)]
         off: bool,
     },
+}
+
+/// What goes into the rescue kit (tape file 1) of a cartridge this command
+/// labels. Without either option: FORMAT.md and a static tapir, the running
+/// one when it is statically linked or else `tapir-static` beside it.
+#[derive(clap::Args, Debug, Clone)]
+struct RescueKitArgs {
+    /// Put this statically linked tapir into the rescue kit (build one with
+    /// scripts/build-static).
+    #[arg(long, value_name = "PATH", env = "TAPIR_RESCUE_BINARY")]
+    rescue_binary: Option<PathBuf>,
+    /// Leave the rescue kit out (tiny cartridges); the label says so.
+    /// Overrides --rescue-binary (and $TAPIR_RESCUE_BINARY).
+    #[arg(long)]
+    no_rescue_kit: bool,
+}
+
+impl RescueKitArgs {
+    fn choose(&self) -> Result<pipeline::rescue::KitChoice, Error> {
+        pipeline::rescue::choose(self.rescue_binary.as_deref(), self.no_rescue_kit)
+    }
 }
 
 /// A drive's speed: defaults are an LTO-9.
@@ -317,14 +393,25 @@ fn init_logging(verbose: u8) {
 }
 
 fn device_spec(cli: &Cli) -> anyhow::Result<&str> {
-    cli.device.as_deref().ok_or_else(|| {
+    require_device(cli.device.as_deref())
+}
+
+fn require_device(device: Option<&str>) -> anyhow::Result<&str> {
+    device.ok_or_else(|| {
         Error::Usage("no device given: use --device DEV or set $TAPE (e.g. --device vtape:/srv/vtl or /dev/nst0)".into())
             .into()
     })
 }
 
 fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
-    let timeout = std::time::Duration::from_secs(cli.wait_ready);
+    open_device(cli.device.as_deref(), cli.wait_ready)
+}
+
+/// Open the drive with its cartridge, waiting up to `wait_ready` seconds
+/// for one that is becoming ready.
+fn open_device(device: Option<&str>, wait_ready: u64) -> anyhow::Result<Box<dyn TapeDrive>> {
+    let spec = require_device(device)?;
+    let timeout = std::time::Duration::from_secs(wait_ready);
     let mut said = String::new();
     let mut on_wait = |what: &str| {
         if what != said {
@@ -332,7 +419,7 @@ fn open(cli: &Cli) -> anyhow::Result<Box<dyn TapeDrive>> {
             said = what.to_string();
         }
     };
-    Ok(open_drive_waiting(device_spec(cli)?, timeout, &mut on_wait).map_err(Error::from)?)
+    Ok(open_drive_waiting(spec, timeout, &mut on_wait).map_err(Error::from)?)
 }
 
 /// `verify --other-drive`: the loaded drive must not be one that wrote this
@@ -403,12 +490,18 @@ fn operator(device: &str, timeout_seconds: u64) -> pipeline::span::Operator {
     }
 }
 
+fn drive_globals(cli: &Cli) -> drive::Globals<'_> {
+    drive::Globals {
+        device: cli.device.as_deref(),
+        json: cli.json,
+        wait_ready: cli.wait_ready,
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     match &cli.command {
-        Command::Drives => {
-            output::drives(cli.json, &tapir::device::discover::discover());
-            Ok(ExitStatus::Success)
-        }
+        Command::Drives => drive::run(&drive::DriveCommand::List, &drive_globals(cli)),
+        Command::Drive { command } => drive::run(command, &drive_globals(cli)),
         Command::Vtape { command } => match command {
             VtapeCommand::Create {
                 dir,
@@ -467,9 +560,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             block_size,
             force,
             library,
+            kit,
         } => {
+            let kit = kit.choose()?;
             if library.barcodes {
-                return changer::label_barcodes(cli, library, pool, *block_size);
+                return changer::label_barcodes(cli, library, pool, *block_size, &kit);
             }
             let label = label
                 .as_deref()
@@ -481,6 +576,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 pool,
                 *block_size,
                 *force,
+                &kit,
             )?;
             output::labelled(cli.json, &done);
             Ok(ExitStatus::Success)
@@ -489,6 +585,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             set,
             exclude,
             one_file_system,
+            no_default_excludes,
+            exclude_contents,
+            system,
             compress,
             buffer,
             checkpoint_every,
@@ -500,8 +599,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             no_catalog,
             ask_operator,
             operator_timeout,
+            kit,
             paths,
         } => {
+            let rescue_kit = kit.choose()?;
             let drive = open(cli)?;
             // Ctrl-C or SIGTERM closes the session cleanly; a second one ends at once.
             let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -513,16 +614,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 )?;
                 signal_hook::flag::register(sig, interrupt.clone())?;
             }
+            let mut walk = if *no_default_excludes {
+                pipeline::source::WalkOptions::default()
+            } else {
+                pipeline::source::WalkOptions::with_default_excludes()
+            };
+            walk.excludes = exclude.clone();
+            walk.one_file_system = *one_file_system;
+            for dir in exclude_contents {
+                // The walk compares absolute paths.
+                walk.contents_excluded.push(std::path::absolute(dir)?);
+            }
             let opts = pipeline::writer::WriteOptions {
                 interrupt: Some(interrupt),
                 catalog: (!no_catalog)
                     .then(|| tapir::catalog::resolve_path(cli.catalog.as_deref())),
                 sources: paths.clone(),
                 set_name: set.clone(),
-                walk: pipeline::source::WalkOptions {
-                    excludes: exclude.clone(),
-                    one_file_system: *one_file_system,
-                },
+                walk,
+                system_manifest: *system,
                 compress: *compress == Compress::Zstd,
                 buffer_bytes: *buffer as usize,
                 checkpoint_bytes: *checkpoint_every,
@@ -533,6 +643,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     below_rate: *spool_below,
                     window: std::time::Duration::from_secs_f64(spool_window.max(0.0)),
                 }),
+                rescue_kit,
                 ..Default::default()
             };
             // When a cartridge fills: a library loads the next one; with a
@@ -561,6 +672,52 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             } else {
                 ExitStatus::Warnings
             })
+        }
+        Command::Manifest {
+            command:
+                ManifestCommand::Show {
+                    session,
+                    sfdisk,
+                    vgcfg,
+                },
+        } => {
+            let mut drive = open(cli)?;
+            let found = pipeline::manifest::read_from_cartridge(drive.as_mut(), *session)?;
+            let m = &found.manifest;
+            if let Some(disk) = sfdisk {
+                let name = disk.trim_start_matches("/dev/");
+                let Some(d) = m.disks.iter().find(|d| d.name == name) else {
+                    return Err(Error::Usage(format!(
+                        "the manifest has no disk {name} (it has: {})",
+                        m.disks
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .into());
+                };
+                if d.partition_table.status != tapir::format::manifest::CaptureStatus::Ok {
+                    return Err(Error::Refused(format!(
+                        "the partition table of {} was not recorded: {:?} ({})",
+                        d.path,
+                        d.partition_table.status,
+                        d.partition_table.stderr.trim()
+                    ))
+                    .into());
+                }
+                print!("{}", d.partition_table.stdout);
+            } else if let Some(vg) = vgcfg {
+                let Some(b) = m.lvm.vg_backups.iter().find(|b| b.name == *vg) else {
+                    return Err(
+                        Error::Usage(format!("the manifest has no volume group {vg}")).into(),
+                    );
+                };
+                print!("{}", b.text);
+            } else {
+                output::manifest(cli.json, &found);
+            }
+            Ok(ExitStatus::Success)
         }
         Command::List { session } => {
             let mut drive = open(cli)?;
@@ -637,6 +794,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             cli.catalog.as_deref(),
             cli.json,
         ),
+        Command::Systemd { command } => jobs::systemd(command, cli.config.as_deref()),
         Command::Catalog(c) => catalog::run(
             c,
             &catalog::Globals {

@@ -10,11 +10,13 @@ use serde_json::json;
 
 use tapir::device::ChangerInventory;
 use tapir::format::label::{ts_text, uuid_text};
+use tapir::format::manifest::{CaptureStatus, Captured, Firmware};
 use tapir::format::meta::{CatalogEntry, EntryKind, END_COMPLETE};
 use tapir::pipeline::list::{ListSource, Listing};
+use tapir::pipeline::manifest::FoundManifest;
 use tapir::pipeline::restore::RestoreSummary;
 use tapir::pipeline::verify::VerifySummary;
-use tapir::pipeline::volume::Labelled;
+use tapir::pipeline::volume::{Labelled, MamRecord};
 use tapir::pipeline::writer::{WriteProgress, WriteSummary};
 
 fn print_json(v: &impl serde::Serialize) {
@@ -106,6 +108,31 @@ pub fn labelled(json: bool, l: &Labelled) {
         "labelled {} (pool {}, volume {}, block size {})",
         l.label, l.pool, l.volume_uuid, l.block_size
     );
+    println!("rescue kit: {}", kit_text(&l.rescue_kit));
+    match l.cartridge_memory {
+        MamRecord::Recorded => println!("cartridge memory: label recorded"),
+        MamRecord::NotSupported => {
+            println!(
+                "cartridge memory: not supported by this drive (the label is on the tape only)"
+            )
+        }
+        MamRecord::Failed => {
+            println!("cartridge memory: the drive refused it (the label is on the tape only)")
+        }
+    }
+}
+
+fn kit_text(kit: &tapir::pipeline::volume::KitSummary) -> String {
+    match (&kit.binary, kit.format_spec) {
+        (Some(b), _) => format!(
+            "FORMAT.md and {} ({} bytes, BLAKE3 {}) from block {} of tape file 1",
+            b.version, b.size, b.blake3, b.first_block
+        ),
+        (None, true) => "FORMAT.md; no tapir binary (give --rescue-binary PATH, or put a \
+             tapir-static beside tapir; see scripts/build-static)"
+            .to_string(),
+        (None, false) => "left out".to_string(),
+    }
 }
 
 /// Run a write with a live progress bar on a terminal (none otherwise).
@@ -581,5 +608,117 @@ pub fn verified(json: bool, s: &VerifySummary) {
             "verification FAILED or incomplete (exit status {})",
             st.code()
         ),
+    }
+}
+
+/// The system manifest: a summary a rescuer reads, then the raw captures
+/// the runbook feeds back to the tools.
+pub fn manifest(json: bool, found: &FoundManifest) {
+    if json {
+        print_json(found);
+        return;
+    }
+    let m = &found.manifest;
+    let status = |c: &Captured| match c.status {
+        CaptureStatus::Ok => "recorded".to_string(),
+        CaptureStatus::NotAvailable => format!("not available ({} is not installed)", c.command[0]),
+        CaptureStatus::Failed => format!("failed: {}", c.stderr.trim()),
+    };
+    let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    println!(
+        "System manifest of {} (cartridge {}, session {}), gathered {} by {}",
+        m.hostname, found.cartridge, found.session, m.created, m.written_by
+    );
+    println!(
+        "Kernel:     {} {} ({})",
+        m.kernel.release, m.kernel.machine, m.kernel.version
+    );
+    if let Some(c) = &m.kernel.cmdline {
+        println!("Cmdline:    {c}");
+    }
+    let firmware = match m.boot.firmware {
+        Firmware::Uefi => "UEFI",
+        Firmware::Bios => "BIOS",
+    };
+    let loaders = if m.boot.loaders.is_empty() {
+        "none found".to_string()
+    } else {
+        m.boot.loaders.join(", ")
+    };
+    println!("Boot:       {firmware}; loader: {loaders}");
+    if !m.boot.efi_directories.is_empty() {
+        println!("EFI dirs:   {}", m.boot.efi_directories.join(", "));
+    }
+    println!("\nDisks:");
+    for d in &m.disks {
+        println!(
+            "  {} {} bytes{}: partition table {}",
+            d.path,
+            d.size_bytes,
+            d.model
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
+            status(&d.partition_table)
+        );
+    }
+    println!("\nFilesystems (mounted):");
+    for f in &m.filesystems {
+        println!(
+            "  {:<20} {:<24} {:<8} UUID={} LABEL={} options={}",
+            f.mount_point,
+            f.source,
+            f.fstype,
+            or_dash(&f.uuid),
+            or_dash(&f.label),
+            f.mount_options
+        );
+    }
+    println!("\nBlock devices ({}):", status(&m.block_devices.blkid));
+    for d in &m.block_devices.devices {
+        println!(
+            "  {:<24} TYPE={} UUID={} LABEL={} PARTUUID={}",
+            d.devname,
+            or_dash(&d.fstype),
+            or_dash(&d.uuid),
+            or_dash(&d.label),
+            or_dash(&d.partuuid)
+        );
+    }
+    println!("\nLVM: {}", status(&m.lvm.fullreport));
+    for b in &m.lvm.vg_backups {
+        println!(
+            "  volume group {} (tapir manifest show --vgcfg {})",
+            b.name, b.name
+        );
+    }
+    println!("RAID: {}", status(&m.raid.mdadm_scan));
+    let arrays = m.raid.mdadm_scan.stdout.trim();
+    if !arrays.is_empty() {
+        println!("  {}", arrays.replace('\n', "\n  "));
+    }
+    println!("LUKS: {} device(s)", m.luks.len());
+    for l in &m.luks {
+        println!(
+            "  {} UUID={}: header {}",
+            l.device,
+            or_dash(&l.uuid),
+            status(&l.dump)
+        );
+    }
+    for file in [&m.fstab, &m.crypttab, &m.swaps, &m.raid.mdstat] {
+        if let Some(text) = &file.content {
+            println!("\n--- {} ---\n{}", file.path, text.trim_end());
+        }
+    }
+    for d in &m.disks {
+        if d.partition_table.status == CaptureStatus::Ok {
+            println!(
+                "\n--- partition table of {} (tapir manifest show --sfdisk {}) ---\n{}",
+                d.path,
+                d.name,
+                d.partition_table.stdout.trim_end()
+            );
+        }
     }
 }

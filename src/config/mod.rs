@@ -19,7 +19,14 @@
 //! sources = ["/etc", "/home"]
 //! gfs = { daily = "daily", weekly = "weekly", monthly = "monthly", weekly_on = "sunday" }
 //! schedule = "Mon..Sun 01:00"
+//!
+//! [job.system]
+//! sources = ["/"]
+//! pool = "daily"
+//! system = true        # also store the system manifest (docs/BARE-METAL.md)
 //! ```
+
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +126,14 @@ struct RawConfig {
     pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     job: BTreeMap<String, RawJob>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    command: Spanned<Vec<String>>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +185,9 @@ struct RawJob {
     export: Option<Spanned<String>>,
     /// Which tiers are exported (default: all).
     export_tiers: Option<Vec<Spanned<String>>>,
+    /// Store the system manifest for a bare-metal restore (`write --system`).
+    #[serde(default)]
+    system: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +208,17 @@ pub struct Config {
     pub changers: BTreeMap<String, Changer>,
     pub pools: BTreeMap<String, Pool>,
     pub jobs: BTreeMap<String, Job>,
+    pub notify: Option<Notify>,
+}
+
+/// A command told about what needs a person: a cartridge to insert, a
+/// job that failed or ended with warnings. It runs as `user` (never as
+/// root; `nobody` when tapir runs as root and none is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +306,8 @@ pub struct Job {
     pub export: Option<String>,
     /// Tiers whose cartridges are exported (empty: every run's).
     pub export_tiers: Vec<Tier>,
+    /// Store the system manifest (FORMAT.md §7.6), as `write --system` does.
+    pub system: bool,
 }
 
 /// Resolves byte offsets in the file to line numbers for messages.
@@ -371,7 +402,26 @@ impl Config {
                 .collect(),
             pools: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            notify: None,
         };
+        if let Some(n) = raw.notify {
+            if n.command.get_ref().is_empty() || n.command.get_ref()[0].is_empty() {
+                return at.err(n.command.span(), "notify.command", "give the program and its arguments, e.g. [\"/usr/local/bin/page\", \"backup\"]");
+            }
+            if let Some(u) = &n.user {
+                if u.get_ref() == "root" || u.get_ref().is_empty() {
+                    return at.err(
+                        u.span(),
+                        "notify.user",
+                        "the notify command never runs as root; name an unprivileged user",
+                    );
+                }
+            }
+            cfg.notify = Some(Notify {
+                command: n.command.into_inner(),
+                user: n.user.map(Spanned::into_inner),
+            });
+        }
         for (name, d) in raw.drive {
             if let Some(c) = &d.changer {
                 if !cfg.changers.contains_key(c.get_ref()) {
@@ -472,6 +522,19 @@ impl Config {
         }
         for (name, j) in raw.job {
             let key = |k: &str| format!("job.{name}.{k}");
+            // The name becomes a systemd unit name and a set name.
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                let at_line = text.find(&format!("[job.{name}")).unwrap_or(0);
+                return at.err(
+                    at_line..at_line,
+                    &format!("job.{name}"),
+                    "a job name is letters, digits, - and _",
+                );
+            }
             let pool_ref = |p: &Spanned<String>, k: &str| -> Result<String, ConfigError> {
                 if cfg.pools.contains_key(p.get_ref()) {
                     Ok(p.get_ref().clone())
@@ -586,6 +649,7 @@ impl Config {
                     schedule: j.schedule.map(Spanned::into_inner),
                     export: j.export.map(Spanned::into_inner),
                     export_tiers,
+                    system: j.system,
                 },
             );
         }
@@ -651,6 +715,7 @@ verify = true
 schedule = "Mon..Sun 01:00"
 export = "vault:ironmountain"
 export_tiers = ["monthly"]
+system = true
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -675,6 +740,7 @@ export_tiers = ["monthly"]
         );
         let j = c.job("nightly").unwrap();
         assert!(j.verify);
+        assert!(j.system);
         assert_eq!(j.export_tiers, vec![Tier::Monthly]);
         // The first Friday of the month is monthly, other Fridays weekly.
         let d = jiff::civil::date;
@@ -717,6 +783,8 @@ export_tiers = ["monthly"]
                 "vault:NAME",
             ),
             ("[drive.d]\ndevice = \"/dev/nst0\"\nchanger = \"nope\"\n", 3, "drive.d.changer", "no [changer.nope]"),
+            ("[notify]\ncommand = [\"/bin/page\"]\nuser = \"root\"\n", 3, "notify.user", "never runs as root"),
+            ("[notify]\ncommand = []\n", 2, "notify.command", "give the program"),
             (
                 "[pool.a]\nretention = \"1d\"\n\n[job.j]\nsources = [\"/\"]\ngfs = { daily = \"a\", weekly = \"a\", monthly = \"a\", weekly_on = \"funday\" }\n",
                 6,

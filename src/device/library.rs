@@ -30,6 +30,8 @@ use super::{describe, Changer, ChangerInventory, DeviceError, DeviceResult};
 pub const LIBRARY_FILE: &str = "library.json";
 /// Name of the lock file in a library directory.
 pub const LOCK_FILE: &str = "lock";
+/// Test faults of the changer (see `VirtualLibrary::move_fails`).
+pub const LIBRARY_FAULTS_FILE: &str = "faults.json";
 /// Optional speed model of the drive (see `drivesim`); absent: as fast as the disk.
 pub const SPEED_MODEL_FILE: &str = "drive-sim.json";
 /// Directory holding the cartridge images.
@@ -482,7 +484,7 @@ impl VirtualLibrary {
             .map_err(|e| DeviceError::io(&self.name, format!("opening {}", path.display()), e))?;
         Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             if errno == Errno::EWOULDBLOCK {
-                DeviceError::InvalidRequest {
+                DeviceError::Busy {
                     device: self.name.clone(),
                     detail: format!(
                         "the drive is in use by another process (it holds the lock on {}); wait for it to finish and retry",
@@ -549,6 +551,34 @@ impl VirtualLibrary {
 
     /// Move the cartridge in `slot` into the drive, returning the drive's
     /// current cartridge to its home slot first.
+    /// Test fault: `faults.json` in the library's directory may list
+    /// barcodes whose moves fail (`{"fail_move_of": ["TAP002L9"]}`).
+    fn move_fails(&self, barcode: &str) -> DeviceResult<bool> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct LibraryFaults {
+            fail_move_of: Vec<String>,
+        }
+        let path = self.dir.join(LIBRARY_FAULTS_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(DeviceError::io(
+                    &self.name,
+                    "reading the library's faults",
+                    e,
+                ))
+            }
+        };
+        let f: LibraryFaults =
+            serde_json::from_slice(&text).map_err(|e| DeviceError::InvalidRequest {
+                device: self.name.clone(),
+                detail: format!("{}: {e}", path.display()),
+            })?;
+        Ok(f.fail_move_of.iter().any(|b| b == barcode))
+    }
+
     fn move_to_drive(&self, state: &mut LibraryState, slot: usize) -> DeviceResult<()> {
         let count = state.slots.len();
         if slot == 0 || slot > count {
@@ -563,6 +593,14 @@ impl VirtualLibrary {
                 detail: format!("slot {slot} is empty; nothing to load"),
             });
         };
+        if self.move_fails(&barcode)? {
+            return Err(DeviceError::MoveFailed {
+                device: self.name.clone(),
+                barcode,
+                from: format!("slot {slot}"),
+                detail: "the picker jammed (injected fault)".into(),
+            });
+        }
         if let Some(current) = state.drive.take() {
             state.slots[current.home_slot - 1].barcode = Some(current.barcode);
         }
@@ -839,7 +877,7 @@ mod tests {
         let mut tape = lib.open_drive().unwrap();
         let e = other.open_drive().unwrap_err();
         assert!(
-            matches!(&e, DeviceError::InvalidRequest { detail, .. } if detail.contains("in use by another process")),
+            matches!(&e, DeviceError::Busy { detail, .. } if detail.contains("in use by another process")),
             "{e}"
         );
         // Cartridges cannot be moved while the drive is open.

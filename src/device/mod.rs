@@ -67,6 +67,25 @@ pub struct DriveStatus {
     pub barcode: Option<String>,
 }
 
+/// How a drive positions, as far as this process has used it: whether it
+/// reports its position (READ POSITION) and LOCATEs, and where its LOCATEs
+/// landed before any correction (drives disagree by one around filemarks).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PositioningReport {
+    /// `None` until tried.
+    pub read_position: Option<bool>,
+    /// `None` until tried.
+    pub locate: Option<bool>,
+    /// LOCATEs that landed on the object asked for.
+    pub locate_exact: u32,
+    /// LOCATEs that stopped one object past it (corrected by spacing back).
+    pub locate_one_past: u32,
+    /// LOCATEs that stopped one object short (corrected by spacing forward).
+    pub locate_one_short: u32,
+    /// LOCATEs that landed further off (tried again).
+    pub locate_elsewhere: u32,
+}
+
 /// Typed conditions a drive reports, each with the device it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -125,6 +144,17 @@ pub enum DeviceError {
         device: String,
         action: String,
         condition: sense::Condition,
+    },
+    /// Another process has the drive or changer now.
+    #[error("{device}: {detail}")]
+    Busy { device: String, detail: String },
+    /// A changer could not move a cartridge; it stays where it was.
+    #[error("{device}: the changer failed to move {barcode} from {from}: {detail}; it stays there. Check the library (and its log) before retrying")]
+    MoveFailed {
+        device: String,
+        barcode: String,
+        from: String,
+        detail: String,
     },
     #[error("{device}: {what} is not supported by this device")]
     Unsupported { device: String, what: String },
@@ -229,6 +259,33 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     /// Drives an operator cannot reach (a virtual library's) do nothing.
     fn eject(&mut self) -> DeviceResult<()> {
         Ok(())
+    }
+    /// Erase from the current position to the end of the tape: a short
+    /// erase writes end of data here; a `long` one also overwrites the rest
+    /// of the tape (hours on a real cartridge).
+    fn erase(&mut self, long: bool) -> DeviceResult<()> {
+        let _ = long;
+        Err(self.unsupported("erase"))
+    }
+    /// Every cartridge-memory (MAM) attribute the drive returns.
+    fn cartridge_memory(&mut self) -> DeviceResult<sg::Attributes> {
+        Err(self.unsupported("cartridge memory (READ ATTRIBUTE)"))
+    }
+    /// Write cartridge-memory (MAM) attributes.
+    fn write_cartridge_memory(&mut self, attributes: &[sg::Attribute]) -> DeviceResult<()> {
+        let _ = attributes;
+        Err(self.unsupported("writing cartridge memory (WRITE ATTRIBUTE)"))
+    }
+    /// How this drive positions, when it can tell.
+    fn positioning(&self) -> Option<PositioningReport> {
+        None
+    }
+    /// [`DeviceError::Unsupported`] for `what` on this drive.
+    fn unsupported(&self, what: &str) -> DeviceError {
+        DeviceError::Unsupported {
+            device: self.name().to_string(),
+            what: what.to_string(),
+        }
     }
 }
 

@@ -49,6 +49,7 @@ const OP_REPORT_DENSITY_SUPPORT: u8 = 0x44;
 const OP_LOG_SENSE: u8 = 0x4D;
 const OP_MODE_SENSE_10: u8 = 0x5A;
 const OP_READ_ATTRIBUTE: u8 = 0x8C;
+const OP_WRITE_ATTRIBUTE: u8 = 0x8D;
 
 /// READ POSITION service actions (SSC-3 table 33).
 const RP_SHORT: u8 = 0x00;
@@ -562,6 +563,19 @@ impl<'a> Scsi<'a> {
         ];
         let b = self.data_in(cmd, &cdb, LEN as usize)?;
         parse_attributes(&b).map_err(|d| self.malformed(cmd, d))
+    }
+
+    /// WRITE ATTRIBUTE (cartridge memory, MAM) of partition 0, written
+    /// through to the medium's memory before the command completes.
+    pub fn write_attributes(&self, attributes: &[Attribute]) -> SgResult<()> {
+        let cmd = "WRITE ATTRIBUTE";
+        let list = encode_attribute_list(attributes).map_err(|d| SgError::Malformed {
+            device: self.device.to_string(),
+            command: cmd.to_string(),
+            detail: d,
+        })?;
+        let cdb = write_attribute_cdb(0, list.len() as u32);
+        self.execute(cmd, &cdb, Data::Out(&list)).map(|_| ())
     }
 
     /// REPORT DENSITY SUPPORT; `current_medium` limits it to the loaded cartridge.
@@ -1157,8 +1171,216 @@ pub const ATTR_MEDIUM_SERIAL: u16 = 0x0401;
 pub const ATTR_MEDIUM_MANUFACTURE_DATE: u16 = 0x0406;
 pub const ATTR_APPLICATION_VENDOR: u16 = 0x0800;
 pub const ATTR_APPLICATION_NAME: u16 = 0x0801;
+pub const ATTR_APPLICATION_VERSION: u16 = 0x0802;
 pub const ATTR_USER_MEDIUM_TEXT_LABEL: u16 = 0x0803;
 pub const ATTR_BARCODE: u16 = 0x0806;
+pub const ATTR_OWNING_HOST_TEXTUAL_NAME: u16 = 0x0807;
+pub const ATTR_MEDIA_POOL: u16 = 0x0808;
+
+/// Attribute value formats (SPC-4 §7.4.1, the FORMAT field).
+pub const ATTR_FORMAT_BINARY: u8 = 0x00;
+pub const ATTR_FORMAT_ASCII: u8 = 0x01;
+pub const ATTR_FORMAT_TEXT: u8 = 0x02;
+
+/// A host type attribute an application writes, with the format and fixed
+/// length the standard gives it (SPC-4 §7.4.2.4, table "Host type
+/// attributes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostAttribute {
+    pub id: u16,
+    pub name: &'static str,
+    pub format: u8,
+    pub length: usize,
+}
+
+pub const APPLICATION_VENDOR: HostAttribute = HostAttribute {
+    id: ATTR_APPLICATION_VENDOR,
+    name: "application vendor",
+    format: ATTR_FORMAT_ASCII,
+    length: 8,
+};
+pub const APPLICATION_NAME: HostAttribute = HostAttribute {
+    id: ATTR_APPLICATION_NAME,
+    name: "application name",
+    format: ATTR_FORMAT_ASCII,
+    length: 32,
+};
+pub const APPLICATION_VERSION: HostAttribute = HostAttribute {
+    id: ATTR_APPLICATION_VERSION,
+    name: "application version",
+    format: ATTR_FORMAT_ASCII,
+    length: 8,
+};
+pub const USER_MEDIUM_TEXT_LABEL: HostAttribute = HostAttribute {
+    id: ATTR_USER_MEDIUM_TEXT_LABEL,
+    name: "user medium text label",
+    format: ATTR_FORMAT_TEXT,
+    length: 160,
+};
+pub const BARCODE: HostAttribute = HostAttribute {
+    id: ATTR_BARCODE,
+    name: "barcode",
+    format: ATTR_FORMAT_ASCII,
+    length: 32,
+};
+pub const OWNING_HOST_TEXTUAL_NAME: HostAttribute = HostAttribute {
+    id: ATTR_OWNING_HOST_TEXTUAL_NAME,
+    name: "owning host textual name",
+    format: ATTR_FORMAT_TEXT,
+    length: 80,
+};
+pub const MEDIA_POOL: HostAttribute = HostAttribute {
+    id: ATTR_MEDIA_POOL,
+    name: "media pool",
+    format: ATTR_FORMAT_TEXT,
+    length: 160,
+};
+
+impl HostAttribute {
+    /// The attribute holding `value`, laid out as the standard requires:
+    /// ASCII left-aligned and padded with spaces (20h), TEXT padded with
+    /// NULs (00h), both to the attribute's fixed length. Only printable
+    /// ASCII is accepted (TEXT is then valid whatever the cartridge's text
+    /// localization identifier says); a longer value is an error, never cut.
+    pub fn with_text(self, value: &str) -> Result<Attribute, String> {
+        if !value.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+            return Err(format!(
+                "{} {value:?}: only printable ASCII is written to cartridge memory",
+                self.name
+            ));
+        }
+        if value.len() > self.length {
+            return Err(format!(
+                "{} {value:?} is longer than the attribute's {} bytes",
+                self.name, self.length
+            ));
+        }
+        let pad = if self.format == ATTR_FORMAT_ASCII {
+            b' '
+        } else {
+            0
+        };
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.resize(self.length, pad);
+        Ok(Attribute {
+            id: self.id,
+            read_only: false,
+            format: self.format,
+            value: bytes,
+        })
+    }
+}
+
+/// The WRITE ATTRIBUTE CDB (SPC-4 §6.38): operation code 8Dh; byte 1 bit 0
+/// WTC (write through the device's cache to the medium's memory); byte 5
+/// logical volume 0; byte 7 the partition; bytes 10-13 the parameter list
+/// length, big-endian. The command has no service action.
+pub fn write_attribute_cdb(partition: u8, parameter_list_length: u32) -> [u8; 16] {
+    let l = parameter_list_length.to_be_bytes();
+    [
+        OP_WRITE_ATTRIBUTE,
+        0x01,
+        0,
+        0,
+        0,
+        0,
+        0,
+        partition,
+        0,
+        0,
+        l[0],
+        l[1],
+        l[2],
+        l[3],
+        0,
+        0,
+    ]
+}
+
+/// The WRITE ATTRIBUTE parameter list (SPC-4 §6.38.2): a 4-byte parameter
+/// data length (the bytes that follow it), then each attribute as READ
+/// ATTRIBUTE returns it: identifier (2 bytes), a byte with the format in
+/// bits 1-0 (the READ ONLY bit is reserved here and sent as 0), length (2
+/// bytes), value. All big-endian.
+pub fn encode_attribute_list(attributes: &[Attribute]) -> Result<Vec<u8>, String> {
+    let mut list = vec![0u8; 4];
+    for a in attributes {
+        let len = u16::try_from(a.value.len())
+            .map_err(|_| format!("attribute {:#06x} is longer than 65535 bytes", a.id))?;
+        list.extend_from_slice(&a.id.to_be_bytes());
+        list.push(a.format & 0x03);
+        list.extend_from_slice(&len.to_be_bytes());
+        list.extend_from_slice(&a.value);
+    }
+    let data_len = (list.len() - 4) as u32;
+    list[..4].copy_from_slice(&data_len.to_be_bytes());
+    Ok(list)
+}
+
+/// The standard's name of an attribute, for listings.
+pub fn attribute_name(id: u16) -> &'static str {
+    match id {
+        0x0000 => "remaining capacity in partition (MiB)",
+        0x0001 => "maximum capacity in partition (MiB)",
+        0x0002 => "TapeAlert flags",
+        0x0003 => "load count",
+        0x0004 => "MAM space remaining",
+        0x0005 => "assigning organization",
+        0x0006 => "format density code",
+        0x0007 => "initialization count",
+        0x0008 => "volume identifier",
+        0x0009 => "volume change reference",
+        0x020A => "device vendor/serial at last load",
+        0x020B => "device vendor/serial at load -1",
+        0x020C => "device vendor/serial at load -2",
+        0x020D => "device vendor/serial at load -3",
+        0x0220 => "total MiB written in medium life",
+        0x0221 => "total MiB read in medium life",
+        0x0222 => "total MiB written in current/last load",
+        0x0223 => "total MiB read in current/last load",
+        0x0224 => "logical position of first encrypted block",
+        0x0225 => "logical position of first unencrypted block after the first encrypted block",
+        0x0340 => "medium usage history",
+        0x0341 => "partition usage history",
+        0x0400 => "medium manufacturer",
+        0x0401 => "medium serial number",
+        0x0402 => "medium length (m)",
+        0x0403 => "medium width (0.1 mm)",
+        0x0404 => "assigning organization",
+        0x0405 => "medium density code",
+        0x0406 => "medium manufacture date",
+        0x0407 => "MAM capacity",
+        0x0408 => "medium type",
+        0x0409 => "medium type information",
+        0x040A => "numeric medium serial number",
+        0x0800 => "application vendor",
+        0x0801 => "application name",
+        0x0802 => "application version",
+        0x0803 => "user medium text label",
+        0x0804 => "date and time last written",
+        0x0805 => "text localization identifier",
+        0x0806 => "barcode",
+        0x0807 => "owning host textual name",
+        0x0808 => "media pool",
+        0x080B => "application format version",
+        0x080C => "volume coherency information",
+        0x0820 => "medium globally unique identifier",
+        0x0821 => "media pool globally unique identifier",
+        _ => "vendor or unknown attribute",
+    }
+}
+
+impl Attribute {
+    /// The value for people: the text of an ASCII or TEXT attribute, the
+    /// number of a binary one of up to 8 bytes, hex otherwise.
+    pub fn display_value(&self) -> String {
+        match self.format {
+            ATTR_FORMAT_ASCII | ATTR_FORMAT_TEXT => ascii(&self.value),
+            _ if !self.value.is_empty() && self.value.len() <= 8 => be(&self.value).to_string(),
+            _ => self.value.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
 
 /// READ ATTRIBUTE values.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -1210,6 +1432,15 @@ impl Attributes {
     }
     pub fn barcode(&self) -> Option<String> {
         self.text(ATTR_BARCODE)
+    }
+    pub fn application_vendor(&self) -> Option<String> {
+        self.text(ATTR_APPLICATION_VENDOR)
+    }
+    pub fn application_version(&self) -> Option<String> {
+        self.text(ATTR_APPLICATION_VERSION)
+    }
+    pub fn media_pool(&self) -> Option<String> {
+        self.text(ATTR_MEDIA_POOL)
     }
 }
 
@@ -1601,6 +1832,82 @@ mod tests {
         // Truncated by a small allocation length: complete attributes only.
         let cut = &b[..b.len() - 10];
         assert_eq!(parse_attributes(cut).unwrap().attributes.len(), 5);
+    }
+
+    #[test]
+    fn write_attribute_cdb_layout() {
+        let cdb = write_attribute_cdb(1, 0x0001_0203);
+        assert_eq!(
+            cdb,
+            [0x8D, 0x01, 0, 0, 0, 0, 0, 0x01, 0, 0, 0x00, 0x01, 0x02, 0x03, 0, 0]
+        );
+    }
+
+    #[test]
+    fn host_attributes_are_padded_per_format() {
+        let a = APPLICATION_VENDOR.with_text("TAPIR").unwrap();
+        assert_eq!(
+            (a.id, a.format, a.value.as_slice()),
+            (0x0800, 0x01, b"TAPIR   ".as_slice())
+        );
+        let a = APPLICATION_NAME.with_text("tapir").unwrap();
+        assert_eq!(a.value.len(), 32);
+        assert_eq!(&a.value[..6], b"tapir ");
+        let a = USER_MEDIUM_TEXT_LABEL.with_text("TAP001L9").unwrap();
+        assert_eq!((a.id, a.format, a.value.len()), (0x0803, 0x02, 160));
+        assert_eq!(&a.value[..8], b"TAP001L9");
+        assert!(a.value[8..].iter().all(|&b| b == 0));
+        assert_eq!(MEDIA_POOL.with_text("p").unwrap().id, 0x0808);
+        assert_eq!(BARCODE.with_text("X").unwrap().value.len(), 32);
+        // Too long or not printable ASCII: refused, never cut.
+        assert!(APPLICATION_VERSION.with_text("0.1.0-alpha").is_err());
+        assert!(USER_MEDIUM_TEXT_LABEL.with_text("caf\u{e9}").is_err());
+        assert!(USER_MEDIUM_TEXT_LABEL.with_text("a\nb").is_err());
+    }
+
+    #[test]
+    fn write_attribute_parameter_list_layout() {
+        let attrs = [
+            APPLICATION_VENDOR.with_text("TAPIR").unwrap(),
+            Attribute {
+                id: 0x0805,
+                read_only: true,
+                format: ATTR_FORMAT_BINARY,
+                value: vec![0x00],
+            },
+        ];
+        let list = encode_attribute_list(&attrs).unwrap();
+        let mut want = vec![0, 0, 0, 5 + 8 + 5 + 1];
+        want.extend_from_slice(&[0x08, 0x00, 0x01, 0x00, 0x08]);
+        want.extend_from_slice(b"TAPIR   ");
+        // READ ONLY is reserved in WRITE ATTRIBUTE: sent as 0.
+        want.extend_from_slice(&[0x08, 0x05, 0x00, 0x00, 0x01, 0x00]);
+        assert_eq!(list, want);
+        // What READ ATTRIBUTE would return for the same attributes decodes
+        // to the same values.
+        let back = parse_attributes(&list).unwrap();
+        assert_eq!(back.application_vendor().as_deref(), Some("TAPIR"));
+        assert_eq!(back.get(0x0805).unwrap().value, vec![0]);
+        assert_eq!(encode_attribute_list(&[]).unwrap(), vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn attribute_values_for_people() {
+        let text = USER_MEDIUM_TEXT_LABEL.with_text("TAP001L9").unwrap();
+        assert_eq!(text.display_value(), "TAP001L9");
+        let n = Attribute {
+            id: ATTR_LOAD_COUNT,
+            read_only: true,
+            format: ATTR_FORMAT_BINARY,
+            value: vec![0, 0, 0, 0, 0, 0, 1, 2],
+        };
+        assert_eq!(n.display_value(), "258");
+        let long = Attribute {
+            value: vec![0xAB; 10],
+            ..n
+        };
+        assert_eq!(long.display_value(), "ab".repeat(10));
+        assert_eq!(attribute_name(0x0803), "user medium text label");
     }
 
     #[test]

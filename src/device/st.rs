@@ -368,6 +368,8 @@ pub struct StDrive {
     /// that returns no error met (room_before_early_warning): the next
     /// operation reports it.
     pending: Option<DeviceError>,
+    /// Where LOCATEs landed, for `tapir drive qualify`.
+    landings: super::PositioningReport,
 }
 
 /// What to do after a LOCATE to `target` ended at `actual`.
@@ -435,7 +437,8 @@ fn room_from(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quirks {
     /// Backward filemark spacing stops one block too far back, before the
-    /// last block of the file instead of just before the filemark (tgt's
+    /// last block of the file instead of just before the filemark, and
+    /// counts a filemark right ahead of the position as one crossed (tgt's
     /// tape emulation).
     pub bsf_one_block_early: bool,
 }
@@ -610,6 +613,7 @@ impl StDrive {
             locate_support: None,
             lost_in_reset: None,
             pending: None,
+            landings: Default::default(),
         };
         drive.lost_in_reset =
             sysfs_dir(&drive.file).and_then(|d| File::open(d.join(SYSFS_POSITION_LOST)).ok());
@@ -901,6 +905,18 @@ impl StDrive {
         if let Some(d) = e.sense().and_then(|s| s.disruption()) {
             let e = DeviceError::from_disruption(&self.name, d);
             self.pending = Some(self.disrupted(e));
+        }
+    }
+
+    /// The device error for a failed SCSI command of this module's own; a
+    /// reset, medium change or deferred error also forgets the position.
+    fn sg_error(&mut self, e: SgError) -> DeviceError {
+        let lost = e.sense().and_then(|s| s.disruption()).is_some();
+        let e = DeviceError::from(e);
+        if lost {
+            self.disrupted(e)
+        } else {
+            e
         }
     }
 
@@ -1532,18 +1548,6 @@ impl StDrive {
         self.simple(MtOpCode::Compression, on as i32, "setting compression")
     }
 
-    /// Erase from the current position to the end of the tape. A long
-    /// erase is a full pass over the tape and takes hours (MTERASE).
-    pub fn erase(&mut self, long: bool) -> DeviceResult<()> {
-        if self.read_only {
-            return Err(DeviceError::WriteProtected {
-                device: self.name.clone(),
-            });
-        }
-        self.truncate_after(self.pos.file);
-        self.simple(MtOpCode::Erase, long as i32, "erasing")
-    }
-
     /// Locate logical block `lba` with SCSI LOCATE (MTSEEK). The driver
     /// loses its file number afterwards; this module recomputes nothing and
     /// reports the position as unknown until an absolute operation.
@@ -1751,6 +1755,13 @@ impl StDrive {
             self.locate_support = Some(true);
             let mut now = self.tell_after_locate()?;
             let fix = locate_correction(target, now);
+            let landed_at = match fix {
+                LocateCorrection::Done => &mut self.landings.locate_exact,
+                LocateCorrection::BackOne => &mut self.landings.locate_one_past,
+                LocateCorrection::ForwardOne => &mut self.landings.locate_one_short,
+                LocateCorrection::Again => &mut self.landings.locate_elsewhere,
+            };
+            *landed_at += 1;
             match fix {
                 LocateCorrection::Done | LocateCorrection::Again => {}
                 LocateCorrection::BackOne => {
@@ -2183,6 +2194,16 @@ impl TapeDrive for StDrive {
                 Err(e) => Err(self.errno_error(e, "spacing forward over filemarks")),
             }
         } else {
+            if self.quirks.bsf_one_block_early && !was_writing && start.block.is_some_and(|b| b > 0)
+            {
+                // Such a drive also counts a filemark right ahead of the
+                // position as one crossed (after reading a file's last
+                // block): step back off it first, onto a block that the
+                // backward spacing crosses anyway.
+                self.mt(MtOpCode::Bsr, 1).map_err(|e| {
+                    self.errno_error(e, "spacing back one block before spacing over filemarks")
+                })?;
+            }
             match self.mt(MtOpCode::Bsf, n) {
                 Ok(()) if self.quirks.bsf_one_block_early => {
                     // Forward over the block it stopped before, to just
@@ -2485,6 +2506,47 @@ impl TapeDrive for StDrive {
     /// the drive reports neither (scsi_debug and tgt do not).
     fn eject(&mut self) -> DeviceResult<()> {
         self.unload()
+    }
+
+    /// MTERASE from the current position (st sends ERASE with the LONG bit
+    /// for a long erase).
+    fn erase(&mut self, long: bool) -> DeviceResult<()> {
+        self.take_pending()?;
+        if self.read_only {
+            return Err(DeviceError::WriteProtected {
+                device: self.name.clone(),
+            });
+        }
+        self.writing = false;
+        self.truncate_after(self.pos.file);
+        self.simple(MtOpCode::Erase, long as i32, "erasing")?;
+        self.eod = true;
+        Ok(())
+    }
+
+    fn cartridge_memory(&mut self) -> DeviceResult<Attributes> {
+        self.take_pending()?;
+        self.scsi().read_attributes().map_err(|e| self.sg_error(e))
+    }
+
+    fn write_cartridge_memory(&mut self, attributes: &[super::sg::Attribute]) -> DeviceResult<()> {
+        self.take_pending()?;
+        if self.read_only {
+            return Err(DeviceError::WriteProtected {
+                device: self.name.clone(),
+            });
+        }
+        self.scsi()
+            .write_attributes(attributes)
+            .map_err(|e| self.sg_error(e))
+    }
+
+    fn positioning(&self) -> Option<super::PositioningReport> {
+        Some(super::PositioningReport {
+            read_position: self.lba_support,
+            locate: self.locate_support,
+            ..self.landings.clone()
+        })
     }
 
     fn room_before_early_warning(&mut self) -> Option<u64> {

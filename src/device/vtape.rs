@@ -1214,6 +1214,23 @@ impl TapeDrive for VirtualTape {
     fn max_block_size(&self) -> usize {
         MAX_BLOCK_SIZE
     }
+
+    /// Everything from the position on is cut off; short and long erase
+    /// are the same here.
+    fn erase(&mut self, _long: bool) -> DeviceResult<()> {
+        self.check_writable()?;
+        self.pending_write = false;
+        self.truncate_at(self.pos)
+    }
+
+    /// The image has exact positions and locates exactly.
+    fn positioning(&self) -> Option<super::PositioningReport> {
+        Some(super::PositioningReport {
+            read_position: Some(true),
+            locate: Some(true),
+            ..Default::default()
+        })
+    }
 }
 
 impl Drop for VirtualTape {

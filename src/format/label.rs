@@ -35,20 +35,92 @@ pub struct SetMembership {
     pub host: String,
 }
 
-/// What tape file 1 (the rescue kit) holds on this cartridge.
+/// Largest rescue kit binary a reader extracts (FORMAT.md §10.1).
+pub const MAX_RESCUE_BINARY: u64 = 512 << 20;
+/// Longest `binary_version` a writer records (FORMAT.md §4.3).
+pub const MAX_BINARY_VERSION: usize = 256;
+
+/// What tape file 1 (the rescue kit) holds on this cartridge (FORMAT.md §2.2).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct RescueKit {
-    /// Tape file 1 holds the text of FORMAT.md.
+    /// Tape file 1 starts with the text of FORMAT.md.
     #[n(0)]
     pub format_spec: bool,
-    /// Tape file 1 also holds a static tapir binary.
+    /// A static tapir binary follows it.
     #[n(1)]
     pub binary: bool,
+    /// The first line the binary prints for `--version`.
     #[n(2)]
     pub binary_version: Option<String>,
     #[cbor(n(3), with = "minicbor::bytes")]
     pub binary_blake3: Option<[u8; 32]>,
+    #[n(4)]
+    pub binary_size: Option<u64>,
+    /// Its first block in tape file 1 (the number of blocks of FORMAT.md).
+    #[n(5)]
+    pub binary_first_block: Option<u32>,
+}
+
+/// A rescue kit binary as the label describes it, when the description is
+/// complete and within bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KitBinary {
+    pub version: String,
+    pub blake3: [u8; 32],
+    pub size: u64,
+    pub first_block: u32,
+}
+
+impl RescueKit {
+    /// What tapir writes when the kit is left out: one block of text.
+    pub fn left_out() -> RescueKit {
+        RescueKit {
+            format_spec: false,
+            binary: false,
+            binary_version: None,
+            binary_blake3: None,
+            binary_size: None,
+            binary_first_block: None,
+        }
+    }
+
+    /// FORMAT.md alone.
+    pub fn spec_only() -> RescueKit {
+        RescueKit {
+            format_spec: true,
+            ..RescueKit::left_out()
+        }
+    }
+
+    /// FORMAT.md, then a binary starting at block `first_block`.
+    pub fn with_binary(first_block: u32, binary: &KitBinary) -> RescueKit {
+        RescueKit {
+            format_spec: true,
+            binary: true,
+            binary_version: Some(binary.version.clone()),
+            binary_blake3: Some(binary.blake3),
+            binary_size: Some(binary.size),
+            binary_first_block: Some(first_block),
+        }
+    }
+
+    /// The binary, when `binary` is true and fully described (FORMAT.md
+    /// §2.2: an incomplete description describes no usable binary).
+    pub fn kit_binary(&self) -> Option<KitBinary> {
+        if !self.binary {
+            return None;
+        }
+        let size = self
+            .binary_size
+            .filter(|&s| s > 0 && s <= MAX_RESCUE_BINARY)?;
+        Some(KitBinary {
+            version: self.binary_version.clone()?,
+            blake3: self.binary_blake3?,
+            size,
+            first_block: self.binary_first_block?,
+        })
+    }
 }
 
 /// The machine-readable identity of a cartridge.
@@ -111,12 +183,21 @@ impl LabelBlock {
                 "Volume:       -".to_string(),
             ),
         };
-        let kit = match (&label.rescue_kit.format_spec, &label.rescue_kit.binary) {
-            (_, true) => "the format specification (FORMAT.md) and a static tapir binary",
-            (true, false) => {
-                "the format specification (FORMAT.md) as plain text; no binary on this cartridge"
+        let bs = label.block_size;
+        let binary = label.rescue_kit.kit_binary();
+        let kit = match (label.rescue_kit.format_spec, &binary) {
+            (true, Some(_)) => "the format specification (FORMAT.md) and a static tapir binary",
+            (true, None) => {
+                "the format specification (FORMAT.md); no tapir binary on this cartridge"
             }
-            (false, false) => "left out on this cartridge (one block of text says so)",
+            (false, _) => "left out on this cartridge (one block of text says so)",
+        };
+        let how = match (label.rescue_kit.format_spec, &binary) {
+            (true, Some(b)) => kit_binary_text(bs, b),
+            (true, None) => format!(
+                "\x20 the spec:       mt -f /dev/nst0 rewind; mt -f /dev/nst0 fsf 1; dd if=/dev/nst0 bs={bs} > FORMAT.md\n"
+            ),
+            (false, _) => String::new(),
         };
         format!(
             "{LABEL_TEXT_MAGIC} (format v{ver})\n\
@@ -132,11 +213,12 @@ impl LabelBlock {
              Written by:   tapir {tv}\n\
              \n\
              Layout: tape file 0 is this label. Tape file 1 is the rescue kit: {kit}.\n\
-             Then each write session is two tape files: its data, then its catalog.\n\
+             Then each write session is three tape files: its data, its catalog, and a catalog of\n\
+             the whole set so far.\n\
              \n\
              To restore without tapir's host catalog:\n\
              \x20 with tapir:     tapir --device /dev/nst0 list ; tapir --device /dev/nst0 restore --to /restore\n\
-             \x20 the spec:       mt -f /dev/nst0 rewind; mt -f /dev/nst0 fsf 1; dd if=/dev/nst0 bs={bs} > FORMAT.md\n\
+             {how}\
              \x20 every block of a session starts with a 64-byte header (magic TAPIRBLK, CRC-32)\n\
              \x20 and the spec describes every byte, so a new reader can be written from it.\n\
              \n\
@@ -146,7 +228,6 @@ impl LabelBlock {
             pool = label.pool,
             when = ts_text(label.labelled),
             host = label.host,
-            bs = label.block_size,
             tv = label.tapir_version,
             off = LABEL_TEXT_AREA,
         )
@@ -220,6 +301,34 @@ impl LabelBlock {
     }
 }
 
+/// The kit's layout, checksum and the `mt`/`dd` command lines that get it
+/// off the tape (FORMAT.md §2.2), for the label text.
+fn kit_binary_text(bs: u32, b: &KitBinary) -> String {
+    let first = b.first_block;
+    let blocks = b.size.div_ceil(u64::from(bs));
+    let last = u64::from(first) + blocks - 1;
+    let spec = match first {
+        0 => String::new(),
+        n => format!("\x20                 FORMAT.md  blocks 0 to {}\n", n - 1),
+    };
+    format!(
+        "\x20 the kit:        tape file 1, in blocks of {bs} bytes (read them with dd bs={bs}):\n\
+         {spec}\
+         \x20                 tapir      blocks {first} to {last}: {version}, {size} bytes,\n\
+         \x20                            BLAKE3 {hash}\n\
+         \x20 get the kit with mt and dd alone:\n\
+         \x20   mt -f /dev/nst0 rewind; mt -f /dev/nst0 setblk 0; mt -f /dev/nst0 fsf 1\n\
+         \x20   dd if=/dev/nst0 bs={bs} count={first} > FORMAT.md\n\
+         \x20   mt -f /dev/nst0 rewind; mt -f /dev/nst0 fsf 1; mt -f /dev/nst0 fsr {first}\n\
+         \x20   dd if=/dev/nst0 bs={bs} | head -c {size} > tapir; chmod +x tapir\n\
+         \x20   ./tapir --version; b3sum tapir    (compare with the lines above)\n\
+         \x20   ./tapir --device /dev/nst0 restore --to /restore\n",
+        version = b.version,
+        size = b.size,
+        hash = blake3::Hash::from_bytes(b.blake3).to_hex(),
+    )
+}
+
 /// Canonical 8-4-4-4-12 hex form of a UUID.
 pub fn uuid_text(u: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*u).hyphenated().to_string()
@@ -250,15 +359,62 @@ mod tests {
             host: "backup01".into(),
             block_size: 256 * 1024,
             set: None,
-            rescue_kit: RescueKit {
-                format_spec: true,
-                binary: false,
-                binary_version: None,
-                binary_blake3: None,
-            },
+            rescue_kit: RescueKit::spec_only(),
             worm: false,
             tapir_version: "0.1.0".into(),
         }
+    }
+
+    fn sample_binary() -> KitBinary {
+        KitBinary {
+            version: "tapir 0.1.0".into(),
+            blake3: *blake3::hash(b"tapir").as_bytes(),
+            size: 13_009_112,
+            first_block: 1,
+        }
+    }
+
+    #[test]
+    fn label_text_tells_how_to_get_the_binary_off_the_tape() {
+        let mut l = sample();
+        l.rescue_kit = RescueKit::with_binary(1, &sample_binary());
+        let block = LabelBlock::encode(&l);
+        assert_eq!(LabelBlock::decode(&block).unwrap(), l);
+        let text = LabelBlock::text(&l);
+        assert!(text.len() < 4096, "text is {} bytes", text.len());
+        // 13009112 bytes in 262144-byte blocks: 50 blocks, 1 to 50.
+        assert!(text.contains("tapir      blocks 1 to 50: tapir 0.1.0, 13009112 bytes"));
+        assert!(text.contains(&blake3::hash(b"tapir").to_hex().to_string()));
+        assert!(text.contains("mt -f /dev/nst0 fsr 1\n"));
+        assert!(text.contains("dd if=/dev/nst0 bs=262144 count=1 > FORMAT.md"));
+        assert!(text.contains("dd if=/dev/nst0 bs=262144 | head -c 13009112 > tapir"));
+    }
+
+    #[test]
+    fn label_text_says_when_there_is_no_binary_or_no_kit() {
+        let mut l = sample();
+        assert!(LabelBlock::text(&l).contains("no tapir binary on this cartridge"));
+        l.rescue_kit = RescueKit::left_out();
+        let text = LabelBlock::text(&l);
+        assert!(text.contains("Tape file 1 is the rescue kit: left out on this cartridge"));
+        assert!(!text.contains("FORMAT.md >") && !text.contains("> FORMAT.md"));
+    }
+
+    #[test]
+    fn an_incomplete_binary_description_describes_no_binary() {
+        let mut kit = RescueKit::with_binary(1, &sample_binary());
+        assert_eq!(kit.kit_binary(), Some(sample_binary()));
+        kit.binary_size = None;
+        assert_eq!(kit.kit_binary(), None);
+        let mut huge = RescueKit::with_binary(1, &sample_binary());
+        huge.binary_size = Some(MAX_RESCUE_BINARY + 1);
+        assert_eq!(huge.kit_binary(), None);
+        // A label of an older tapir (keys 0 to 3 only) still decodes.
+        let old = to_cbor(&RescueKit::spec_only());
+        assert_eq!(
+            from_cbor::<RescueKit>(&old).unwrap(),
+            RescueKit::spec_only()
+        );
     }
 
     #[test]

@@ -252,6 +252,13 @@ pub struct SessionStart {
     /// previous cartridge (spanning).
     #[n(10)]
     pub continues: Option<SessionLink>,
+    /// Exclude patterns the walk was given, as given.
+    #[n(11)]
+    pub excludes: Option<Vec<minicbor::bytes::ByteVec>>,
+    /// Directories whose contents were left out (the default excludes of a
+    /// whole-root write); the directories themselves are archived.
+    #[n(12)]
+    pub contents_excluded: Option<Vec<minicbor::bytes::ByteVec>>,
 }
 
 /// How a session part on one cartridge follows the part before it.

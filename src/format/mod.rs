@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod label;
+pub mod manifest;
 pub mod meta;
 pub mod record;
 pub mod setcat;

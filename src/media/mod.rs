@@ -97,6 +97,56 @@ pub fn accept_for_continuation(
     }
 }
 
+/// The names a cartridge goes by, from each source that has one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CartridgeNames {
+    /// The barcode, from the library or the cartridge memory.
+    pub barcode: Option<String>,
+    /// The label in the cartridge's label block (tape file 0).
+    pub tape_label: Option<String>,
+    /// The user medium text label in cartridge memory (MAM).
+    pub mam_label: Option<String>,
+}
+
+/// The names of one cartridge disagree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityMismatch {
+    pub names: CartridgeNames,
+}
+
+impl std::fmt::Display for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| match v {
+            Some(s) => format!("\"{s}\""),
+            None => "unknown".to_string(),
+        };
+        write!(
+            f,
+            "the cartridge's names disagree: barcode {}, on-tape label {}, cartridge memory label {}; \
+             find out which is right before writing to it (tapir leaves all three as they are)",
+            show(&self.names.barcode),
+            show(&self.names.tape_label),
+            show(&self.names.mam_label)
+        )
+    }
+}
+
+/// Do the names a cartridge goes by agree? Each name that is known must
+/// equal every other known one (surrounding spaces ignored, as cartridge
+/// memory pads its values); with fewer than two known there is nothing to
+/// compare. Which one is right is never decided here.
+pub fn compare_identity(names: &CartridgeNames) -> Option<IdentityMismatch> {
+    let known: Vec<&str> = [&names.barcode, &names.tape_label, &names.mam_label]
+        .into_iter()
+        .filter_map(|n| n.as_deref().map(str::trim))
+        .filter(|n| !n.is_empty())
+        .collect();
+    let agree = known.windows(2).all(|w| w[0] == w[1]);
+    (!agree).then(|| IdentityMismatch {
+        names: names.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +203,56 @@ mod tests {
                 Verdict::Refuse { reason } => assert!(reason.contains(why), "{reason}"),
                 other => panic!("{offered:?}: {other:?}"),
             }
+        }
+    }
+
+    fn names(barcode: Option<&str>, tape: Option<&str>, mam: Option<&str>) -> CartridgeNames {
+        CartridgeNames {
+            barcode: barcode.map(Into::into),
+            tape_label: tape.map(Into::into),
+            mam_label: mam.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn agreeing_or_single_names_are_no_mismatch() {
+        for n in [
+            names(None, None, None),
+            names(Some("TAP001L9"), None, None),
+            names(None, Some("TAP001L9"), Some("TAP001L9  ")),
+            names(Some("TAP001L9"), Some("TAP001L9"), Some("TAP001L9")),
+            names(Some(""), Some("A"), None),
+        ] {
+            assert_eq!(compare_identity(&n), None, "{n:?}");
+        }
+    }
+
+    #[test]
+    fn any_disagreement_is_reported_naming_all_three() {
+        for (n, missing) in [
+            (names(Some("TAP001L9"), Some("TAP002L9"), None), true),
+            (names(None, Some("TAP001L9"), Some("OLD001L9")), true),
+            (
+                names(Some("TAP001L9"), Some("TAP001L9"), Some("OLD001L9")),
+                false,
+            ),
+        ] {
+            let m = compare_identity(&n).expect("a mismatch");
+            assert_eq!(m.names, n);
+            let msg = m.to_string();
+            assert!(
+                msg.contains("barcode")
+                    && msg.contains("on-tape label")
+                    && msg.contains("cartridge memory"),
+                "{msg}"
+            );
+            for name in [&n.barcode, &n.tape_label, &n.mam_label]
+                .into_iter()
+                .flatten()
+            {
+                assert!(msg.contains(&format!("\"{name}\"")), "{msg}");
+            }
+            assert_eq!(msg.contains("unknown"), missing, "{msg}");
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Cartridge {
     pub label: String,
     /// In the library now (loadable without an operator).
     pub present: bool,
+    /// Where the catalog last knew it to be, in words.
+    pub location: Option<String>,
     pub worm: bool,
     /// None: the catalog has never seen it (blank, or foreign until
     /// someone scratches it).
@@ -122,6 +124,9 @@ pub struct Pick {
     pub action: Action,
     pub reason: String,
     pub present: bool,
+    /// Where the catalog last knew it to be (for an operator to fetch it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -415,6 +420,7 @@ pub fn plan_job(
         action,
         reason,
         present: c.present,
+        location: c.location.clone(),
     };
     // Within a group: cartridges in the library first, then by label.
     let order = |v: &mut Vec<&Cartridge>| {
@@ -547,6 +553,7 @@ mod tests {
         Cartridge {
             label: label.into(),
             present: true,
+            location: None,
             worm: false,
             known: Some(Known {
                 pool: pool.into(),
@@ -588,6 +595,7 @@ mod tests {
             Cartridge {
                 label: "NEW001L9".into(),
                 present: true,
+                location: None,
                 worm: false,
                 known: None,
             },

@@ -14,13 +14,14 @@ use crate::catalog::query::{MediaFilter, MediaInfo};
 use crate::catalog::Catalog;
 use crate::config::{Compression, Config, Job};
 use crate::device::library::VirtualLibrary;
-use crate::device::{Changer, TapeDrive};
+use crate::device::{Changer, DeviceError, TapeDrive};
 use crate::exit::ExitStatus;
 use crate::format::label::uuid_text;
 use crate::media::plan::{
     self, Action, Cartridge, Known, Pick, Plan, SetFacts, Sources, State, Tier,
 };
 
+use super::rescue::KitChoice;
 use super::source::WalkOptions;
 use super::span::LibrarySupply;
 use super::volume::{label_cartridge, read_label, LabelState};
@@ -82,6 +83,13 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
         .map(|m| Cartridge {
             label: m.brief.label.clone(),
             present: present.contains(&m.brief.label),
+            location: m.brief.location.as_ref().map(|l| {
+                format!(
+                    "{} since {}",
+                    l.location,
+                    crate::catalog::when::ts_text(l.at)
+                )
+            }),
             worm: m.worm,
             known: Some(Known {
                 pool: m.pool.clone(),
@@ -97,6 +105,7 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
             cartridges.push(Cartridge {
                 label: b.clone(),
                 present: true,
+                location: None,
                 worm: false,
                 known: None,
             });
@@ -252,18 +261,40 @@ pub struct RunContext<'a> {
     pub library: &'a Path,
     pub catalog: PathBuf,
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The rescue kit for cartridges the run labels.
+    pub rescue_kit: KitChoice,
+    /// How long to wait for an operator to insert a cartridge.
+    pub insert_timeout: std::time::Duration,
+    /// Tells the operator (and the notify command) what is needed.
+    pub tell: &'a dyn Fn(&str),
+}
+
+/// How often the library is looked at while an operator is asked for a cartridge.
+const INSERT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How a run labels the cartridges it takes.
+struct Labelling<'a> {
+    pool: &'a str,
+    block_size: u64,
+    job: &'a str,
+    day: &'a str,
+    kit: &'a KitChoice,
 }
 
 /// Get the loaded cartridge ready for `pick`, or say why it is passed over.
 fn prepare(
     drive: &mut dyn TapeDrive,
     pick: &Pick,
-    pool: &str,
-    block_size: u64,
+    how: &Labelling<'_>,
     cat: &mut Catalog,
-    job: &str,
-    day: &str,
 ) -> Result<std::result::Result<(Option<String>, u64), String>> {
+    let Labelling {
+        pool,
+        block_size,
+        job,
+        day,
+        kit,
+    } = *how;
     let state = read_label(drive)?;
     let new_set = Some(format!("{job}-{day}"));
     match (&pick.action, &state) {
@@ -276,7 +307,7 @@ fn prepare(
             "its label is not that of set \"{set}\" as the catalog says"
         ))),
         (Action::NewSet | Action::ReadLabelFirst, LabelState::Blank) => {
-            label_cartridge(drive, &pick.label, pool, block_size, false)?;
+            label_cartridge(drive, &pick.label, pool, block_size, false, kit)?;
             Ok(Ok((new_set, 0)))
         }
         (Action::NewSet | Action::ReadLabelFirst, LabelState::Tapir(l))
@@ -290,7 +321,7 @@ fn prepare(
             if !map.sessions.is_empty() || !map.unknown_files.is_empty() {
                 return Ok(Err("it holds data the catalog did not know of".into()));
             }
-            label_cartridge(drive, &pick.label, pool, block_size, true)?;
+            label_cartridge(drive, &pick.label, pool, block_size, true, kit)?;
             Ok(Ok((new_set, 0)))
         }
         (Action::Reuse, LabelState::Tapir(l)) => {
@@ -305,7 +336,7 @@ fn prepare(
                         &on_tape,
                         &format!("expired and labelled again for job {job} on {day}"),
                     )?;
-                    label_cartridge(drive, &pick.label, pool, block_size, true)?;
+                    label_cartridge(drive, &pick.label, pool, block_size, true, kit)?;
                     Ok(Ok((new_set, forgotten)))
                 }
                 _ => Ok(Err(format!(
@@ -342,52 +373,125 @@ pub fn execute(
     let mut cat = Catalog::open(&ctx.catalog)?;
     let mut lib = VirtualLibrary::open(ctx.library)?;
     let mut passed_over = Vec::new();
-    let mut chosen = None;
-    for pick in plan.plan.candidates.iter().filter(|c| c.present) {
-        lib.load_barcode(&pick.label)?;
-        let mut drive = lib.open_drive()?;
-        match prepare(
-            &mut drive,
-            pick,
-            &plan.plan.pool,
-            block_size,
-            &mut cat,
-            &ctx.job.name,
-            &plan.day,
-        )? {
-            Ok((set, forgotten)) => {
-                chosen = Some((pick.clone(), set, forgotten, drive));
-                break;
-            }
-            Err(why) => {
-                tracing::warn!("{}: passed over: {why}", pick.label);
-                passed_over.push(format!("{}: {why}", pick.label));
-            }
-        }
-    }
-    let Some((pick, set_name, forgotten, drive)) = chosen else {
-        let absent: Vec<&str> = plan
+    let mut tried: Vec<String> = Vec::new();
+    let waiting_since = std::time::Instant::now();
+    let (pick, set_name, forgotten, drive) = loop {
+        // Candidates in the library now (an operator may have put one in).
+        let inside = present_in(&lib)?;
+        let mut chosen = None;
+        let mut busy = false;
+        let untried: Vec<&Pick> = plan
             .plan
             .candidates
             .iter()
-            .filter(|c| !c.present)
-            .map(|c| c.label.as_str())
+            .filter(|c| inside.contains(&c.label) && !tried.contains(&c.label))
             .collect();
-        return Err(Error::Refused(format!(
-            "job {}: no cartridge in the library can take it (pool {}){}{}",
+        for pick in untried {
+            // A cartridge the changer cannot move is passed over like one
+            // that does not check out; nothing was written to it. A busy
+            // library (another process finishing a move) is tried again.
+            match lib.load_barcode(&pick.label) {
+                Ok(()) => {}
+                // Another job has the drive: wait for it while there is
+                // time, or say so (two jobs never share a drive).
+                Err(e @ DeviceError::Busy { .. }) => {
+                    if waiting_since.elapsed() >= ctx.insert_timeout {
+                        return Err(e.into());
+                    }
+                    tracing::info!("{e}");
+                    busy = true;
+                    break;
+                }
+                Err(e) => {
+                    tried.push(pick.label.clone());
+                    tracing::warn!("{}: passed over: {e}", pick.label);
+                    passed_over.push(format!("{}: {e}", pick.label));
+                    continue;
+                }
+            }
+            tried.push(pick.label.clone());
+            let mut drive = lib.open_drive()?;
+            match prepare(
+                &mut drive,
+                pick,
+                &Labelling {
+                    pool: &plan.plan.pool,
+                    block_size,
+                    job: &ctx.job.name,
+                    day: &plan.day,
+                    kit: &ctx.rescue_kit,
+                },
+                &mut cat,
+            )? {
+                Ok((set, forgotten)) => {
+                    chosen = Some((pick.clone(), set, forgotten, drive));
+                    break;
+                }
+                Err(why) => {
+                    tracing::warn!("{}: passed over: {why}", pick.label);
+                    passed_over.push(format!("{}: {why}", pick.label));
+                }
+            }
+        }
+        if let Some(c) = chosen {
+            break c;
+        }
+        if busy {
+            std::thread::sleep(INSERT_POLL);
+            continue;
+        }
+        let wanted: Vec<String> = plan
+            .plan
+            .candidates
+            .iter()
+            .filter(|c| !tried.contains(&c.label))
+            .map(|c| match &c.location {
+                Some(at) => format!("{} (last known at {at})", c.label),
+                None => c.label.clone(),
+            })
+            .collect();
+        let out_of_time = waiting_since.elapsed() >= ctx.insert_timeout;
+        if wanted.is_empty() || out_of_time {
+            return Err(Error::Refused(format!(
+                "job {}: no cartridge in the library can take it (pool {}){}{}",
+                ctx.job.name,
+                plan.plan.pool,
+                if passed_over.is_empty() {
+                    String::new()
+                } else {
+                    format!("; passed over: {}", passed_over.join("; "))
+                },
+                if wanted.is_empty() {
+                    String::new()
+                } else {
+                    format!("; insert one of: {}", wanted.join(", "))
+                }
+            )));
+        }
+        let ask = format!(
+            "job {} needs a cartridge of pool {}: insert one of {} into the library \
+             (`tapir changer import LABEL`); waiting up to {} s",
             ctx.job.name,
             plan.plan.pool,
-            if passed_over.is_empty() {
-                String::new()
-            } else {
-                format!("; passed over: {}", passed_over.join("; "))
-            },
-            if absent.is_empty() {
-                String::new()
-            } else {
-                format!("; insert one of: {}", absent.join(", "))
+            wanted.join(", "),
+            ctx.insert_timeout
+                .saturating_sub(waiting_since.elapsed())
+                .as_secs()
+        );
+        (ctx.tell)(&ask);
+        // Until one of them is inside, or the time is up.
+        while waiting_since.elapsed() < ctx.insert_timeout {
+            let inside = present_in(&lib)?;
+            if plan
+                .plan
+                .candidates
+                .iter()
+                .any(|c| inside.contains(&c.label) && !tried.contains(&c.label))
+            {
+                break;
             }
-        )));
+            std::thread::sleep(INSERT_POLL);
+        }
     };
     drop(cat);
     let opts = WriteOptions {
@@ -397,9 +501,11 @@ pub fn execute(
         set_name,
         walk: WalkOptions {
             excludes: ctx.job.exclude.clone(),
-            one_file_system: false,
+            ..WalkOptions::with_default_excludes()
         },
+        system_manifest: ctx.job.system,
         compress: pool.compression == Compression::Zstd,
+        rescue_kit: ctx.rescue_kit.clone(),
         ..Default::default()
     };
     let mut supply = LibrarySupply::new(VirtualLibrary::open(ctx.library)?)?;
@@ -454,4 +560,53 @@ pub fn execute(
         verified,
         exported,
     })
+}
+
+/// Run the configured notify command for `event` ("insert", "failed",
+/// "warnings"), with `TAPIR_EVENT`, `TAPIR_JOB` and `TAPIR_MESSAGE` in its
+/// environment and the message as its last argument. As root, it runs as
+/// the configured user (default `nobody`) with that user's group only,
+/// never as root.
+pub fn notify(n: &crate::config::Notify, event: &str, job: &str, message: &str) -> Result<()> {
+    let mut argv: Vec<String> = Vec::new();
+    if nix::unistd::geteuid().is_root() {
+        let name = n.user.as_deref().unwrap_or("nobody");
+        let user = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .filter(|u| !u.uid.is_root())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "notify: no unprivileged user {name:?} to run {} as",
+                    n.command[0]
+                ))
+            })?;
+        // util-linux's setpriv drops root's supplementary groups as well,
+        // which std cannot do without unsafe code.
+        argv.extend([
+            "setpriv".to_string(),
+            format!("--reuid={}", user.uid),
+            format!("--regid={}", user.gid),
+            "--clear-groups".to_string(),
+            "--".to_string(),
+        ]);
+    }
+    argv.extend(n.command.iter().cloned());
+    argv.push(message.to_string());
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("TAPIR_EVENT", event)
+        .env("TAPIR_JOB", job)
+        .env("TAPIR_MESSAGE", message)
+        .stdin(std::process::Stdio::null())
+        .current_dir("/")
+        .status()
+        .map_err(|e| Error::io(format!("running the notify command {}", n.command[0]), e))?;
+    if !status.success() {
+        return Err(Error::Usage(format!(
+            "the notify command {} failed ({status})",
+            n.command[0]
+        )));
+    }
+    Ok(())
 }

@@ -5,9 +5,12 @@ pub mod assemble;
 pub mod glob;
 pub mod job;
 pub mod list;
+pub mod manifest;
 pub mod pool;
+pub mod qualify;
 pub mod reader;
 mod replay;
+pub mod rescue;
 pub mod restore;
 pub mod setcat;
 pub mod setrestore;
@@ -69,7 +72,9 @@ impl Error {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Device(DeviceError::WriteProtected { .. }) => ExitStatus::Refused,
-            Error::Device(DeviceError::NoMedium { .. }) => ExitStatus::Unavailable,
+            Error::Device(DeviceError::NoMedium { .. } | DeviceError::Busy { .. }) => {
+                ExitStatus::Unavailable
+            }
             Error::Device(DeviceError::InvalidRequest { .. }) => ExitStatus::Usage,
             Error::Device(_) => ExitStatus::DeviceError,
             Error::Format { .. } => ExitStatus::DataDamage,

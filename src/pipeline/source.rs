@@ -31,6 +31,28 @@ pub struct WalkOptions {
     /// Do not descend into directories on another filesystem than their
     /// source root (the mount-point directory itself is still archived).
     pub one_file_system: bool,
+    /// Absolute paths of directories whose contents are left out when the
+    /// walk meets them below a source root; the directories themselves are
+    /// archived (with their modes), so a restored root has its mount
+    /// points. Naming one as a source archives it whole.
+    pub contents_excluded: Vec<PathBuf>,
+}
+
+/// What a whole-root write leaves out by default: kernel and runtime
+/// filesystems, and scratch space.
+pub const DEFAULT_CONTENTS_EXCLUDED: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp"];
+
+impl WalkOptions {
+    /// No patterns, every filesystem, and the default contents excluded.
+    pub fn with_default_excludes() -> Self {
+        WalkOptions {
+            contents_excluded: DEFAULT_CONTENTS_EXCLUDED
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Why an object was not archived.
@@ -172,6 +194,7 @@ pub struct Walker {
     pending: VecDeque<WalkItem>,
     excludes: Vec<Vec<u8>>,
     one_file_system: bool,
+    contents_excluded: Vec<PathBuf>,
     users: HashMap<u32, Option<String>>,
     groups: HashMap<u32, Option<String>>,
     /// (dev, ino) of regular files with several links → first archive path.
@@ -198,6 +221,7 @@ impl Walker {
                 .map(|p| super::glob::normalise_pattern(p))
                 .collect(),
             one_file_system: options.one_file_system,
+            contents_excluded: options.contents_excluded,
             users: HashMap::new(),
             groups: HashMap::new(),
             links: HashMap::new(),
@@ -507,6 +531,12 @@ impl Iterator for Walker {
                         continue;
                     }
                     let abs = dent.path().to_path_buf();
+                    if dent.depth() > 0
+                        && dent.file_type().is_dir()
+                        && self.contents_excluded.contains(&abs)
+                    {
+                        cur.iter.skip_current_dir();
+                    }
                     // A regular file (by its directory entry) is opened first and
                     // described from its descriptor: one stat instead of two.
                     if dent.file_type().is_file() {
@@ -771,6 +801,35 @@ mod tests {
     }
 
     #[test]
+    fn contents_excluded_keep_the_directory_below_a_source_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        for d in ["proc/1", "tmp/x", "home/proc", "srv"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("tmp/x/f"), b"").unwrap();
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let options = WalkOptions {
+            contents_excluded: vec![root.join("proc"), root.join("tmp")],
+            ..WalkOptions::default()
+        };
+        let items: Vec<WalkItem> = Walker::new([&root], options.clone()).collect();
+        let prefix = archive_path_of(&root).unwrap();
+        assert_eq!(
+            rel_paths(&items, &prefix),
+            [&b""[..], b"home", b"home/proc", b"proc", b"srv", b"tmp"]
+        );
+        assert_eq!(find(&items, &prefix, b"tmp").mode, 0o1777);
+        // Named as a source, such a directory is archived whole.
+        let tmp_dir = root.join("tmp");
+        let items: Vec<WalkItem> = Walker::new([&tmp_dir], options).collect();
+        let prefix = archive_path_of(&tmp_dir).unwrap();
+        assert_eq!(rel_paths(&items, &prefix), [&b""[..], b"x", b"x/f"]);
+    }
+
+    #[test]
     fn excludes_prune_directories() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("src");
@@ -780,7 +839,7 @@ mod tests {
         std::fs::write(root.join("keep/a.c"), b"").unwrap();
         let options = WalkOptions {
             excludes: vec!["cache".into(), "*.o".into()],
-            one_file_system: false,
+            ..WalkOptions::default()
         };
         let items: Vec<WalkItem> = Walker::new([&root], options).collect();
         let prefix = archive_path_of(&root).unwrap();

@@ -9,6 +9,7 @@ use crate::format::label::{SetMembership, VolumeLabel};
 use crate::format::meta::Timestamp;
 use crate::media::{accept_for_continuation, ContinuationNeed, Offered, Verdict};
 
+use super::rescue::KitChoice;
 use super::volume::{hostname, map_tape, new_label, read_label, write_label, LabelState};
 use super::{Error, Result};
 
@@ -93,6 +94,7 @@ pub fn load_continuation(
     pool: &str,
     block_size: u32,
     previous: [u8; 16],
+    kit: &KitChoice,
 ) -> Result<Continuation> {
     let need = ContinuationNeed {
         pool: pool.to_string(),
@@ -162,7 +164,7 @@ pub fn load_continuation(
         });
         // The cartridge is empty (checked above): its label is rewritten
         // with the set; the session's final filemark makes it durable.
-        write_label(drive.as_mut(), &label, false)?;
+        write_label(drive.as_mut(), &mut label, kit, false)?;
         let pos = drive.position()?;
         if pos.file != super::volume::FIRST_SESSION_FILE || pos.block != 0 {
             return Err(Error::Refused(format!(
@@ -263,6 +265,7 @@ pub fn drive_if_loaded(device: &str) -> Result<Option<Box<dyn TapeDrive>>> {
         Err(
             DeviceError::NoMedium { .. }
             | DeviceError::InvalidRequest { .. }
+            | DeviceError::Busy { .. }
             | DeviceError::UnitAttention { .. },
         ) => Ok(None),
         Err(e) => Err(e.into()),

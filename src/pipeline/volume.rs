@@ -2,7 +2,7 @@
 
 use crate::device::{DeviceError, ReadOutcome, TapeDrive};
 use crate::format::block::BlockHeader;
-use crate::format::label::{LabelBlock, RescueKit, VolumeLabel};
+use crate::format::label::{KitBinary, LabelBlock, RescueKit, VolumeLabel};
 use crate::format::meta::{
     from_cbor, CatalogEnd, CatalogEntry, CatalogHeader, SessionStart, Timestamp,
 };
@@ -11,6 +11,7 @@ use crate::format::stream::StreamDeframer;
 use crate::format::{BlockKind, FORMAT_VERSION, MAX_BLOCK_SIZE};
 
 use super::reader::{LostBlocks, StreamEvent, StreamExpect, StreamReader};
+use super::rescue::{BinaryOrigin, KitChoice, RescueBinary};
 use super::{Error, Result};
 
 /// The text of the format specification, written as the rescue kit.
@@ -80,12 +81,27 @@ fn describe_foreign(block: &[u8]) -> String {
     )
 }
 
-/// Write tape files 0 (label) and 1 (rescue kit) from the beginning of tape.
+/// Write tape files 0 (label) and 1 (rescue kit, as `kit` asks) from the
+/// beginning of tape, and set the label's `rescue_kit` to what was written.
 /// Everything after them on the cartridge is gone afterwards. `durable`
 /// makes the closing filemark synchronous; a session that follows at once
 /// leaves it immediate and makes everything durable at its own end.
-pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool) -> Result<()> {
+/// Where the drive has cartridge memory, tapir's identity for the
+/// cartridge is recorded there too (see [`record_identity`]).
+pub fn write_label(
+    drive: &mut dyn TapeDrive,
+    label: &mut VolumeLabel,
+    kit: &KitChoice,
+    durable: bool,
+) -> Result<MamRecord> {
+    let kept = if kit.explicit || kit.binary.is_some() {
+        None
+    } else {
+        keep_kit_binary(drive, label)
+    };
     drive.rewind()?;
+    let room = drive.room_before_early_warning();
+    let binary = plan_kit(drive.name(), label, kit, kept, room)?;
     drive.write_block(&LabelBlock::encode(label))?;
     drive.write_filemarks(1, true)?;
     let bs = label.block_size as usize;
@@ -93,21 +109,260 @@ pub fn write_label(drive: &mut dyn TapeDrive, label: &VolumeLabel, durable: bool
         for chunk in FORMAT_SPEC.as_bytes().chunks(bs) {
             drive.write_block(chunk)?;
         }
+        if let Some(b) = &binary {
+            // Full blocks only (FORMAT.md §2.2): the last one is padded.
+            let mut block = Vec::with_capacity(bs);
+            for chunk in b.bytes.chunks(bs) {
+                block.clear();
+                block.extend_from_slice(chunk);
+                block.resize(bs, 0);
+                drive.write_block(&block)?;
+            }
+        }
     } else {
         drive.write_block(b"TAPIR RESCUE KIT: left out on this cartridge.\n")?;
     }
     drive.write_filemarks(1, !durable)?;
-    Ok(())
+    record_identity(drive, label)
 }
 
-/// The rescue kit tapir writes by default.
-pub fn default_rescue_kit() -> RescueKit {
-    RescueKit {
-        format_spec: true,
-        binary: false,
-        binary_version: None,
-        binary_blake3: None,
+/// Whether tapir's identity for a cartridge went into its cartridge memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MamRecord {
+    Recorded,
+    /// The drive has no WRITE ATTRIBUTE (or no cartridge memory).
+    NotSupported,
+    /// The drive refused it; the on-tape label stands alone.
+    Failed,
+}
+
+/// The cartridge-memory (MAM) attributes that identify a cartridge as
+/// tapir's: application vendor, name and version, the label as user medium
+/// text label, the pool (and set, once it has one) as media pool, and the
+/// host that labelled it. A value the attribute cannot hold is left out.
+pub fn identity_attributes(label: &VolumeLabel) -> Vec<crate::device::sg::Attribute> {
+    use crate::device::sg;
+    let pool = match &label.set {
+        Some(set) => format!("{}/{}", label.pool, set.set_name),
+        None => label.pool.clone(),
+    };
+    [
+        (sg::APPLICATION_VENDOR, "TAPIR".to_string()),
+        (sg::APPLICATION_NAME, "tapir".to_string()),
+        (sg::APPLICATION_VERSION, label.tapir_version.clone()),
+        (sg::USER_MEDIUM_TEXT_LABEL, label.label.clone()),
+        (sg::MEDIA_POOL, pool),
+        (sg::OWNING_HOST_TEXTUAL_NAME, label.host.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(attr, value)| match attr.with_text(&value) {
+        Ok(a) => Some(a),
+        Err(why) => {
+            tracing::debug!("not recorded in cartridge memory: {why}");
+            None
+        }
+    })
+    .collect()
+}
+
+/// Record the label's identity in cartridge memory, so a cartridge whose
+/// label block cannot be read is still identified. A drive without WRITE
+/// ATTRIBUTE is told at info level and the job carries on; so does one that
+/// refuses it (a warning). Only a reset or medium change fails the job.
+pub fn record_identity(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Result<MamRecord> {
+    match drive.write_cartridge_memory(&identity_attributes(label)) {
+        Ok(()) => {
+            tracing::info!(
+                "{}: label {} recorded in cartridge memory",
+                drive.name(),
+                label.label
+            );
+            Ok(MamRecord::Recorded)
+        }
+        Err(DeviceError::Unsupported { what, .. }) => {
+            tracing::info!(
+                "{}: {what} is not supported; the label is on the tape only",
+                drive.name()
+            );
+            Ok(MamRecord::NotSupported)
+        }
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("the label was not recorded in cartridge memory: {e}");
+            Ok(MamRecord::Failed)
+        }
     }
+}
+
+/// The cartridge memory, or `None` where the drive has none to read (or
+/// refuses; said at debug level). A reset or medium change is an error.
+pub fn read_cartridge_memory(
+    drive: &mut dyn TapeDrive,
+) -> Result<Option<crate::device::sg::Attributes>> {
+    match drive.cartridge_memory() {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.position_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::debug!("no cartridge memory: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The names the loaded cartridge goes by: its barcode (from the library,
+/// else from cartridge memory), the given on-tape label, and the label in
+/// cartridge memory.
+pub fn cartridge_names(
+    drive: &mut dyn TapeDrive,
+    tape_label: Option<&str>,
+    mam: Option<&crate::device::sg::Attributes>,
+) -> Result<crate::media::CartridgeNames> {
+    let barcode = drive
+        .status()?
+        .barcode
+        .or_else(|| mam.and_then(|m| m.barcode()));
+    Ok(crate::media::CartridgeNames {
+        barcode,
+        tape_label: tape_label.map(str::to_string),
+        mam_label: mam.and_then(|m| m.user_label()),
+    })
+}
+
+/// Compare the cartridge's barcode, on-tape label and cartridge-memory
+/// label, and warn when they disagree; nothing is changed either way.
+pub fn check_identity(
+    drive: &mut dyn TapeDrive,
+    tape_label: &str,
+) -> Result<Option<crate::media::IdentityMismatch>> {
+    let mam = read_cartridge_memory(drive)?;
+    let names = cartridge_names(drive, Some(tape_label), mam.as_ref())?;
+    let mismatch = crate::media::compare_identity(&names);
+    if let Some(m) = &mismatch {
+        tracing::warn!("{}: {m}", drive.name());
+    }
+    Ok(mismatch)
+}
+
+/// Decide what tape file 1 gets and describe it in `label`; the binary to
+/// write after FORMAT.md, if any. The kit may take at most half of the
+/// room before early warning, so that a small cartridge still holds data:
+/// a binary the user gave that does not fit is refused, one found
+/// automatically is left out with a warning.
+fn plan_kit(
+    device: &str,
+    label: &mut VolumeLabel,
+    kit: &KitChoice,
+    kept: Option<RescueBinary>,
+    room: Option<u64>,
+) -> Result<Option<RescueBinary>> {
+    // A rewritten label keeps a kit left out unless told otherwise.
+    if kit.leave_out || (!kit.explicit && !label.rescue_kit.format_spec) {
+        label.rescue_kit = RescueKit::left_out();
+        return Ok(None);
+    }
+    let bs = u64::from(label.block_size);
+    let spec_blocks = (FORMAT_SPEC.len() as u64).div_ceil(bs);
+    let spec_bytes = LABEL_BLOCK_MAX + FORMAT_SPEC.len() as u64;
+    let budget = room.map(|r| r / 2);
+    let too_big = |bytes: u64| budget.is_some_and(|b| bytes > b);
+    let room_text = |bytes: u64| {
+        format!(
+            "the rescue kit ({bytes} bytes) would take more than half of cartridge {} ({} bytes before early warning)",
+            label.label,
+            room.unwrap_or(0)
+        )
+    };
+    let mut binary = kit.binary.clone().or(kept);
+    if let Some(b) = &binary {
+        let total = spec_bytes + (b.bytes.len() as u64).div_ceil(bs) * bs;
+        if too_big(total) {
+            if b.origin == BinaryOrigin::Given {
+                return Err(Error::Refused(format!(
+                    "{device}: {} with the binary {}; give --no-rescue-kit to leave the kit out, or use a larger cartridge",
+                    room_text(total),
+                    b.path.display()
+                )));
+            }
+            tracing::warn!(
+                "{device}: leaving the tapir binary {} out of the rescue kit: {}",
+                b.path.display(),
+                room_text(total)
+            );
+            binary = None;
+        }
+    }
+    if too_big(spec_bytes) {
+        return Err(Error::Refused(format!(
+            "{device}: {} even without a binary; give --no-rescue-kit to leave the kit out",
+            room_text(spec_bytes)
+        )));
+    }
+    label.rescue_kit = match &binary {
+        Some(b) => RescueKit::with_binary(spec_blocks as u32, &b.describe(spec_blocks as u32)),
+        None => RescueKit::spec_only(),
+    };
+    Ok(binary)
+}
+
+/// Largest label block (FORMAT.md §4.1).
+const LABEL_BLOCK_MAX: u64 = (crate::format::label::LABEL_TEXT_AREA
+    + crate::format::BLOCK_HEADER_LEN) as u64
+    + crate::format::label::MAX_LABEL_CBOR as u64;
+
+/// The binary in the rescue kit of the cartridge whose label is about to
+/// be rewritten, read back so that the rewrite keeps it (when this command
+/// found none of its own). None, with a warning, when it does not read
+/// back whole and matching its BLAKE3.
+fn keep_kit_binary(drive: &mut dyn TapeDrive, label: &VolumeLabel) -> Option<RescueBinary> {
+    let kit = label.rescue_kit.kit_binary()?;
+    match read_kit_binary(drive, &kit) {
+        Ok(bytes) => Some(RescueBinary::new(
+            format!("the rescue kit of cartridge {}", label.label).into(),
+            bytes,
+            kit.version,
+            BinaryOrigin::Cartridge,
+        )),
+        Err(why) => {
+            tracing::warn!(
+                "{}: the tapir binary in the rescue kit of cartridge {} is not kept: {why}",
+                drive.name(),
+                label.label
+            );
+            None
+        }
+    }
+}
+
+/// Read the rescue kit binary the label describes from tape file 1 and
+/// check its length and BLAKE3.
+pub fn read_kit_binary(
+    drive: &mut dyn TapeDrive,
+    kit: &KitBinary,
+) -> std::result::Result<Vec<u8>, String> {
+    drive
+        .locate(1, u64::from(kit.first_block))
+        .map_err(|e| e.to_string())?;
+    // kit_binary() bounded the size; the buffer grows as blocks arrive.
+    let size = kit.size as usize;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; MAX_BLOCK_SIZE as usize];
+    while bytes.len() < size {
+        match drive.read_block(&mut buf).map_err(|e| e.to_string())? {
+            ReadOutcome::Block(n) => bytes.extend_from_slice(&buf[..n.min(size - bytes.len())]),
+            ReadOutcome::Filemark | ReadOutcome::EndOfData => break,
+        }
+    }
+    if bytes.len() != size {
+        return Err(format!(
+            "tape file 1 holds {} of its {size} bytes",
+            bytes.len()
+        ));
+    }
+    if *blake3::hash(&bytes).as_bytes() != kit.blake3 {
+        return Err("its BLAKE3 differs from the label's".into());
+    }
+    Ok(bytes)
 }
 
 /// A new label for a blank or forcibly relabelled cartridge.
@@ -121,7 +376,8 @@ pub fn new_label(name: &str, pool: &str, block_size: u32) -> VolumeLabel {
         host: hostname(),
         block_size,
         set: None,
-        rescue_kit: default_rescue_kit(),
+        // write_label decides the kit.
+        rescue_kit: RescueKit::spec_only(),
         worm: false,
         tapir_version: env!("CARGO_PKG_VERSION").to_string(),
     }
@@ -192,6 +448,7 @@ pub fn map_tape(drive: &mut dyn TapeDrive) -> Result<TapeMap> {
             )))
         }
     };
+    check_identity(drive, &label.label)?;
     let mut map = TapeMap {
         label,
         sessions: Vec::new(),
@@ -389,6 +646,39 @@ pub struct Labelled {
     pub block_size: u32,
     /// What was on the cartridge before, when `--force` destroyed it.
     pub destroyed: Option<String>,
+    pub rescue_kit: KitSummary,
+    /// Whether the label went into cartridge memory too.
+    pub cartridge_memory: MamRecord,
+}
+
+/// What a cartridge's rescue kit holds, for people and `--json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KitSummary {
+    /// FORMAT.md is in tape file 1 (false: the kit was left out).
+    pub format_spec: bool,
+    pub binary: Option<KitBinarySummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KitBinarySummary {
+    pub version: String,
+    pub size: u64,
+    pub blake3: String,
+    pub first_block: u32,
+}
+
+impl KitSummary {
+    pub fn of(kit: &RescueKit) -> KitSummary {
+        KitSummary {
+            format_spec: kit.format_spec,
+            binary: kit.kit_binary().map(|b| KitBinarySummary {
+                version: b.version,
+                size: b.size,
+                blake3: blake3::Hash::from_bytes(b.blake3).to_hex().to_string(),
+                first_block: b.first_block,
+            }),
+        }
+    }
 }
 
 /// Label the loaded cartridge. A cartridge that holds anything (a tapir
@@ -399,6 +689,7 @@ pub fn label_cartridge(
     pool: &str,
     block_size: u64,
     force: bool,
+    kit: &KitChoice,
 ) -> Result<Labelled> {
     let min = crate::format::MIN_BLOCK_SIZE as u64;
     let max = (MAX_BLOCK_SIZE as usize).min(drive.max_block_size()) as u64;
@@ -438,15 +729,17 @@ pub fn label_cartridge(
         }
         tracing::warn!("{}: --force: destroying {what}", drive.name());
     }
-    let label = new_label(name, pool, block_size as u32);
+    let mut label = new_label(name, pool, block_size as u32);
     // Synchronous: the label must be on the medium before anything relies on it.
-    write_label(drive, &label, true)?;
+    let cartridge_memory = write_label(drive, &mut label, kit, true)?;
     Ok(Labelled {
+        cartridge_memory,
         label: label.label.clone(),
         pool: label.pool.clone(),
         volume_uuid: crate::format::label::uuid_text(&label.volume_uuid),
         block_size: label.block_size,
         destroyed: existing,
+        rescue_kit: KitSummary::of(&label.rescue_kit),
     })
 }
 
@@ -477,6 +770,7 @@ pub fn scratch_cartridge(
     pool: &str,
     block_size: u64,
     confirm: bool,
+    kit: &KitChoice,
 ) -> Result<Scratched> {
     let (held, old_volume) = match read_label(drive)? {
         LabelState::Blank => ("nothing: it is blank".to_string(), None),
@@ -503,7 +797,7 @@ pub fn scratch_cartridge(
             new_label: None,
         });
     }
-    let done = label_cartridge(drive, label, pool, block_size, true)?;
+    let done = label_cartridge(drive, label, pool, block_size, true, kit)?;
     let new_label = match read_label(drive)? {
         LabelState::Tapir(l) => Some(*l),
         _ => None,
@@ -528,4 +822,269 @@ fn describe_labelled(drive: &mut dyn TapeDrive, l: VolumeLabel) -> Result<String
         "tapir label {} (pool {}, {set}) with {sessions} session(s)",
         l.label, l.pool
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::sg::{Attribute, Attributes};
+    use crate::device::vtape::VirtualTape;
+    use crate::device::{BlockRead, BlockWrite, DeviceResult, DriveStatus, TapePosition};
+    use crate::device::{ReadOutcome as Outcome, WriteOutcome};
+
+    fn binary(len: usize, origin: BinaryOrigin) -> RescueBinary {
+        RescueBinary::new(
+            "tapir-static".into(),
+            vec![7; len],
+            "tapir 0.1.0".into(),
+            origin,
+        )
+    }
+
+    fn choice(binary: Option<RescueBinary>, explicit: bool) -> KitChoice {
+        KitChoice {
+            leave_out: false,
+            binary,
+            explicit,
+        }
+    }
+
+    #[test]
+    fn a_binary_found_by_itself_that_does_not_fit_is_left_out_and_a_given_one_refused() {
+        let mut label = new_label("TAP001L9", "default", 256 * 1024);
+        let room = Some(4 << 20);
+        let found = choice(
+            Some(binary(3 << 20, BinaryOrigin::RunningExecutable)),
+            false,
+        );
+        assert!(plan_kit("d", &mut label, &found, None, room)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::spec_only());
+        // The same binary read back from the cartridge being relabelled.
+        let kept = Some(binary(3 << 20, BinaryOrigin::Cartridge));
+        assert!(plan_kit("d", &mut label, &choice(None, false), kept, room)
+            .unwrap()
+            .is_none());
+        let given = choice(Some(binary(3 << 20, BinaryOrigin::Given)), true);
+        match plan_kit("d", &mut label, &given, None, room) {
+            Err(Error::Refused(why)) => assert!(why.contains("--no-rescue-kit"), "{why}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        // Room enough, or a drive that cannot tell: the binary goes in.
+        for room in [Some(64 << 20), None] {
+            let b = plan_kit("d", &mut label, &given, None, room)
+                .unwrap()
+                .unwrap();
+            let kit = label.rescue_kit.kit_binary().unwrap();
+            assert_eq!(kit.size, b.bytes.len() as u64);
+            assert_eq!(
+                kit.first_block as usize,
+                FORMAT_SPEC.len().div_ceil(256 * 1024)
+            );
+        }
+    }
+
+    #[test]
+    fn a_kit_left_out_stays_out_unless_the_command_chose_otherwise() {
+        let mut label = new_label("TAP001L9", "default", 256 * 1024);
+        label.rescue_kit = RescueKit::left_out();
+        let found = choice(Some(binary(1000, BinaryOrigin::Beside)), false);
+        assert!(plan_kit("d", &mut label, &found, None, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::left_out());
+        let given = choice(Some(binary(1000, BinaryOrigin::Given)), true);
+        assert!(plan_kit("d", &mut label, &given, None, None)
+            .unwrap()
+            .is_some());
+        assert!(label.rescue_kit.binary);
+        let leave_out = KitChoice {
+            leave_out: true,
+            binary: None,
+            explicit: true,
+        };
+        assert!(plan_kit("d", &mut label, &leave_out, None, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(label.rescue_kit, RescueKit::left_out());
+    }
+
+    /// A virtual tape with cartridge memory, as a drive with WRITE
+    /// ATTRIBUTE would have.
+    struct MamTape {
+        tape: VirtualTape,
+        mam: Vec<Attribute>,
+    }
+
+    impl BlockRead for MamTape {
+        fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<Outcome> {
+            self.tape.read_block(buf)
+        }
+    }
+
+    impl BlockWrite for MamTape {
+        fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
+            self.tape.write_block(block)
+        }
+        fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
+            self.tape.write_filemarks(count, immediate)
+        }
+        fn flush(&mut self) -> DeviceResult<()> {
+            self.tape.flush()
+        }
+    }
+
+    impl TapeDrive for MamTape {
+        fn name(&self) -> &str {
+            self.tape.name()
+        }
+        fn rewind(&mut self) -> DeviceResult<()> {
+            self.tape.rewind()
+        }
+        fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_filemarks(count)
+        }
+        fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
+            self.tape.space_blocks(count)
+        }
+        fn seek_end_of_data(&mut self) -> DeviceResult<()> {
+            self.tape.seek_end_of_data()
+        }
+        fn position(&mut self) -> DeviceResult<TapePosition> {
+            self.tape.position()
+        }
+        fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
+            self.tape.locate(file, block)
+        }
+        fn status(&mut self) -> DeviceResult<DriveStatus> {
+            self.tape.status()
+        }
+        fn max_block_size(&self) -> usize {
+            self.tape.max_block_size()
+        }
+        fn cartridge_memory(&mut self) -> DeviceResult<Attributes> {
+            Ok(Attributes {
+                attributes: self.mam.clone(),
+            })
+        }
+        fn write_cartridge_memory(&mut self, attributes: &[Attribute]) -> DeviceResult<()> {
+            for a in attributes {
+                self.mam.retain(|m| m.id != a.id);
+                self.mam.push(a.clone());
+            }
+            Ok(())
+        }
+    }
+
+    fn tape(dir: &tempfile::TempDir, barcode: &str) -> VirtualTape {
+        let path = dir.path().join(format!("{barcode}.vtape"));
+        VirtualTape::create(&path, barcode, 64 << 20, 4 << 20).unwrap();
+        VirtualTape::open(&path, "test").unwrap()
+    }
+
+    #[test]
+    fn labelling_records_tapirs_identity_in_cartridge_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        let done = label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "weekly",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::Recorded);
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("TAP001L9"));
+        assert_eq!(mam.application_name().as_deref(), Some("tapir"));
+        assert_eq!(mam.application_vendor().as_deref(), Some("TAPIR"));
+        assert_eq!(
+            mam.application_version().as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(mam.media_pool().as_deref(), Some("weekly"));
+        // Names agree: no mismatch when the label is read.
+        assert_eq!(check_identity(&mut drive, "TAP001L9").unwrap(), None);
+        assert!(map_tape(&mut drive).is_ok());
+    }
+
+    #[test]
+    fn a_set_joins_the_pool_in_cartridge_memory() {
+        let mut label = new_label("TAP001L9", "weekly", 256 << 10);
+        label.set = Some(crate::format::label::SetMembership {
+            set_uuid: [7; 16],
+            set_name: "web".into(),
+            volume_seq: 1,
+            previous_volume: None,
+            joined: Timestamp::now(),
+            host: "h".into(),
+        });
+        let attrs = Attributes {
+            attributes: identity_attributes(&label),
+        };
+        assert_eq!(attrs.media_pool().as_deref(), Some("weekly/web"));
+        // A value the attribute cannot hold is left out, not cut.
+        label.host = "h".repeat(81);
+        let ids: Vec<u16> = identity_attributes(&label).iter().map(|a| a.id).collect();
+        assert!(!ids.contains(&crate::device::sg::ATTR_OWNING_HOST_TEXTUAL_NAME));
+        assert!(ids.contains(&crate::device::sg::ATTR_USER_MEDIUM_TEXT_LABEL));
+    }
+
+    #[test]
+    fn a_drive_without_cartridge_memory_labels_on_tape_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = tape(&dir, "TAP001L9");
+        let done = label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "p",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(done.cartridge_memory, MamRecord::NotSupported);
+        assert_eq!(read_cartridge_memory(&mut drive).unwrap(), None);
+    }
+
+    #[test]
+    fn disagreeing_names_are_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut drive = MamTape {
+            tape: tape(&dir, "TAP001L9"),
+            mam: Vec::new(),
+        };
+        label_cartridge(
+            &mut drive,
+            "TAP001L9",
+            "p",
+            256 << 10,
+            false,
+            &KitChoice::default(),
+        )
+        .unwrap();
+        // Another application (or an earlier label) left its own name in MAM.
+        drive
+            .write_cartridge_memory(&[crate::device::sg::USER_MEDIUM_TEXT_LABEL
+                .with_text("OLD042L9")
+                .unwrap()])
+            .unwrap();
+        let m = check_identity(&mut drive, "TAP001L9")
+            .unwrap()
+            .expect("a mismatch");
+        assert_eq!(m.names.barcode.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.tape_label.as_deref(), Some("TAP001L9"));
+        assert_eq!(m.names.mam_label.as_deref(), Some("OLD042L9"));
+        // Reading the cartridge still works, and changes nothing.
+        let map = map_tape(&mut drive).unwrap();
+        assert_eq!(map.label.label, "TAP001L9");
+        let mam = drive.cartridge_memory().unwrap();
+        assert_eq!(mam.user_label().as_deref(), Some("OLD042L9"));
+    }
 }

@@ -63,6 +63,11 @@ pub struct WriteOptions {
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Record the session in this host catalog (None: do not record).
     pub catalog: Option<PathBuf>,
+    /// The rescue kit of cartridges whose label this write (re)writes.
+    pub rescue_kit: super::rescue::KitChoice,
+    /// Gather the system manifest and store it as the session's first
+    /// entry (FORMAT.md §7.6), for a bare-metal restore.
+    pub system_manifest: bool,
 }
 
 impl Default for WriteOptions {
@@ -79,6 +84,8 @@ impl Default for WriteOptions {
             spool: None,
             interrupt: None,
             catalog: None,
+            rescue_kit: Default::default(),
+            system_manifest: false,
         }
     }
 }
@@ -280,7 +287,7 @@ fn write_job(
         && map.unknown_files.is_empty()
         && map.closed_files < super::volume::FIRST_SESSION_FILE;
     if label_cut_short {
-        write_label(drive, &map.label, true)?;
+        write_label(drive, &mut map.label, &opts.rescue_kit, true)?;
     }
     let data_file = if new_set || label_cut_short {
         super::volume::FIRST_SESSION_FILE
@@ -297,6 +304,10 @@ fn write_job(
     let pool = BufferPool::new(n_buffers, block_size);
 
     let start = session_start(opts, &membership, session, map.label.block_size);
+    let manifest = opts
+        .system_manifest
+        .then(super::manifest::manifest_entry)
+        .transpose()?;
     let room = drive.room_before_early_warning();
     // The host catalog: a problem with it never stops the backup; it is a
     // warning, and `tapir catalog import` catalogues the cartridge later.
@@ -367,7 +378,8 @@ fn write_job(
         let walk = opts.walk.clone();
         let walker = scope.spawn(move || {
             let mut batch = Vec::with_capacity(WALK_BATCH);
-            for item in Walker::new(sources.iter(), walk) {
+            let walked = Walker::new(sources.iter(), walk);
+            for item in super::manifest::manifest_first(manifest, walked) {
                 batch.push(item);
                 if batch.len() == WALK_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
@@ -420,6 +432,7 @@ fn write_job(
                     early_warning_volume,
                     cartridge_failed,
                     news,
+                    rescue_kit: &opts.rescue_kit,
                 },
                 from_producer,
                 pool,
@@ -771,6 +784,24 @@ fn session_start(
         volume_seq: membership.volume_seq,
         block_size,
         continues: None,
+        excludes: Some(
+            opts.walk
+                .excludes
+                .iter()
+                .map(|p| p.as_bytes().to_vec().into())
+                .collect(),
+        ),
+        contents_excluded: Some(
+            opts.walk
+                .contents_excluded
+                .iter()
+                .map(|p| {
+                    std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())
+                        .to_vec()
+                        .into()
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -831,7 +862,7 @@ fn prepare_set(drive: &mut dyn TapeDrive, map: &mut TapeMap, opts: &WriteOptions
     // it (a synchronous filemark here would cost a stop of the drive); a
     // power loss before that may leave the cartridge blank, to be labelled
     // again, with nothing lost.
-    write_label(drive, &map.label, false)?;
+    write_label(drive, &mut map.label, &opts.rescue_kit, false)?;
     Ok(true)
 }
 
@@ -912,6 +943,7 @@ struct DriveWriterLinks<'a> {
     /// and the writer is waiting for the producer to move on.
     cartridge_failed: &'a AtomicBool,
     news: SyncSender<DriveNews>,
+    rescue_kit: &'a super::rescue::KitChoice,
 }
 
 /// What the drive writer answers at `NextCartridge` and `Confirm`.
@@ -1075,7 +1107,10 @@ fn drive_writer(
                     .map_err(|_| Error::Panic("the producer stopped".into()))?;
             }
             ToDrive::NextCartridge | ToDrive::Confirm => {
-                let ready = match (next_cartridge(slot, &links.label), failed.take()) {
+                let ready = match (
+                    next_cartridge(slot, &links.label, links.rescue_kit),
+                    failed.take(),
+                ) {
                     (Ok(mut r), f) => {
                         r.failed = f;
                         r
@@ -1135,7 +1170,11 @@ fn go_on_after(
 }
 
 /// The full cartridge (finished, durable) goes; the next one comes.
-fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<CartridgeReady> {
+fn next_cartridge(
+    slot: &mut DriveSlot<'_>,
+    full: &VolumeLabel,
+    rescue_kit: &super::rescue::KitChoice,
+) -> Result<CartridgeReady> {
     let membership = full.set.clone().expect("a set cartridge");
     let DriveSlot::Changing { drive, supply } = slot else {
         return Err(Error::Refused(format!(
@@ -1156,6 +1195,7 @@ fn next_cartridge(slot: &mut DriveSlot<'_>, full: &VolumeLabel) -> Result<Cartri
         &full.pool,
         full.block_size,
         full.volume_uuid,
+        rescue_kit,
     )?;
     let previous_whereabouts = supply.whereabouts(&full.label);
     let mut d = c.drive;

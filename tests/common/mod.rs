@@ -2,6 +2,8 @@
 //! way to run the real `tapir` binary against it.
 #![allow(dead_code)]
 
+pub mod snapshot;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
