@@ -234,3 +234,136 @@ fn appending_after_a_block_that_is_not_ours_is_refused() {
         "nothing written"
     );
 }
+
+#[test]
+fn changer_transfer_and_inventory_on_a_virtual_library() {
+    let lab = Lab::new(3, "64M");
+    let (code, inv) = lab.json(["changer", "inventory"]);
+    assert_eq!(code, 0);
+    assert_eq!(inv["slots"][1][1], "TAP002L9");
+    assert_ok(&lab.tapir(["changer", "export", "TAP003L9"]));
+    let (code, inv) = lab.json(["changer", "transfer", "2", "3"]);
+    assert_eq!(code, 0);
+    assert!(inv["slots"][1][1].is_null(), "{inv}");
+    assert_eq!(inv["slots"][2][1], "TAP002L9");
+    // Into a taken slot: refused, nothing moves.
+    let refused = lab.tapir(["changer", "transfer", "3", "1"]);
+    assert_code(&refused, 2);
+    assert!(
+        text(&refused.stderr).contains("slot 1 is taken"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let (_, inv) = lab.json(["changer", "status"]);
+    assert_eq!(inv["slots"][2][1], "TAP002L9");
+    // A virtual library imports by barcode.
+    assert_code(&lab.tapir(["changer", "import"]), 2);
+    let (code, inv) = lab.json(["changer", "import", "TAP003L9"]);
+    assert_eq!(code, 0);
+    assert_eq!(inv["slots"][1][1], "TAP003L9");
+}
+
+#[test]
+fn label_barcodes_labels_only_blank_cartridges_and_names_the_others() {
+    use tapir::device::{vtape::VirtualTape, BlockWrite};
+    let lab = Lab::new(4, "64M");
+    // TAP002L9 is labelled already, under another name; TAP003L9 holds
+    // another program's data.
+    assert_ok(&lab.tapir(["changer", "load", "TAP002L9"]));
+    lab.label("OLD002");
+    {
+        let mut t = VirtualTape::open(lab.image("TAP003L9"), "t").unwrap();
+        t.write_block(b"ANOTHER BACKUP PROGRAM'S HEADER").unwrap();
+        t.write_filemarks(1, false).unwrap();
+    }
+    let foreign = std::fs::read(lab.image("TAP003L9")).unwrap();
+    let (code, done) = lab.json(["label", "--barcodes", "--pool", "weekly"]);
+    assert_eq!(code, 0, "{done}");
+    let by_barcode = |b: &str| {
+        done.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["barcode"] == b)
+            .unwrap_or_else(|| panic!("{b} missing from {done}"))
+            .clone()
+    };
+    for b in ["TAP001L9", "TAP004L9"] {
+        let d = by_barcode(b);
+        assert_eq!(d["labelled"]["label"], b, "{d}");
+        assert_eq!(d["labelled"]["pool"], "weekly", "{d}");
+    }
+    let d = by_barcode("TAP002L9");
+    assert!(d["labelled"].is_null());
+    assert!(
+        d["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("already labelled OLD002"),
+        "{d}"
+    );
+    let d = by_barcode("TAP003L9");
+    assert!(d["skipped"].as_str().unwrap().contains("not blank"), "{d}");
+    assert!(std::fs::read(lab.image("TAP003L9")).unwrap() == foreign);
+    // What is in the drive now reads back as labelled with its barcode.
+    let (_, inv) = lab.json(["changer", "load", "TAP004L9"]);
+    assert_eq!(inv["drive"][0], "TAP004L9");
+    let (_, list) = lab.json(["list"]);
+    assert_eq!(list["label"], "TAP004L9");
+    assert_eq!(list["pool"], "weekly");
+    // Again: nothing left to label.
+    let again = lab.tapir(["label", "--barcodes", "--pool", "weekly"]);
+    assert_ok(&again);
+    assert!(
+        text(&again.stdout).contains("0 of 4 cartridges labelled"),
+        "{}",
+        text(&again.stdout)
+    );
+    // --barcodes and --label exclude each other.
+    assert_code(&lab.tapir(["label", "--barcodes", "--label", "X"]), 2);
+}
+
+#[test]
+fn the_changer_comes_from_the_option_the_device_or_the_configuration() {
+    let lab = Lab::new(2, "64M");
+    let run = |args: &[&str]| {
+        std::process::Command::new(TAPIR)
+            .args(args)
+            .env_remove("TAPE")
+            .env_remove("TAPIR_CHANGER")
+            .env_remove("TAPIR_CONFIG")
+            .env("TAPIR_CATALOG", lab.catalog())
+            .output()
+            .unwrap()
+    };
+    let config = lab.path("tapir.toml");
+    std::fs::write(
+        &config,
+        format!("[changer.lib]\ndevice = \"{}\"\n", lab.device()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // From the configuration's only changer.
+    let out = run(&["--config", config, "changer", "status", "--json"]);
+    assert_ok(&out);
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inv["drive"][0], "TAP001L9");
+    // --changer names it directly.
+    let dev = lab.device();
+    assert_ok(&run(&["changer", "--changer", &dev, "status"]));
+    // Nothing names one: a usage error that says how.
+    let none = run(&["--device", "/dev/nst0", "changer", "status"]);
+    assert_code(&none, 2);
+    assert!(
+        text(&none.stderr).contains("--changer"),
+        "{}",
+        text(&none.stderr)
+    );
+    // A device that is not a changer: the open fails and names it.
+    let missing = run(&["changer", "--changer", "/nonexistent/sg9", "status"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("/nonexistent/sg9"),
+        "{}",
+        text(&missing.stderr)
+    );
+}

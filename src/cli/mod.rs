@@ -2,6 +2,7 @@
 //! library, and prints; `anyhow` is used only here, at the edge.
 
 mod catalog;
+mod changer;
 mod drive;
 mod jobs;
 mod output;
@@ -62,16 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: VtapeCommand,
     },
-    /// Move cartridges between slots and the drive of a library.
-    Changer {
-        #[command(subcommand)]
-        command: ChangerCommand,
-    },
+    /// Move cartridges between slots, drives and mail slots of a library
+    /// (a SCSI media changer or a virtual library).
+    Changer(changer::ChangerArgs),
     /// Write a label to the loaded cartridge.
     Label {
         /// The cartridge's label or barcode, e.g. TAP001L9.
-        #[arg(long)]
-        label: String,
+        #[arg(long, required_unless_present = "barcodes")]
+        label: Option<String>,
         #[arg(long, default_value = "default")]
         pool: String,
         /// Size of every block written after the label (64K to 1M).
@@ -80,6 +79,8 @@ enum Command {
         /// Relabel a cartridge that already holds data, destroying it.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        library: changer::BarcodeLabelArgs,
         #[command(flatten)]
         kit: RescueKitArgs,
     },
@@ -332,26 +333,6 @@ impl SpeedModel {
     }
 }
 
-#[derive(Subcommand, Debug)]
-enum ChangerCommand {
-    /// Show slots and the drive.
-    Status,
-    /// Load a cartridge by slot number or barcode.
-    Load { slot_or_barcode: String },
-    /// Return the drive's cartridge to its slot.
-    Unload,
-    /// Take a cartridge out through the mail slot (for offsite); the host
-    /// catalog records where it goes.
-    Export {
-        barcode: String,
-        /// Where it goes: vault:NAME, shelf[:NAME] or transit.
-        #[arg(long, default_value = "transit")]
-        to: String,
-    },
-    /// Put an exported cartridge back into the first empty slot.
-    Import { barcode: String },
-}
-
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Compress {
     None,
@@ -521,53 +502,6 @@ fn note_in_catalog(
     }
 }
 
-/// Tell the host catalog where a changer command put a cartridge (a
-/// cartridge the catalog does not know is left alone).
-fn note_changer_moves(
-    cli: &Cli,
-    dir: &std::path::Path,
-    command: &ChangerCommand,
-    inv: &tapir::device::ChangerInventory,
-) {
-    use tapir::catalog::location::{Location, LocationKind};
-    let library = tapir::device::describe(dir);
-    let moved: Vec<(String, Location)> = match command {
-        ChangerCommand::Status => return,
-        ChangerCommand::Load { .. } => inv
-            .drive
-            .iter()
-            .map(|(b, _)| {
-                let loc = Location {
-                    kind: LocationKind::Drive,
-                    name: library.clone(),
-                };
-                (b.clone(), loc)
-            })
-            .collect(),
-        ChangerCommand::Export { .. } => return,
-        ChangerCommand::Unload | ChangerCommand::Import { .. } => inv
-            .slots
-            .iter()
-            .filter_map(|(slot, b)| {
-                let loc = Location {
-                    kind: LocationKind::Slot,
-                    name: format!("{slot} in {library}"),
-                };
-                b.clone().map(|b| (b, loc))
-            })
-            .collect(),
-    };
-    note_in_catalog(cli, |c| {
-        for (barcode, loc) in &moved {
-            match c.note_seen(barcode, loc, "tapir changer", "moved by the changer") {
-                Ok(_) | Err(tapir::catalog::Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    });
-}
-
 /// The operator at a single drive: told on standard error, lines starting
 /// `tapir: OPERATOR:`.
 fn operator(device: &str, timeout_seconds: u64) -> pipeline::span::Operator {
@@ -576,17 +510,6 @@ fn operator(device: &str, timeout_seconds: u64) -> pipeline::span::Operator {
         timeout: std::time::Duration::from_secs(timeout_seconds),
         poll: std::time::Duration::from_millis(500),
         tell: Box::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
-    }
-}
-
-fn library_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
-    let spec = device_spec(cli)?;
-    match spec.strip_prefix("vtape:") {
-        Some(dir) => Ok(PathBuf::from(dir)),
-        None => Err(Error::Usage(format!(
-            "{spec}: the changer commands work on virtual libraries (vtape:DIR) for now; a SCSI changer comes later"
-        ))
-        .into()),
     }
 }
 
@@ -653,47 +576,22 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 Ok(ExitStatus::Success)
             }
         },
-        Command::Changer { command } => {
-            let dir = library_dir(cli)?;
-            let mut lib = VirtualLibrary::open(&dir).map_err(Error::from)?;
-            match command {
-                ChangerCommand::Status => {}
-                ChangerCommand::Load { slot_or_barcode } => {
-                    match slot_or_barcode.parse::<usize>() {
-                        Ok(slot) => lib.load_slot(slot).map_err(Error::from)?,
-                        Err(_) => lib.load_barcode(slot_or_barcode).map_err(Error::from)?,
-                    }
-                }
-                ChangerCommand::Unload => lib.unload().map_err(Error::from)?,
-                ChangerCommand::Export { barcode, to } => {
-                    let to: tapir::catalog::location::Location = to
-                        .parse()
-                        .map_err(|e| Error::Usage(format!("--to {to:?}: {e}")))?;
-                    lib.export(barcode).map_err(Error::from)?;
-                    note_in_catalog(cli, |c| {
-                        match c.note_seen(barcode, &to, "tapir changer", "exported") {
-                            Ok(_) | Err(tapir::catalog::Error::NotFound(_)) => Ok(true),
-                            Err(e) => Err(e),
-                        }
-                    });
-                }
-                ChangerCommand::Import { barcode } => {
-                    lib.import(barcode).map_err(Error::from)?;
-                }
-            }
-            let inv = lib.inventory().map_err(Error::from)?;
-            note_changer_moves(cli, &dir, command, &inv);
-            output::changer_status(cli.json, &inv);
-            Ok(ExitStatus::Success)
-        }
+        Command::Changer(args) => changer::run(cli, args),
         Command::Label {
             label,
             pool,
             block_size,
             force,
+            library,
             kit,
         } => {
             let kit = kit.choose()?;
+            if library.barcodes {
+                return changer::label_barcodes(cli, library, pool, *block_size, &kit);
+            }
+            let label = label
+                .as_deref()
+                .expect("clap requires --label without --barcodes");
             let mut drive = open(cli)?;
             let done = pipeline::volume::label_cartridge(
                 drive.as_mut(),

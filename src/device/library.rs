@@ -371,6 +371,37 @@ impl VirtualLibrary {
         Ok(n)
     }
 
+    /// Move the cartridge in slot `from` to the empty slot `to`.
+    pub fn transfer(&mut self, from: usize, to: usize) -> DeviceResult<()> {
+        let _lock = self.lock()?;
+        let mut state = Self::load(&self.dir, &self.name)?;
+        let count = state.slots.len();
+        let invalid = |detail: String| DeviceError::InvalidRequest {
+            device: self.name.clone(),
+            detail,
+        };
+        for slot in [from, to] {
+            if slot == 0 || slot > count {
+                return Err(invalid(format!(
+                    "there is no slot {slot}; this library has slots 1 to {count}"
+                )));
+            }
+        }
+        let Some(barcode) = state.slots[from - 1].barcode.take() else {
+            return Err(invalid(format!("slot {from} is empty; nothing to move")));
+        };
+        let home_of_drive = state.drive.as_ref().is_some_and(|d| d.home_slot == to);
+        if state.slots[to - 1].barcode.is_some() || home_of_drive {
+            return Err(invalid(format!(
+                "slot {to} is taken (by a cartridge, or as the home of the drive's); choose an empty slot"
+            )));
+        }
+        state.slots[to - 1].barcode = Some(barcode);
+        self.save(&state)?;
+        self.state = state;
+        Ok(())
+    }
+
     /// Cartridges exported from the library, in the order they left.
     pub fn exported(&self) -> DeviceResult<Vec<String>> {
         Ok(Self::load(&self.dir, &self.name)?.exported)
@@ -696,6 +727,35 @@ mod tests {
         assert_eq!(lib.import("TAP001L9").unwrap(), 3);
         let again = VirtualLibrary::open(tmp.path().join("l")).unwrap();
         assert!(again.exported().unwrap().is_empty());
+    }
+
+    #[test]
+    fn transfer_moves_between_slots_only_into_an_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut lib = VirtualLibrary::create(tmp.path().join("l"), 3, 64 * MIB).unwrap();
+        lib.export("TAP003L9").unwrap();
+        lib.transfer(2, 3).unwrap();
+        assert_eq!(
+            inv(&lib),
+            ChangerInventory {
+                slots: vec![(1, None), (2, None), (3, Some("TAP002L9".into()))],
+                drive: Some(("TAP001L9".into(), 1)),
+            }
+        );
+        let err = lib.transfer(3, 1).unwrap_err().to_string();
+        assert!(err.contains("slot 1 is taken"), "{err}");
+        assert!(lib
+            .transfer(2, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("slot 2 is empty"));
+        assert!(lib
+            .transfer(3, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("no slot 4"));
+        // A refused move changes nothing.
+        assert_eq!(inv(&lib).slots[2], (3, Some("TAP002L9".into())));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! with `unsafe` code. Everything above it sees these capability traits and
 //! the typed conditions in [`DeviceError`] and [`ReadOutcome`].
 
+pub mod changer;
 pub mod discover;
 pub mod drivesim;
 pub mod inode_flags;
@@ -134,6 +135,15 @@ pub enum DeviceError {
     UnitAttention {
         device: String,
         reason: sense::UnitAttention,
+    },
+    /// A media changer refused a move or another command, for the reason
+    /// its sense data names (destination full, source empty, removal
+    /// prevented, door open, ...).
+    #[error("{device}: {action}: the changer refused: {condition}")]
+    ChangerRefused {
+        device: String,
+        action: String,
+        condition: sense::Condition,
     },
     /// Another process has the drive or changer now.
     #[error("{device}: {detail}")]
@@ -291,9 +301,11 @@ pub trait Changer {
 /// What a changer holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChangerInventory {
-    /// Slot number (1-based) and barcode of the cartridge there, if any.
+    /// Slot number (1-based) and barcode of the cartridge there, if any (a
+    /// cartridge whose barcode a SCSI changer cannot read has an empty one).
     pub slots: Vec<(usize, Option<String>)>,
-    /// Barcode of the cartridge in the drive and the slot it came from.
+    /// Barcode of the cartridge in the drive and the slot it came from (0
+    /// when a SCSI changer does not know).
     pub drive: Option<(String, usize)>,
 }
 

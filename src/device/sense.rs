@@ -169,6 +169,17 @@ pub enum Condition {
     MediaLoadOrEjectFailed,
     MediumRemovalPrevented,
     FailurePredictionThresholdExceeded,
+    /// Media changers (SMC-3): the element a move would put a cartridge
+    /// into already holds one.
+    MediumDestinationElementFull,
+    /// Media changers: the element a move would take a cartridge from is empty.
+    MediumSourceElementEmpty,
+    MediumMagazineNotAccessible,
+    MediumMagazineRemoved,
+    /// Media changers: an element address the library does not have.
+    InvalidElementAddress,
+    /// Media changers: an operator opened the mail slot (a unit attention).
+    ImportOrExportElementAccessed,
     Other {
         asc: u8,
         ascq: u8,
@@ -224,6 +235,12 @@ impl Condition {
             (0x53, 0x00) => MediaLoadOrEjectFailed,
             (0x53, 0x02) => MediumRemovalPrevented,
             (0x5D, _) => FailurePredictionThresholdExceeded,
+            (0x3B, 0x0D) => MediumDestinationElementFull,
+            (0x3B, 0x0E) => MediumSourceElementEmpty,
+            (0x3B, 0x11) => MediumMagazineNotAccessible,
+            (0x3B, 0x12) => MediumMagazineRemoved,
+            (0x21, 0x01) => InvalidElementAddress,
+            (0x28, 0x01) => ImportOrExportElementAccessed,
             (asc, ascq) => Other { asc, ascq },
         }
     }
@@ -279,6 +296,12 @@ impl Condition {
             MediaLoadOrEjectFailed => "media load or eject failed",
             MediumRemovalPrevented => "medium removal prevented",
             FailurePredictionThresholdExceeded => "failure prediction threshold exceeded",
+            MediumDestinationElementFull => "medium destination element full",
+            MediumSourceElementEmpty => "medium source element empty",
+            MediumMagazineNotAccessible => "medium magazine not accessible",
+            MediumMagazineRemoved => "medium magazine removed",
+            InvalidElementAddress => "invalid element address",
+            ImportOrExportElementAccessed => "import or export element accessed",
             Other { asc, ascq } => return format!("additional sense {asc:02X}h/{ascq:02X}h"),
         };
         s.to_string()
