@@ -113,6 +113,23 @@ changer_phase() {
         esac
         j unload >/dev/null || fail "changer-unload-$b"
     done
+    # A scheduled job through the SCSI changer and the st drive: tapir run
+    # takes an empty cartridge of the pool, loads it, writes, verifies it
+    # and exports it through the mail slot.
+    mkdir -p /tmp/runsrc && echo "nightly data" > /tmp/runsrc/f
+    printf '%s\n' '[changer.lib]' "device = \"$sg\"" '[drive.tape]' "device = \"$tgt_device\"" \
+        'changer = "lib"' '[pool.vm]' 'retention = "7d"' '[job.nightly]' 'sources = ["/tmp/runsrc"]' \
+        'pool = "vm"' 'verify = true' 'export = "vault:offsite"' > /tmp/tapir.toml
+    out="$(timeout 300 /bin/tapir $verbose --config /tmp/tapir.toml --catalog /tmp/run.db --json \
+        run nightly --now 2026-12-01T01:00:00Z --insert-timeout 0 | tr -d ' \n')" ||
+        { echo "$out" | head -c 800; fail "changer-run"; }
+    case "$out" in
+        *'"cartridge":"VM0001L9"'*'"verified":[{"cartridge":"VM0001L9","ok":true'*'"exported":["VM0001L9tovault:offsite"]'*)
+            say "changer: tapir run wrote, verified and exported VM0001L9 through the SCSI changer" ;;
+        *) echo "$out" | head -c 800; fail "changer-run-result" ;;
+    esac
+    out="$(j inventory)" || fail "changer-inventory-after-run"
+    has "$out" mail_slots '"barcode":"VM0001L9"' || fail "changer-run-not-in-mail-slot"
     say "changer phase done in $(echo "$(uptime_s) $start" | awk '{printf "%.1f", $1 - $2}') s"
 }
 if [ -n "$tgt_device" ] && [ -x /bin/tapir ] && ! skipped changer; then

@@ -159,7 +159,7 @@ pub fn run(cmd: &DriveCommand, g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                 (DeviceSpec::St(_), Some(_)) => {
                     return Err(Error::Usage(format!(
                         "{name}: a tape drive loads the cartridge inserted in it; \
-                         give no cartridge (SCSI changers are not supported yet)"
+                         give no cartridge (a changer loads one: tapir changer --changer /dev/sgN load BARCODE)"
                     ))
                     .into())
                 }

@@ -6,6 +6,7 @@ use tapir::config::Config;
 use tapir::exit::ExitStatus;
 use tapir::media::plan::Action;
 use tapir::pipeline::job::{self, RunPlan};
+use tapir::pipeline::joblib::JobLibrary;
 use tapir::pipeline::Error;
 
 #[derive(clap::Args, Debug)]
@@ -27,6 +28,43 @@ pub struct RunArgs {
     /// needs (0: do not wait).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     insert_timeout: u64,
+}
+
+/// The global options a job command uses.
+#[derive(Clone, Copy)]
+pub struct Globals<'a> {
+    pub catalog: Option<&'a std::path::Path>,
+    pub config: Option<&'a std::path::Path>,
+    pub device: &'a str,
+    pub json: bool,
+}
+
+/// The library a job's drive belongs to: a virtual library (`vtape:DIR`),
+/// or the SCSI changer the configuration gives the st drive.
+fn open_library(cfg: &Config, drive: &tapir::config::Drive) -> anyhow::Result<Box<dyn JobLibrary>> {
+    if let Some(dir) = drive.device.strip_prefix("vtape:") {
+        return Ok(Box::new(
+            tapir::device::library::VirtualLibrary::open(std::path::Path::new(dir))
+                .map_err(Error::from)?,
+        ));
+    }
+    let changer = drive
+        .changer
+        .as_ref()
+        .and_then(|c| cfg.changers.get(c))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: a job's drive needs a library: give it `changer = NAME` and a [changer.NAME] with its device (/dev/sgN)",
+                drive.device
+            ))
+        })?;
+    let scsi = tapir::device::changer::ScsiChanger::open(&changer.device).map_err(Error::from)?;
+    Ok(Box::new(tapir::pipeline::joblib::ScsiLibrary {
+        changer: scsi,
+        device: drive.device.clone(),
+        // A cartridge just loaded takes a while; an LTO-9's first load up to 2 hours.
+        wait_ready: std::time::Duration::from_secs(2 * 3600),
+    }))
 }
 
 /// The configuration file: `--config`, `$TAPIR_CONFIG`, or the default.
@@ -71,13 +109,8 @@ pub fn run(
         .map(|d| &cfg.drives[d])
         .or_else(|| cfg.drives.values().next())
         .ok_or_else(|| Error::Usage(format!("{}: no [drive] is declared", cfg.path.display())))?;
-    let present = match drive.device.strip_prefix("vtape:") {
-        Some(dir) => job::present_in(
-            &tapir::device::library::VirtualLibrary::open(std::path::Path::new(dir))
-                .map_err(Error::from)?,
-        )?,
-        None => Vec::new(),
-    };
+    let mut lib = open_library(&cfg, drive)?;
+    let present = lib.inside()?;
     let catalog_path = catalog
         .map(|p| p.to_path_buf())
         .or_else(|| cfg.catalog.clone())
@@ -104,13 +137,6 @@ pub fn run(
             ExitStatus::Unavailable
         });
     }
-    let Some(library) = drive.device.strip_prefix("vtape:") else {
-        return Err(Error::Usage(format!(
-            "{}: running a job needs a library; a SCSI changer is not supported yet, only vtape:DIR (use --dry-run to see the plan)",
-            drive.device
-        ))
-        .into());
-    };
     drop(cat);
     let interrupt = super::interrupt_on_signals()?;
     let notify = cfg.notify.clone();
@@ -126,7 +152,6 @@ pub fn run(
     let ctx = job::RunContext {
         cfg: &cfg,
         job,
-        library: std::path::Path::new(library),
         catalog: catalog_path,
         interrupt: Some(interrupt),
         rescue_kit: tapir::pipeline::rescue::choose(
@@ -139,8 +164,9 @@ pub fn run(
         insert_timeout: std::time::Duration::from_secs(args.insert_timeout),
         tell: &tell,
     };
-    let outcome =
-        super::output::with_write_progress(json, |progress| job::execute(&ctx, plan, progress));
+    let outcome = super::output::with_write_progress(json, |progress| {
+        job::execute(&ctx, lib.as_mut(), plan, progress)
+    });
     // Whoever watches the jobs hears of a failure or warnings.
     let said = match &outcome {
         Err(e) => Some(("failed", e.to_string())),
@@ -336,20 +362,41 @@ pub fn systemd(
 /// `restore --at TIME --job JOB`: the job's tree as of a time, gathered
 /// from its full and incremental sessions through the host catalog.
 pub fn restore_at(
-    catalog: Option<&std::path::Path>,
-    device: &str,
+    g: &Globals<'_>,
     job: &str,
     at: &str,
     opts: tapir::pipeline::restore::RestoreOptions,
     operator_timeout: u64,
-    json: bool,
 ) -> anyhow::Result<ExitStatus> {
+    let Globals {
+        catalog,
+        config,
+        device,
+        json,
+    } = *g;
     let at = parse_now(at)?;
-    let Some(dir) = device.strip_prefix("vtape:") else {
-        return Err(Error::Usage(format!(
-            "{device}: restore --at loads cartridges itself and needs a library (vtape:DIR) for now"
-        ))
-        .into());
+    // The device's library: a virtual one, or the configuration's changer
+    // for the st drive named.
+    let mut lib: Box<dyn JobLibrary> = match device.strip_prefix("vtape:") {
+        Some(dir) => Box::new(
+            tapir::device::library::VirtualLibrary::open(std::path::Path::new(dir))
+                .map_err(Error::from)?,
+        ),
+        None => {
+            let cfg = Config::load(&config_path(config)).map_err(Error::from)?;
+            let drive = cfg
+                .drives
+                .values()
+                .find(|d| d.device == device)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{device}: restore --at loads cartridges itself: name a library (vtape:DIR) or a drive of {} that has a changer",
+                        cfg.path.display()
+                    ))
+                })?
+                .clone();
+            open_library(&cfg, &drive)?
+        }
     };
     let catalog = tapir::catalog::resolve_path(catalog);
     let tell = |what: &str| eprintln!("tapir: OPERATOR: {what}");
@@ -357,14 +404,7 @@ pub fn restore_at(
         timeout: std::time::Duration::from_secs(operator_timeout),
         tell: &tell,
     };
-    let done = job::restore_at(
-        &catalog,
-        std::path::Path::new(dir),
-        job,
-        at,
-        &opts,
-        &operator,
-    )?;
+    let done = job::restore_at(&catalog, lib.as_mut(), job, at, &opts, &operator)?;
     if json {
         println!(
             "{}",

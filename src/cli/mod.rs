@@ -765,8 +765,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         } => {
             if let (Some(at), Some(job)) = (at, job) {
                 return jobs::restore_at(
-                    cli.catalog.as_deref(),
-                    device_spec(cli)?,
+                    &jobs::Globals {
+                        catalog: cli.catalog.as_deref(),
+                        config: cli.config.as_deref(),
+                        device: device_spec(cli)?,
+                        json: cli.json,
+                    },
                     job,
                     at,
                     pipeline::restore::RestoreOptions {
@@ -776,7 +780,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                         ..Default::default()
                     },
                     *operator_timeout,
-                    cli.json,
                 );
             }
             let mut drive = open(cli)?;

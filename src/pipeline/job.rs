@@ -13,17 +13,16 @@ use crate::catalog::location::Location;
 use crate::catalog::query::{MediaFilter, MediaInfo};
 use crate::catalog::Catalog;
 use crate::config::{Compression, Config, Job};
-use crate::device::library::VirtualLibrary;
-use crate::device::{Changer, DeviceError, TapeDrive};
+use crate::device::{DeviceError, TapeDrive};
 use crate::exit::ExitStatus;
 use crate::format::label::uuid_text;
 use crate::media::plan::{
     self, Action, Cartridge, Known, Pick, Plan, SetFacts, Sources, State, Tier,
 };
 
+use super::joblib::JobLibrary;
 use super::rescue::KitChoice;
 use super::source::WalkOptions;
-use super::span::LibrarySupply;
 use super::volume::{label_cartridge, read_label, LabelState};
 use super::writer::{write_session_spanning, Baseline, WriteOptions, WriteProgress, WriteSummary};
 use super::{Error, Result};
@@ -146,17 +145,6 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
         }
     }
     Ok(Inventory { cartridges, sets })
-}
-
-/// Barcodes in the library now (slots and drive).
-pub fn present_in(lib: &VirtualLibrary) -> Result<Vec<String>> {
-    let inv = lib.inventory()?;
-    Ok(inv
-        .slots
-        .into_iter()
-        .filter_map(|(_, b)| b)
-        .chain(inv.drive.map(|(b, _)| b))
-        .collect())
 }
 
 /// Plan a run of `job` at `now`.
@@ -315,8 +303,6 @@ impl RunOutcome {
 pub struct RunContext<'a> {
     pub cfg: &'a Config,
     pub job: &'a Job,
-    /// The virtual library the job's drive belongs to.
-    pub library: &'a Path,
     pub catalog: PathBuf,
     pub interrupt: Option<Arc<AtomicBool>>,
     /// The rescue kit for cartridges the run labels.
@@ -423,19 +409,19 @@ fn prepare(
 /// job's sources, verify, and record the export.
 pub fn execute(
     ctx: &RunContext<'_>,
+    lib: &mut dyn JobLibrary,
     plan: RunPlan,
     progress: &WriteProgress,
 ) -> Result<RunOutcome> {
     let pool = &ctx.cfg.pools[&plan.plan.pool];
     let block_size = pool.block_size.map_or(256 << 10, u64::from);
     let mut cat = Catalog::open(&ctx.catalog)?;
-    let mut lib = VirtualLibrary::open(ctx.library)?;
     let mut passed_over = Vec::new();
     let mut tried: Vec<String> = Vec::new();
     let waiting_since = std::time::Instant::now();
     let (pick, set_name, forgotten, drive) = loop {
         // Candidates in the library now (an operator may have put one in).
-        let inside = present_in(&lib)?;
+        let inside = lib.inside()?;
         let mut chosen = None;
         let mut busy = false;
         let untried: Vec<&Pick> = plan
@@ -448,13 +434,13 @@ pub fn execute(
             // A cartridge the changer cannot move is passed over like one
             // that does not check out; nothing was written to it. A busy
             // library (another process finishing a move) is tried again.
-            match lib.load_barcode(&pick.label) {
+            match lib.load(&pick.label) {
                 Ok(()) => {}
                 // Another job has the drive: wait for it while there is
                 // time, or say so (two jobs never share a drive).
-                Err(e @ DeviceError::Busy { .. }) => {
+                Err(e @ Error::Device(DeviceError::Busy { .. })) => {
                     if waiting_since.elapsed() >= ctx.insert_timeout {
-                        return Err(e.into());
+                        return Err(e);
                     }
                     tracing::info!("{e}");
                     busy = true;
@@ -470,7 +456,7 @@ pub fn execute(
             tried.push(pick.label.clone());
             let mut drive = lib.open_drive()?;
             match prepare(
-                &mut drive,
+                drive.as_mut(),
                 pick,
                 &Labelling {
                     pool: &plan.plan.pool,
@@ -539,7 +525,7 @@ pub fn execute(
         (ctx.tell)(&ask);
         // Until one of them is inside, or the time is up.
         while waiting_since.elapsed() < ctx.insert_timeout {
-            let inside = present_in(&lib)?;
+            let inside = lib.inside()?;
             if plan
                 .plan
                 .candidates
@@ -569,17 +555,18 @@ pub fn execute(
         rescue_kit: ctx.rescue_kit.clone(),
         ..Default::default()
     };
-    let mut supply = LibrarySupply::new(VirtualLibrary::open(ctx.library)?)?;
-    let write = write_session_spanning(Box::new(drive), &mut supply, &opts, progress)?;
-    drop(supply);
+    let write = {
+        let mut supply = lib.supply()?;
+        write_session_spanning(drive, supply.as_mut(), &opts, progress)?
+    };
 
     let mut cat = Catalog::open(&ctx.catalog)?;
     let mut verified = Vec::new();
     if ctx.job.verify && !write.interrupted {
         for part in &write.parts {
-            lib.load_barcode(&part.cartridge)?;
+            lib.load(&part.cartridge)?;
             let mut drive = lib.open_drive()?;
-            let v = super::verify::verify(&mut drive, Some(part.session))?;
+            let v = super::verify::verify(drive.as_mut(), Some(part.session))?;
             let ok = v.exit_status() == ExitStatus::Success;
             let detail = format!(
                 "{} of {} entries intact, {} bad block run(s)",
@@ -711,7 +698,7 @@ impl RestoredAt {
 /// newest session's directories get their times last.
 pub fn restore_at(
     catalog: &Path,
-    library: &Path,
+    lib: &mut dyn JobLibrary,
     job: &str,
     at: i64,
     opts: &super::restore::RestoreOptions,
@@ -748,13 +735,12 @@ pub fn restore_at(
         .map(|(c, (t, sel))| (c, t, sel))
         .collect();
     order.sort_by_key(|(c, t, _)| (*t, c == &session.cartridge));
-    let mut lib = VirtualLibrary::open(library)?;
     let mut cartridges = Vec::new();
     for (cartridge, _, selection) in order {
-        if !present_in(&lib)?.contains(&cartridge) {
-            operator.wait_for(&lib, &cartridge, whereabouts.get(&cartridge))?;
+        if !lib.inside()?.contains(&cartridge) {
+            operator.wait_for(&*lib, &cartridge, whereabouts.get(&cartridge))?;
         }
-        operator.load(&mut lib, &cartridge)?;
+        operator.load(lib, &cartridge)?;
         let mut drive = lib.open_drive()?;
         let o = super::restore::RestoreOptions {
             selection: Some(selection),
@@ -762,7 +748,7 @@ pub fn restore_at(
             session: None,
             ..opts.clone()
         };
-        cartridges.push(super::restore::restore(&mut drive, &o)?);
+        cartridges.push(super::restore::restore(drive.as_mut(), &o)?);
     }
     Ok(RestoredAt {
         job: job.to_string(),
@@ -789,7 +775,7 @@ impl Operator<'_> {
     /// in the library.
     pub fn wait_for(
         &self,
-        lib: &VirtualLibrary,
+        lib: &dyn JobLibrary,
         label: &str,
         whereabouts: Option<&String>,
     ) -> Result<()> {
@@ -805,7 +791,7 @@ impl Operator<'_> {
         ));
         let since = std::time::Instant::now();
         while since.elapsed() < self.timeout {
-            if present_in(lib)?.iter().any(|b| b == label) {
+            if lib.inside()?.iter().any(|b| b == label) {
                 return Ok(());
             }
             std::thread::sleep(INSERT_POLL);
@@ -817,14 +803,14 @@ impl Operator<'_> {
 
     /// Load `label`, waiting while the library is busy with someone
     /// else's move (the operator's import may still hold it).
-    pub fn load(&self, lib: &mut VirtualLibrary, label: &str) -> Result<()> {
+    pub fn load(&self, lib: &mut dyn JobLibrary, label: &str) -> Result<()> {
         let since = std::time::Instant::now();
         loop {
-            match lib.load_barcode(label) {
-                Err(DeviceError::Busy { .. }) if since.elapsed() < self.timeout => {
+            match lib.load(label) {
+                Err(Error::Device(DeviceError::Busy { .. })) if since.elapsed() < self.timeout => {
                     std::thread::sleep(INSERT_POLL)
                 }
-                r => return Ok(r?),
+                r => return r,
             }
         }
     }

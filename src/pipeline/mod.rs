@@ -4,6 +4,7 @@
 pub mod assemble;
 pub mod glob;
 pub mod job;
+pub mod joblib;
 pub mod list;
 pub mod manifest;
 pub mod pool;

@@ -1,0 +1,183 @@
+//! The library a scheduled job works with: a virtual library, or a SCSI
+//! media changer with its st drive. `tapir run` and `restore --at` see
+//! only this.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::device::changer::ScsiChanger;
+use crate::device::library::VirtualLibrary;
+use crate::device::{Changer, TapeDrive};
+
+use super::span::{Candidate, CartridgeSupply, LibrarySupply};
+use super::Result;
+
+/// What a job needs of a library.
+pub trait JobLibrary {
+    fn name(&self) -> String;
+    /// Barcodes of the cartridges inside (slots and drive).
+    fn inside(&self) -> Result<Vec<String>>;
+    /// Put the cartridge `barcode` into the drive.
+    fn load(&mut self, barcode: &str) -> Result<()>;
+    /// The drive, with the loaded cartridge.
+    fn open_drive(&mut self) -> Result<Box<dyn TapeDrive>>;
+    /// Take `barcode` out through the mail slot.
+    fn export(&mut self, barcode: &str) -> Result<()>;
+    /// The cartridges a session may continue on when one fills.
+    fn supply(&mut self) -> Result<Box<dyn CartridgeSupply + '_>>;
+}
+
+impl JobLibrary for VirtualLibrary {
+    fn name(&self) -> String {
+        VirtualLibrary::name(self).to_string()
+    }
+    fn inside(&self) -> Result<Vec<String>> {
+        let inv = self.inventory()?;
+        Ok(inv
+            .slots
+            .into_iter()
+            .filter_map(|(_, b)| b)
+            .chain(inv.drive.map(|(b, _)| b))
+            .collect())
+    }
+    fn load(&mut self, barcode: &str) -> Result<()> {
+        Ok(self.load_barcode(barcode)?)
+    }
+    fn open_drive(&mut self) -> Result<Box<dyn TapeDrive>> {
+        Ok(Box::new(VirtualLibrary::open_drive(self)?))
+    }
+    fn export(&mut self, barcode: &str) -> Result<()> {
+        VirtualLibrary::export(self, barcode)?;
+        Ok(())
+    }
+    fn supply(&mut self) -> Result<Box<dyn CartridgeSupply + '_>> {
+        Ok(Box::new(LibrarySupply::new(VirtualLibrary::open(
+            self.dir(),
+        )?)?))
+    }
+}
+
+/// A SCSI media changer and the st drive it loads (its element `drive`).
+pub struct ScsiLibrary {
+    pub changer: ScsiChanger,
+    /// The st device of the drive, e.g. /dev/nst0.
+    pub device: String,
+    /// How long to wait for a cartridge just loaded to become ready.
+    pub wait_ready: Duration,
+}
+
+impl ScsiLibrary {
+    /// Empty the drive: a real drive must unload its cartridge before the
+    /// robot can take it.
+    fn empty_drive(&mut self) -> Result<()> {
+        if self.changer.inventory()?.drive.is_none() {
+            return Ok(());
+        }
+        if let Ok(mut d) = crate::device::open::open_drive(&self.device) {
+            if let Err(e) = d.eject() {
+                tracing::info!("{}: eject before the move: {e}", self.device);
+            }
+        }
+        Ok(self.changer.unload()?)
+    }
+}
+
+impl JobLibrary for ScsiLibrary {
+    fn name(&self) -> String {
+        self.changer.name().to_string()
+    }
+    fn inside(&self) -> Result<Vec<String>> {
+        let inv = self.changer.inventory()?;
+        Ok(inv
+            .slots
+            .into_iter()
+            .filter_map(|(_, b)| b.filter(|b| !b.is_empty()))
+            .chain(inv.drive.map(|(b, _)| b).filter(|b| !b.is_empty()))
+            .collect())
+    }
+    fn load(&mut self, barcode: &str) -> Result<()> {
+        if self
+            .changer
+            .inventory()?
+            .drive
+            .is_some_and(|(b, _)| b == barcode)
+        {
+            return Ok(());
+        }
+        self.empty_drive()?;
+        let drive = self.changer.drive();
+        self.changer.load_barcode(barcode, drive)?;
+        Ok(())
+    }
+    fn open_drive(&mut self) -> Result<Box<dyn TapeDrive>> {
+        let mut quiet = |_: &str| {};
+        Ok(crate::device::open::open_drive_waiting(
+            &self.device,
+            self.wait_ready,
+            &mut quiet,
+        )?)
+    }
+    fn export(&mut self, barcode: &str) -> Result<()> {
+        if self
+            .changer
+            .inventory()?
+            .drive
+            .is_some_and(|(b, _)| b == barcode)
+        {
+            self.empty_drive()?;
+        }
+        self.changer.export(barcode)?;
+        Ok(())
+    }
+    fn supply(&mut self) -> Result<Box<dyn CartridgeSupply + '_>> {
+        let loaded = self.changer.inventory()?.drive.map(|(b, _)| b);
+        Ok(Box::new(ScsiSupply {
+            lib: self,
+            tried: loaded.into_iter().collect(),
+        }))
+    }
+}
+
+/// The slots of a SCSI library, in slot order, for a session that spans.
+struct ScsiSupply<'a> {
+    lib: &'a mut ScsiLibrary,
+    tried: HashSet<String>,
+}
+
+impl CartridgeSupply for ScsiSupply<'_> {
+    fn next(&mut self, mut current: Box<dyn TapeDrive>) -> Result<Option<Candidate>> {
+        if let Err(e) = current.eject() {
+            tracing::info!("{}: eject before the move: {e}", self.lib.device);
+        }
+        drop(current);
+        if self.lib.changer.inventory()?.drive.is_some() {
+            self.lib.changer.unload()?;
+        }
+        let inv = self.lib.changer.inventory()?;
+        for (slot, barcode) in inv.slots {
+            let Some(barcode) = barcode.filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            if crate::media::plan::is_cleaning(&barcode) || !self.tried.insert(barcode.clone()) {
+                continue;
+            }
+            self.lib.changer.load_slot(slot)?;
+            let drive = self.lib.open_drive()?;
+            return Ok(Some((drive, Some(barcode))));
+        }
+        Ok(None)
+    }
+
+    fn whereabouts(&self, barcode: &str) -> Option<String> {
+        let inv = self.lib.changer.inventory().ok()?;
+        let place = match &inv.drive {
+            Some((b, _)) if b == barcode => "drive".to_string(),
+            _ => inv
+                .slots
+                .iter()
+                .find(|(_, b)| b.as_deref() == Some(barcode))
+                .map(|(s, _)| format!("slot {s}"))?,
+        };
+        Some(format!("library {}, {place}", self.lib.changer.name()))
+    }
+}
