@@ -48,6 +48,17 @@ export_tiers = ["weekly", "monthly"]
     path
 }
 
+/// A library of `slots` cartridges, a source holding one small file, and
+/// the GFS configuration with dailies kept `daily_retention`.
+fn lab_with_one_file(slots: usize, daily_retention: &str) -> (Lab, PathBuf) {
+    let lab = Lab::new(slots, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let config = configure(&lab, &src, daily_retention);
+    (lab, config)
+}
+
 fn run_night(lab: &Lab, config: &Path, day: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let now = format!("{day}T01:00:00Z");
     let mut args = vec![
@@ -205,11 +216,7 @@ fn ten_nights_rotate_dailies_reuse_expired_ones_and_export_weeklies_and_monthlie
 
 #[test]
 fn unexpired_cartridges_are_never_reused_and_the_run_says_why() {
-    let lab = Lab::new(2, "20M");
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    let config = configure(&lab, &src, "7d");
+    let (lab, config) = lab_with_one_file(2, "7d");
     for day in ["2026-11-30", "2026-12-01"] {
         let (code, out) = run_night(&lab, &config, day, &[]);
         assert_eq!(code, 0, "{out}");
@@ -334,11 +341,7 @@ fn a_foreign_cartridge_is_passed_over_until_scratched_and_then_used() {
 
 #[test]
 fn a_changer_that_fails_a_move_costs_that_cartridge_only_and_the_catalog_stays_true() {
-    let lab = Lab::new(3, "20M");
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    let config = configure(&lab, &src, "7d");
+    let (lab, config) = lab_with_one_file(3, "7d");
     let (code, _) = run_night(&lab, &config, "2026-11-30", &[]);
     assert_eq!(code, 0);
     fs::write(
@@ -414,11 +417,7 @@ fn an_operator_is_told_which_cartridge_to_insert_and_where_it_is_and_the_notify_
     use std::io::BufReader;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
-    let lab = Lab::new(2, "20M");
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    let config = configure(&lab, &src, "1d");
+    let (lab, config) = lab_with_one_file(2, "1d");
     // The notify command writes who it ran as and what it heard, into a
     // directory anyone may write (it runs as nobody under root).
     let heard = tempfile::Builder::new()
@@ -480,11 +479,7 @@ fn an_operator_is_told_which_cartridge_to_insert_and_where_it_is_and_the_notify_
 
 #[test]
 fn two_jobs_never_share_a_drive() {
-    let lab = Lab::new(2, "20M");
-    let src = lab.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
-    let config = configure(&lab, &src, "7d");
+    let (lab, config) = lab_with_one_file(2, "7d");
     // Another job has the drive open (and so the library's lock).
     let lib = tapir::device::library::VirtualLibrary::open(lab.lib()).unwrap();
     let held = lib.open_drive().unwrap();

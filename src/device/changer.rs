@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::sense::{Condition, SenseKey};
-use super::sg::{self, Data, Inquiry, Scsi, SgError};
+use super::sg::{self, ascii, need, Data, Inquiry, Scsi, SgError};
 use super::{Changer, ChangerInventory, DeviceError, DeviceResult};
 
 const OP_INITIALIZE_ELEMENT_STATUS: u8 = 0x07;
@@ -948,28 +948,6 @@ fn be16(b: &[u8]) -> u16 {
 
 fn be24(b: &[u8]) -> usize {
     (b[0] as usize) << 16 | (b[1] as usize) << 8 | b[2] as usize
-}
-
-fn ascii(b: &[u8]) -> String {
-    let s: String = b
-        .iter()
-        .map(|&c| {
-            if (0x20..0x7F).contains(&c) {
-                c as char
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    s.trim().to_string()
-}
-
-fn need(b: &[u8], n: usize, what: &str) -> Result<(), String> {
-    if b.len() < n {
-        Err(format!("{what}: {} bytes, at least {n} expected", b.len()))
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -606,7 +606,8 @@ fn be(b: &[u8]) -> u64 {
     b.iter().fold(0u64, |v, &x| (v << 8) | x as u64)
 }
 
-fn ascii(b: &[u8]) -> String {
+/// Printable ASCII of a fixed-width field, trimmed (anything else is a space).
+pub(crate) fn ascii(b: &[u8]) -> String {
     let s: String = b
         .iter()
         .map(|&c| {
@@ -620,7 +621,8 @@ fn ascii(b: &[u8]) -> String {
     s.trim().to_string()
 }
 
-fn need(b: &[u8], n: usize, what: &str) -> Result<(), String> {
+/// `b` holds at least `n` bytes, or an error naming `what`.
+pub(crate) fn need(b: &[u8], n: usize, what: &str) -> Result<(), String> {
     if b.len() < n {
         Err(format!("{what}: {} bytes, at least {n} expected", b.len()))
     } else {

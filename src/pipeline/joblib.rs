@@ -170,14 +170,6 @@ impl CartridgeSupply for ScsiSupply<'_> {
 
     fn whereabouts(&self, barcode: &str) -> Option<String> {
         let inv = self.lib.changer.inventory().ok()?;
-        let place = match &inv.drive {
-            Some((b, _)) if b == barcode => "drive".to_string(),
-            _ => inv
-                .slots
-                .iter()
-                .find(|(_, b)| b.as_deref() == Some(barcode))
-                .map(|(s, _)| format!("slot {s}"))?,
-        };
-        Some(format!("library {}, {place}", self.lib.changer.name()))
+        super::span::whereabouts_in(&inv, self.lib.changer.name(), barcode)
     }
 }

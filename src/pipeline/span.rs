@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::device::library::VirtualLibrary;
-use crate::device::{Changer, TapeDrive};
+use crate::device::{Changer, ChangerInventory, TapeDrive};
 use crate::format::label::{SetMembership, VolumeLabel};
 use crate::format::meta::Timestamp;
 use crate::media::{accept_for_continuation, ContinuationNeed, Offered, Verdict};
@@ -63,17 +63,21 @@ impl CartridgeSupply for LibrarySupply {
     }
 
     fn whereabouts(&self, barcode: &str) -> Option<String> {
-        let inv = self.lib.inventory().ok()?;
-        let place = match &inv.drive {
-            Some((b, _)) if b == barcode => "drive".to_string(),
-            _ => inv
-                .slots
-                .iter()
-                .find(|(_, b)| b.as_deref() == Some(barcode))
-                .map(|(s, _)| format!("slot {s}"))?,
-        };
-        Some(format!("library {}, {place}", self.lib.name()))
+        whereabouts_in(&self.lib.inventory().ok()?, self.lib.name(), barcode)
     }
+}
+
+/// Where `barcode` is in library `name`, in words: its drive or a slot.
+pub fn whereabouts_in(inv: &ChangerInventory, name: &str, barcode: &str) -> Option<String> {
+    let place = match &inv.drive {
+        Some((b, _)) if b == barcode => "drive".to_string(),
+        _ => inv
+            .slots
+            .iter()
+            .find(|(_, b)| b.as_deref() == Some(barcode))
+            .map(|(s, _)| format!("slot {s}"))?,
+    };
+    Some(format!("library {name}, {place}"))
 }
 
 /// A cartridge made ready to continue the set.
