@@ -495,24 +495,6 @@ fn two_jobs_never_share_a_drive() {
     assert_eq!(code, 0, "{done}");
 }
 
-/// Regular files under `dir`, relative path → content.
-fn tree_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn incrementals_write_only_what_changed_and_restore_at_a_date_rebuilds_the_tree_of_that_night() {
     let lab = Lab::new(8, "20M");
@@ -563,7 +545,7 @@ level = "incremental"
     assert!(first["plan"]["warnings"]
         .to_string()
         .contains("this run is a full one"));
-    let mut states = vec![tree_of(&src)];
+    let mut states = vec![files_under(&src)];
 
     // Night 2: b changes, c appears; big stays.
     fs::write(src.join("d/b"), b"b, second and longer").unwrap();
@@ -576,19 +558,19 @@ level = "incremental"
         (b"b, second and longer".len() + b"c, new".len()) as u64,
         "{second}"
     );
-    states.push(tree_of(&src));
+    states.push(files_under(&src));
 
     // Night 3: a is deleted, big changes.
     fs::remove_file(src.join("d/a")).unwrap();
     fs::write(src.join("big"), vec![9u8; 200_000]).unwrap();
     let third = night("2026-12-03");
     assert_eq!(third["level_written"], 1, "{third}");
-    states.push(tree_of(&src));
+    states.push(files_under(&src));
 
     // Night 4: nothing changes at all.
     let fourth = night("2026-12-04");
     assert_eq!(fourth["write"]["bytes_read"], 0, "{fourth}");
-    states.push(tree_of(&src));
+    states.push(files_under(&src));
 
     let rel = src.strip_prefix("/").unwrap();
     for (i, (day, want)) in ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
@@ -608,7 +590,7 @@ level = "incremental"
         ]);
         assert_eq!(code, 0, "{day}: {r}");
         assert!(
-            tree_of(&to.join(rel)) == *want,
+            files_under(&to.join(rel)) == *want,
             "{day}: the tree differs: {r}"
         );
     }
@@ -649,7 +631,7 @@ level = "incremental"
     assert_ok(&lab.tapir(["changer", "import", full]));
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{asked}");
-    assert!(tree_of(&to.join(rel)) == states[1]);
+    assert!(files_under(&to.join(rel)) == states[1]);
 
     // The last night's cartridge alone names what it does not hold.
     let last = fourth["cartridge"].as_str().unwrap();

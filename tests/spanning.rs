@@ -45,30 +45,6 @@ fn make_tree(root: &Path, files: usize) -> BTreeMap<String, Vec<u8>> {
     all
 }
 
-/// Regular files under `dir`, relative path → content.
-fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let rel = e
-                    .path()
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// Write `tree` (in `lab/src`) as one session; returns the summary.
 fn write_tree(lab: &Lab, set: &str) -> (i32, serde_json::Value) {
     lab.json_in(&lab.path("src"), ["write", "--set", set, "."])

@@ -845,13 +845,19 @@ impl Catalog {
             .collect())
     }
 
+    /// One cartridge's facts (label or volume UUID; a live one before a
+    /// retired one of the same label).
+    pub fn media_info(&self, key: &str) -> Result<MediaInfo> {
+        let id = self.resolve_cartridge(key)?;
+        self.media_rows("WHERE c.id = ?1", &[&id])?
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("no cartridge {key}")))
+    }
+
     /// One cartridge: its facts, location history and sessions.
     pub fn media_show(&self, key: &str) -> Result<MediaDetail> {
-        let id = self.resolve_cartridge(key)?;
-        let media = self
-            .media_rows("WHERE c.id = ?1", &[&id])?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("no cartridge {key}")))?;
+        let media = self.media_info(key)?;
+        let id = media.brief.id;
         let err = |e| Error::sql(&self.path, "reading a cartridge", e);
         let history = location::history(self.conn(), id).map_err(err)?;
         let mut st = self

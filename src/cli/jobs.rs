@@ -161,8 +161,10 @@ pub fn run(
                 .as_deref(),
             false,
         )?,
-        insert_timeout: std::time::Duration::from_secs(args.insert_timeout),
-        tell: &tell,
+        operator: job::Operator {
+            timeout: std::time::Duration::from_secs(args.insert_timeout),
+            tell: &tell,
+        },
     };
     let outcome = super::output::with_write_progress(json, |progress| {
         job::execute(&ctx, lib.as_mut(), plan, progress)

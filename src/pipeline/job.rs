@@ -307,10 +307,8 @@ pub struct RunContext<'a> {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// The rescue kit for cartridges the run labels.
     pub rescue_kit: KitChoice,
-    /// How long to wait for an operator to insert a cartridge.
-    pub insert_timeout: std::time::Duration,
-    /// Tells the operator (and the notify command) what is needed.
-    pub tell: &'a dyn Fn(&str),
+    /// Who inserts a cartridge the library lacks, and how long to wait.
+    pub operator: Operator<'a>,
 }
 
 /// How often the library is looked at while an operator is asked for a cartridge.
@@ -370,12 +368,9 @@ fn prepare(
         }
         (Action::Reuse, LabelState::Tapir(l)) => {
             let on_tape = uuid_text(&l.volume_uuid);
-            let known = cat
-                .media_list(&MediaFilter::default())?
-                .into_iter()
-                .find(|m| m.brief.label == pick.label && m.brief.state != "retired");
-            match known {
-                Some(m) if m.brief.uuid == on_tape => {
+            // The live cartridge of that label, as the catalog expired it.
+            match cat.media_info(&pick.label).ok() {
+                Some(m) if m.brief.state != "retired" && m.brief.uuid == on_tape => {
                     let forgotten = cat.forget_for_reuse(
                         &on_tape,
                         &format!("expired and labelled again for job {job} on {day}"),
@@ -439,7 +434,7 @@ pub fn execute(
                 // Another job has the drive: wait for it while there is
                 // time, or say so (two jobs never share a drive).
                 Err(e @ Error::Device(DeviceError::Busy { .. })) => {
-                    if waiting_since.elapsed() >= ctx.insert_timeout {
+                    if waiting_since.elapsed() >= ctx.operator.timeout {
                         return Err(e);
                     }
                     tracing::info!("{e}");
@@ -494,7 +489,7 @@ pub fn execute(
                 None => c.label.clone(),
             })
             .collect();
-        let out_of_time = waiting_since.elapsed() >= ctx.insert_timeout;
+        let out_of_time = waiting_since.elapsed() >= ctx.operator.timeout;
         if wanted.is_empty() || out_of_time {
             return Err(Error::Refused(format!(
                 "job {}: no cartridge in the library can take it (pool {}){}{}",
@@ -518,24 +513,20 @@ pub fn execute(
             ctx.job.name,
             plan.plan.pool,
             wanted.join(", "),
-            ctx.insert_timeout
+            ctx.operator
+                .timeout
                 .saturating_sub(waiting_since.elapsed())
                 .as_secs()
         );
-        (ctx.tell)(&ask);
-        // Until one of them is inside, or the time is up.
-        while waiting_since.elapsed() < ctx.insert_timeout {
-            let inside = lib.inside()?;
-            if plan
-                .plan
-                .candidates
-                .iter()
-                .any(|c| inside.contains(&c.label) && !tried.contains(&c.label))
-            {
-                break;
-            }
-            std::thread::sleep(INSERT_POLL);
-        }
+        (ctx.operator.tell)(&ask);
+        let untried: Vec<&str> = plan
+            .plan
+            .candidates
+            .iter()
+            .filter(|c| !tried.contains(&c.label))
+            .map(|c| c.label.as_str())
+            .collect();
+        ctx.operator.until_inside(lib, &untried, waiting_since)?;
     };
     drop(cat);
     let (job_run, baseline, level_note) = levels(ctx)?;
@@ -789,16 +780,29 @@ impl Operator<'_> {
             "insert cartridge {label}{at} into the library (`tapir changer import {label}`); waiting up to {} s",
             self.timeout.as_secs()
         ));
-        let since = std::time::Instant::now();
-        while since.elapsed() < self.timeout {
-            if lib.inside()?.iter().any(|b| b == label) {
-                return Ok(());
-            }
-            std::thread::sleep(INSERT_POLL);
+        if self.until_inside(lib, &[label], std::time::Instant::now())? {
+            return Ok(());
         }
         Err(Error::Device(DeviceError::NoMedium {
             device: format!("{} (waiting for {label})", lib.name()),
         }))
+    }
+
+    /// Wait, while `since` is within the timeout, until one of `labels` is
+    /// in the library; whether one is.
+    pub fn until_inside(
+        &self,
+        lib: &dyn JobLibrary,
+        labels: &[&str],
+        since: std::time::Instant,
+    ) -> Result<bool> {
+        while since.elapsed() < self.timeout {
+            if lib.inside()?.iter().any(|b| labels.contains(&b.as_str())) {
+                return Ok(true);
+            }
+            std::thread::sleep(INSERT_POLL);
+        }
+        Ok(false)
     }
 
     /// Load `label`, waiting while the library is busy with someone

@@ -629,11 +629,8 @@ fn refuse_if_catalogued_unusable(
         return Ok(());
     };
     let uuid = crate::format::label::uuid_text(&label.volume_uuid);
-    let Ok(media) = cat.media_list(&crate::catalog::query::MediaFilter::default()) else {
-        return Ok(());
-    };
-    match media.iter().find(|m| m.brief.uuid == uuid) {
-        Some(m) if m.brief.state == "damaged" || m.brief.state == "retired" => {
+    match cat.media_info(&uuid) {
+        Ok(m) if m.brief.state == "damaged" || m.brief.state == "retired" => {
             Err(Error::Refused(format!(
                 "{device}: cartridge {} is {} in the host catalog ({}); not writing to it. Load another cartridge of the set",
                 label.label,
