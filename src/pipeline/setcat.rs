@@ -1765,6 +1765,21 @@ mod tests {
         }
     }
 
+    /// A framer for a set catalog copy in tape file `file` of the test set.
+    fn set_catalog_framer(file: u32, block_size: u32) -> StreamFramer {
+        StreamFramer::new(
+            StreamIdentity {
+                kind: BlockKind::SetCatalog,
+                set_uuid: SET,
+                volume_seq: 1,
+                tape_file: file,
+                session: 1,
+            },
+            block_size,
+            Vec::new(),
+        )
+    }
+
     /// What one copy took on tape.
     struct Written {
         file: u32,
@@ -1782,17 +1797,7 @@ mod tests {
         corrupt: Option<u64>,
     ) -> Written {
         let file = t.next_file;
-        let mut framer = StreamFramer::new(
-            StreamIdentity {
-                kind: BlockKind::SetCatalog,
-                set_uuid: SET,
-                volume_seq: 1,
-                tape_file: file,
-                session: 1,
-            },
-            block_size,
-            Vec::new(),
-        );
+        let mut framer = set_catalog_framer(file, block_size);
         let mut blocks = 0u64;
         let mut bytes = 0u64;
         t.drive.seek_end_of_data().unwrap();
@@ -2505,17 +2510,7 @@ mod tests {
     /// Frame hand-made records as a set catalog tape file.
     fn write_raw(t: &mut Tape, records: &[(RecordType, Vec<u8>)]) -> u32 {
         let file = t.next_file;
-        let mut framer = StreamFramer::new(
-            StreamIdentity {
-                kind: BlockKind::SetCatalog,
-                set_uuid: SET,
-                volume_seq: 1,
-                tape_file: file,
-                session: 1,
-            },
-            KIB64,
-            Vec::new(),
-        );
+        let mut framer = set_catalog_framer(file, KIB64);
         t.drive.seek_end_of_data().unwrap();
         let drive = &mut t.drive;
         let mut put = |blk: Vec<u8>| -> Result<Vec<u8>> {
