@@ -192,6 +192,7 @@ fn ingest(a: &Args) {
             origin: Origin::Catalog,
             lost_blocks: 0,
             job: None,
+            continues: None,
         };
         let t = Instant::now();
         cat.merge_session_stream(&vol, &rec, per, (0..per).map(|i| entry(i, s)))

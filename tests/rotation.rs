@@ -641,3 +641,109 @@ level = "incremental"
     assert_eq!(code, 1, "{r}");
     assert!(r["unchanged"].to_string().contains("big"), "{r}");
 }
+
+/// A configuration with one incremental job `nightly` of `src` into pool
+/// `inc` on the lab's library.
+fn configure_incremental(lab: &Lab, src: &Path) -> PathBuf {
+    let config = lab.path("tapir.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[drive.vt]
+device = "{dev}"
+[pool.inc]
+retention = "30d"
+block_size = "64K"
+[job.nightly]
+sources = ["{src}"]
+pool = "inc"
+level = "incremental"
+"#,
+            dev = lab.device(),
+            src = src.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn an_incremental_after_a_full_that_spans_cartridges_reads_only_what_changed() {
+    let lab = Lab::new(8, "5M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // 12 files of 1 MB: the full backup needs three 5 MB cartridges.
+    for i in 0..12u8 {
+        let data: Vec<u8> = (0..1_000_000u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect();
+        fs::write(src.join(format!("f{i:02}")), data).unwrap();
+    }
+    let config = configure_incremental(&lab, &src);
+    let (code, full) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert!(code <= 1, "{full}");
+    assert_eq!(full["level_written"], 0, "{full}");
+    fs::write(src.join("new"), b"only this is new").unwrap();
+    let (code, inc) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert!(code <= 1, "{inc}");
+    assert_eq!(inc["level_written"], 1, "{inc}");
+    assert_eq!(
+        inc["write"]["bytes_read"],
+        b"only this is new".len() as u64,
+        "files on every cartridge of the full set are known unchanged: {inc}"
+    );
+    let unchanged = &inc["unchanged"];
+    assert_eq!(
+        unchanged["by_metadata"].as_u64().unwrap() + unchanged["hashed"].as_u64().unwrap(),
+        12,
+        "{inc}"
+    );
+    assert_eq!(unchanged["changed_by_hash"], 0, "{inc}");
+    assert_eq!(full["unchanged"]["facts_kept"], 12, "{full}");
+    assert_eq!(unchanged["facts_kept"], 13, "{inc}");
+    let mut states = vec![files_under(&src)];
+
+    // Night 3: f00 gets other bytes of the same length and its old mtime
+    // back (only its ctime tells), and six files change whole, so this
+    // incremental spans cartridges too.
+    let f00 = src.join("f00");
+    let mtime = fs::metadata(&f00).unwrap().modified().unwrap();
+    let mut other = fs::read(&f00).unwrap();
+    other.reverse();
+    fs::write(&f00, &other).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f00)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(fs::metadata(&f00).unwrap().modified().unwrap(), mtime);
+    for i in 1..7 {
+        fs::write(src.join(format!("f{i:02}")), vec![i as u8; 1_000_000]).unwrap();
+    }
+    let (code, third) = run_night(&lab, &config, "2026-12-03", &[]);
+    assert!(code <= 1, "{third}");
+    assert_eq!(third["write"]["bytes_read"], 7_000_000, "{third}");
+    assert!(
+        third["write"]["parts"].as_array().unwrap().len() >= 2,
+        "{third}"
+    );
+    states.push(files_under(&src));
+
+    let rel = src.strip_prefix("/").unwrap();
+    for (day, want) in ["2026-12-02", "2026-12-03"].iter().zip(&states) {
+        let to = lab.path(&format!("as-of-{day}"));
+        let (code, r) = lab.json([
+            "restore",
+            "--at",
+            &format!("{day}T12:00:00Z"),
+            "--job",
+            "nightly",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{day}: {r}");
+        assert!(files_under(&to.join(rel)) == *want, "{day}: {r}");
+    }
+}

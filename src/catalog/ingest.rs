@@ -178,6 +178,8 @@ pub struct SessionRecord {
     pub lost_blocks: u64,
     /// The job that wrote it (from its `SessionStart`).
     pub job: Option<crate::format::meta::JobRun>,
+    /// The part on the previous cartridge that this one continues.
+    pub continues: Option<[u8; 16]>,
 }
 
 impl SessionRecord {
@@ -211,6 +213,9 @@ impl SessionRecord {
                 .map(|l| l.last_block.saturating_sub(l.first_block) + 1)
                 .sum(),
             job: start.and_then(|st| st.job.clone()),
+            continues: start
+                .and_then(|st| st.continues.as_ref())
+                .map(|c| c.previous_session_uuid),
         }
     }
 }
@@ -521,7 +526,7 @@ impl Catalog {
             }
         };
         if let Some(j) = &rec.job {
-            super::record::note_job(&tx, session_id, j).map_err(e)?;
+            super::record::note_job(&tx, session_id, j, rec.continues).map_err(e)?;
         }
         let mut cache = PathCache::default();
         let n = insert_entries(&tx, &mut cache, session_id, 0, entries).map_err(e)?;
@@ -804,6 +809,7 @@ impl Catalog {
                 }),
                 complete,
                 job: None,
+                continues: None,
                 origin: Origin::SetCopy,
                 lost_blocks: 0,
             };

@@ -18,7 +18,7 @@ pub struct JobSession {
     pub number: u32,
 }
 
-/// What a session recorded of one path.
+/// What a job's run recorded of one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseFacts {
     pub kind: u8,
@@ -28,7 +28,24 @@ pub struct BaseFacts {
     pub uid: u32,
     pub gid: u32,
     pub hash: Option<[u8; 32]>,
+    /// What the job saw of the file on this host; None for a session
+    /// imported from a cartridge (no cartridge holds these).
+    pub state: Option<FileState>,
 }
+
+/// What a job saw of a regular file as it wrote it: the host facts an
+/// incremental needs beyond the entry's own metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: (i64, u32),
+    /// When the job looked (this host's clock, seconds since the epoch).
+    pub seen: i64,
+}
+
+/// At most this many cartridges in one run (a bound on chain walks).
+const MAX_PARTS: usize = 100_000;
 
 /// Where one path's content is, for a restore as of a date.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +55,8 @@ pub struct ContentAt {
     /// The session's number on that cartridge.
     pub number: u32,
     pub started: i64,
+    /// The session's row: parts of one run ascend in it.
+    pub session_id: i64,
 }
 
 const JOB_SESSION: &str = "SELECT s.id, s.uuid, s.started, s.level, c.label, s.number
@@ -82,82 +101,209 @@ impl Catalog {
             .map_err(self.err("finding a job's session"))
     }
 
-    /// What session `session_id` recorded of `path`, if it holds it.
-    pub fn base_facts(&self, session_id: i64, path: &[u8]) -> Result<Option<BaseFacts>> {
+    /// Every part of the run whose last part is `last`, oldest first:
+    /// parts on earlier cartridges are found through `continues`.
+    pub fn run_parts(&self, last: &JobSession) -> Result<Vec<JobSession>> {
+        let mut parts = vec![last.clone()];
+        let sql = format!("{JOB_SESSION} WHERE s.uuid = ?1 AND s.status <> 'overwritten'");
+        while parts.len() < MAX_PARTS {
+            let current = parts.last().expect("one part at least").id;
+            let previous: Option<[u8; 16]> = self
+                .conn()
+                .query_row(
+                    "SELECT continues FROM sessions WHERE id = ?1",
+                    [current],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.err("following a run's parts"))?
+                .flatten();
+            let Some(previous) = previous else { break };
+            match self
+                .conn()
+                .query_row(&sql, [previous], job_session)
+                .optional()
+                .map_err(self.err("following a run's parts"))?
+            {
+                Some(p) if !parts.iter().any(|q| q.id == p.id) => parts.push(p),
+                _ => break,
+            }
+        }
+        parts.reverse();
+        Ok(parts)
+    }
+
+    /// What the run made of parts `parts` recorded of `path`, if it holds it.
+    pub fn base_facts(&self, parts: &[JobSession], path: &[u8]) -> Result<Option<BaseFacts>> {
         let Some(path_id) =
             paths::lookup(self.conn(), path).map_err(self.err("looking up a path"))?
         else {
             return Ok(None);
         };
-        let (lo, hi) = schema::session_range(session_id);
-        self.conn()
-            .prepare_cached(
-                "SELECT kind, size, mtime, mtime_ns, mode, uid, gid, hash FROM entries
-                 WHERE path = ?1 AND id BETWEEN ?2 AND ?3 ORDER BY id DESC LIMIT 1",
-            )
-            .and_then(|mut st| {
-                st.query_row(params![path_id, lo, hi], |r| {
-                    Ok(BaseFacts {
-                        kind: r.get(0)?,
-                        size: r.get::<_, i64>(1)? as u64,
-                        mtime: (r.get(2)?, r.get(3)?),
-                        mode: r.get(4)?,
-                        uid: r.get(5)?,
-                        gid: r.get(6)?,
-                        hash: r
-                            .get::<_, Option<Vec<u8>>>(7)?
-                            .and_then(|h| h.try_into().ok()),
+        for part in parts.iter().rev() {
+            let (lo, hi) = schema::session_range(part.id);
+            let found = self
+                .conn()
+                .prepare_cached(
+                    "SELECT e.kind, e.size, e.mtime, e.mtime_ns, e.mode, e.uid, e.gid, e.hash,
+                            f.dev, f.ino, f.ctime, f.ctime_ns, f.seen
+                     FROM entries e LEFT JOIN file_state f ON f.entry = e.id
+                     WHERE e.path = ?1 AND e.id BETWEEN ?2 AND ?3 ORDER BY e.id DESC LIMIT 1",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![path_id, lo, hi], |r| {
+                        let state = match r.get::<_, Option<i64>>(8)? {
+                            Some(dev) => Some(FileState {
+                                dev: dev as u64,
+                                ino: r.get::<_, i64>(9)? as u64,
+                                ctime: (r.get(10)?, r.get(11)?),
+                                seen: r.get(12)?,
+                            }),
+                            None => None,
+                        };
+                        Ok(BaseFacts {
+                            kind: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            mtime: (r.get(2)?, r.get(3)?),
+                            mode: r.get(4)?,
+                            uid: r.get(5)?,
+                            gid: r.get(6)?,
+                            hash: r
+                                .get::<_, Option<Vec<u8>>>(7)?
+                                .and_then(|h| h.try_into().ok()),
+                            state,
+                        })
                     })
+                    .optional()
                 })
-                .optional()
-            })
-            .map_err(self.err("reading a base entry"))
+                .map_err(self.err("reading a base entry"))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
-    /// For every path of `session`, the session that holds its content:
-    /// itself, or for an `Unchanged` entry the first session back along
-    /// its base links that holds the file whole. Paths whose content
-    /// cannot be found are returned apart.
+    /// Keep what the run ending in `last` saw of the files it wrote, for
+    /// the job's next incremental. `seen` yields (archive path, state);
+    /// a path the run holds no file entry for is passed over. Returns the
+    /// states kept.
+    pub fn keep_file_states(
+        &mut self,
+        last: &JobSession,
+        seen: impl Iterator<Item = std::io::Result<(Vec<u8>, FileState)>>,
+    ) -> Result<u64> {
+        let parts = self.run_parts(last)?;
+        let path = self.path.clone();
+        let err = |e| super::Error::sql(&path, "keeping what the job saw of its files", e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut kept = 0u64;
+        {
+            let mut find = tx
+                .prepare(
+                    "SELECT id FROM entries WHERE path = ?1 AND id BETWEEN ?2 AND ?3
+                         AND kind IN (?4, ?5)
+                     ORDER BY id DESC LIMIT 1",
+                )
+                .map_err(err)?;
+            let mut keep = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO file_state (entry, dev, ino, ctime, ctime_ns, seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err)?;
+            for item in seen {
+                let (p, st) = item.map_err(|e| super::Error::Io {
+                    path: path.clone(),
+                    context: "reading what the job saw of its files".into(),
+                    source: e,
+                })?;
+                let Some(path_id) = paths::lookup(&tx, &p).map_err(err)? else {
+                    continue;
+                };
+                for part in parts.iter().rev() {
+                    let (lo, hi) = schema::session_range(part.id);
+                    let entry: Option<i64> = find
+                        .query_row(
+                            params![
+                                path_id,
+                                lo,
+                                hi,
+                                EntryKind::File.code(),
+                                EntryKind::Unchanged.code()
+                            ],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(err)?;
+                    if let Some(entry) = entry {
+                        keep.execute(params![
+                            entry,
+                            st.dev as i64,
+                            st.ino as i64,
+                            st.ctime.0,
+                            st.ctime.1,
+                            st.seen
+                        ])
+                        .map_err(err)?;
+                        kept += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(kept)
+    }
+
+    /// For every path of the run ending in `session`, the sessions that
+    /// hold its content: its own part(s), or for an `Unchanged` entry the
+    /// first run back along the base links that holds the file whole.
+    /// Paths whose content cannot be found are returned apart.
     pub fn contents_at(&self, session: &JobSession) -> Result<(Vec<ContentAt>, Vec<Vec<u8>>)> {
         let err = |e| super::Error::sql(&self.path, "gathering a restore as of a date", e);
-        let (lo, hi) = schema::session_range(session.id);
-        let rows: Vec<(i64, u8)> = self
-            .conn()
-            .prepare("SELECT path, kind FROM entries WHERE id BETWEEN ?1 AND ?2 ORDER BY id")
-            .and_then(|mut st| {
-                st.query_map(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(&err)?;
-        let mut found = Vec::with_capacity(rows.len());
+        let mut found = Vec::new();
         let mut missing = Vec::new();
-        for (path_id, kind) in rows {
-            let path = paths::full_path(self.conn(), path_id).map_err(&err)?;
-            if kind != EntryKind::Unchanged.code() {
-                found.push(ContentAt {
-                    path,
-                    cartridge: session.cartridge.clone(),
-                    number: session.number,
-                    started: session.started,
-                });
-                continue;
-            }
-            match self.content_before(session, path_id)? {
-                Some(s) => found.push(ContentAt {
-                    path,
-                    cartridge: s.cartridge,
-                    number: s.number,
-                    started: s.started,
-                }),
-                None => missing.push(path),
+        let at = |path: &[u8], s: &JobSession| ContentAt {
+            path: path.to_vec(),
+            cartridge: s.cartridge.clone(),
+            number: s.number,
+            started: s.started,
+            session_id: s.id,
+        };
+        for part in self.run_parts(session)? {
+            let (lo, hi) = schema::session_range(part.id);
+            let rows: Vec<(i64, u8)> = self
+                .conn()
+                .prepare("SELECT path, kind FROM entries WHERE id BETWEEN ?1 AND ?2 ORDER BY id")
+                .and_then(|mut st| {
+                    st.query_map(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .map_err(&err)?;
+            for (path_id, kind) in rows {
+                let path = paths::full_path(self.conn(), path_id).map_err(&err)?;
+                if kind != EntryKind::Unchanged.code() {
+                    found.push(at(&path, &part));
+                    continue;
+                }
+                match self.content_before(session, path_id)? {
+                    Some(holders) => found.extend(holders.iter().map(|s| at(&path, s))),
+                    None => missing.push(path),
+                }
             }
         }
         Ok((found, missing))
     }
 
-    /// Walk `session`'s base links to the first session holding `path_id`
-    /// with its content.
-    fn content_before(&self, session: &JobSession, path_id: i64) -> Result<Option<JobSession>> {
+    /// Walk the base links from the run ending in `session` to the first
+    /// run holding `path_id` with its content: the part(s) that do, oldest
+    /// first (a file cut at a cartridge's end is in two).
+    fn content_before(
+        &self,
+        session: &JobSession,
+        path_id: i64,
+    ) -> Result<Option<Vec<JobSession>>> {
         let err = |e| super::Error::sql(&self.path, "following an incremental's base", e);
         let mut current = session.id;
         // Bounded: a chain never revisits a session.
@@ -174,7 +320,7 @@ impl Catalog {
                 return Ok(None);
             };
             let sql = format!("{JOB_SESSION} WHERE s.uuid = ?1");
-            let Some(s) = self
+            let Some(base) = self
                 .conn()
                 .query_row(&sql, [base], job_session)
                 .optional()
@@ -182,21 +328,32 @@ impl Catalog {
             else {
                 return Ok(None);
             };
-            let (lo, hi) = schema::session_range(s.id);
-            let kind: Option<u8> = self
-                .conn()
-                .query_row(
-                    "SELECT kind FROM entries WHERE path = ?1 AND id BETWEEN ?2 AND ?3
-                     ORDER BY id DESC LIMIT 1",
-                    params![path_id, lo, hi],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(&err)?;
-            match kind {
-                Some(k) if k == EntryKind::Unchanged.code() => current = s.id,
-                Some(_) => return Ok(Some(s)),
-                None => return Ok(None),
+            let mut holders = Vec::new();
+            let mut unchanged_there = false;
+            for part in self.run_parts(&base)? {
+                let (lo, hi) = schema::session_range(part.id);
+                let kind: Option<u8> = self
+                    .conn()
+                    .query_row(
+                        "SELECT kind FROM entries WHERE path = ?1 AND id BETWEEN ?2 AND ?3
+                         ORDER BY id DESC LIMIT 1",
+                        params![path_id, lo, hi],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(&err)?;
+                match kind {
+                    Some(k) if k == EntryKind::Unchanged.code() => unchanged_there = true,
+                    Some(_) => holders.push(part),
+                    None => {}
+                }
+            }
+            if unchanged_there {
+                current = base.id;
+            } else if holders.is_empty() {
+                return Ok(None);
+            } else {
+                return Ok(Some(holders));
             }
         }
         Ok(None)

@@ -132,7 +132,8 @@ impl Catalog {
         .map_err(|e| Error::sql(&path, ctx, e))?;
         let session_id = tx.last_insert_rowid();
         if let Some(j) = &start.job {
-            note_job(&tx, session_id, j).map_err(|e| Error::sql(&path, ctx, e))?;
+            let continues = start.continues.as_ref().map(|c| c.previous_session_uuid);
+            note_job(&tx, session_id, j, continues).map_err(|e| Error::sql(&path, ctx, e))?;
         }
         tx.commit().map_err(|e| Error::sql(&path, ctx, e))?;
         Ok(SessionRecorder {
@@ -307,9 +308,14 @@ pub(crate) fn discard_pending(
     Ok(ids.len())
 }
 
-/// Delete a session's entries (one range of rowids); returns how many.
+/// Delete a session's entries (one range of rowids) and what a job saw of
+/// their files; returns how many entries.
 pub(crate) fn delete_entries(conn: &Connection, session_id: i64) -> rusqlite::Result<usize> {
     let (lo, hi) = super::schema::session_range(session_id);
+    conn.execute(
+        "DELETE FROM file_state WHERE entry BETWEEN ?1 AND ?2",
+        [lo, hi],
+    )?;
     conn.execute("DELETE FROM entries WHERE id BETWEEN ?1 AND ?2", [lo, hi])
 }
 
@@ -418,14 +424,17 @@ pub(crate) fn insert_entries<B: std::borrow::Borrow<CatalogEntry>>(
 }
 
 /// Record which job wrote session `id`, at which level, relative to what.
+/// `continues`: the session part on the previous cartridge this one
+/// continues, so a job's run is found whole from its last part.
 pub(crate) fn note_job(
     conn: &Connection,
     id: i64,
     j: &crate::format::meta::JobRun,
+    continues: Option<[u8; 16]>,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE sessions SET job = ?2, level = ?3, base = ?4 WHERE id = ?1",
-        params![id, j.name, j.level, j.base],
+        "UPDATE sessions SET job = ?2, level = ?3, base = ?4, continues = ?5 WHERE id = ?1",
+        params![id, j.name, j.level, j.base, continues],
     )?;
     Ok(())
 }

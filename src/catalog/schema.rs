@@ -23,7 +23,7 @@ pub const APPLICATION_ID: u32 = 0x5441_5052;
 
 /// Schema versions, in order; `PRAGMA user_version` counts those applied.
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this tapir writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -172,6 +172,23 @@ ALTER TABLE sessions ADD COLUMN base BLOB;
 CREATE INDEX sessions_job ON sessions(job, started) WHERE job IS NOT NULL;
 "#;
 
+/// Version 3: how a job's session parts chain across cartridges, and what
+/// a job saw of each file it wrote (device, inode, change time, and when
+/// it looked), so the next incremental trusts metadata only when it can.
+/// Host facts only: no cartridge holds them, and an imported session has
+/// none (its next incremental hashes instead).
+const V3: &str = r#"
+ALTER TABLE sessions ADD COLUMN continues BLOB;
+CREATE TABLE file_state (
+    entry    INTEGER PRIMARY KEY,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    ctime    INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    seen     INTEGER NOT NULL
+) STRICT;
+"#;
+
 /// The rowid of entry `seq` of session `session`.
 pub fn entry_id(session: i64, seq: i64) -> i64 {
     (session << 32) | seq
@@ -185,7 +202,7 @@ pub fn session_range(session: i64) -> (i64, i64) {
 /// Most entries one session can hold (the seq part of the rowid).
 pub const MAX_SESSION_ENTRIES: i64 = 1 << 32;
 
-/// Cheap reads that walk both edges of every B-tree of the v1 schema: a
+/// Cheap reads that walk both edges of every B-tree of the schema: a
 /// truncated or clobbered file fails one of them.
 const PROBES: &[&str] = &[
     "SELECT count(*) FROM sqlite_schema",
@@ -227,6 +244,8 @@ const PROBES: &[&str] = &[
     "SELECT max(id) FROM entries",
     "SELECT min(path) FROM entries",
     "SELECT max(path) FROM entries",
+    "SELECT min(entry) FROM file_state",
+    "SELECT max(entry) FROM file_state",
 ];
 
 /// Open (and with `create`, create) the catalog at `path`.

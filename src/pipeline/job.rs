@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ use crate::media::plan::{
     self, Action, Cartridge, Known, Pick, Plan, SetFacts, Sources, State, Tier,
 };
 
+use super::history::{Base, Decisions, History, SeenLog};
 use super::joblib::JobLibrary;
 use super::rescue::KitChoice;
 use super::source::WalkOptions;
@@ -27,9 +28,7 @@ use super::volume::{label_cartridge, read_label, LabelState};
 use super::writer::{write_session_spanning, Baseline, WriteOptions, WriteProgress, WriteSummary};
 use super::{Error, Result};
 use crate::config::Level;
-use crate::format::meta::{
-    Entry, EntryKind, JobRun, LEVEL_DIFFERENTIAL, LEVEL_FULL, LEVEL_INCREMENTAL,
-};
+use crate::format::meta::{JobRun, LEVEL_DIFFERENTIAL, LEVEL_FULL, LEVEL_INCREMENTAL};
 
 /// What a run would do, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -217,6 +216,8 @@ pub struct RunOutcome {
     /// Entries the catalog forgot for a reused cartridge.
     pub forgotten_entries: u64,
     pub write: WriteSummary,
+    /// How files were found unchanged since the base (incrementals).
+    pub unchanged: UnchangedFiles,
     /// Each cartridge written, verified (when the job verifies).
     pub verified: Vec<Verified>,
     /// Cartridges recorded as exported, and where to.
@@ -227,17 +228,27 @@ pub struct RunOutcome {
 }
 
 /// The job's level for this run: its `JobRun`, the unchanged-file check
-/// against the base session, and a note when an incremental or
-/// differential has no base yet and is written full.
-fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, Option<Baseline>, Option<String>)> {
+/// against the base run (which also notes what this run sees of its
+/// files), and a note when an incremental or differential has no base yet
+/// and is written full.
+fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
     let name = ctx.job.name.clone();
-    let full = |name: String, note: Option<String>| {
+    let history = |base| -> Result<History> {
+        Ok(History {
+            base,
+            seen: Arc::new(Mutex::new(SeenLog::new().map_err(|e| {
+                Error::io("creating a temporary list of the files the job sees", e)
+            })?)),
+            decisions: Arc::new(Decisions::default()),
+        })
+    };
+    let full = |name: String, note: Option<String>| -> Result<(JobRun, History, Option<String>)> {
         let run = JobRun {
             name,
             level: LEVEL_FULL,
             base: None,
         };
-        Ok((run, None, note))
+        Ok((run, history(None)?, note))
     };
     let wanted = match ctx.job.level {
         Level::Full => return full(name, None),
@@ -251,30 +262,76 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, Option<Baseline>, Option<Stri
         );
         return full(name, Some(note));
     };
-    let base_id = base.id;
-    let check = move |e: &Entry| -> Option<[u8; 32]> {
-        let f = cat.base_facts(base_id, &e.path).ok()??;
-        let same = (f.kind == EntryKind::File.code() || f.kind == EntryKind::Unchanged.code())
-            && f.size == e.size
-            && f.mtime == (e.mtime.sec, e.mtime.nsec)
-            && f.mode == e.mode
-            && f.uid == e.uid
-            && f.gid == e.gid;
-        if same {
-            f.hash
-        } else {
-            None
-        }
-    };
+    let parts = cat.run_parts(&base)?;
     Ok((
         JobRun {
             name,
             level: wanted,
             base: Some(base.uuid),
         },
-        Some(Baseline::new(Box::new(check))),
+        history(Some(Base {
+            catalog: cat,
+            parts,
+        }))?,
         None,
     ))
+}
+
+/// Keep what a complete run saw of its files for the job's next run,
+/// and count how it found files unchanged. An interrupted run keeps
+/// nothing: the next one compares with the base before it.
+fn keep_what_was_seen(
+    cat: &mut Catalog,
+    ctx: &RunContext<'_>,
+    write: &WriteSummary,
+    seen: &Mutex<SeenLog>,
+    decisions: &Decisions,
+) -> Result<UnchangedFiles> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = UnchangedFiles {
+        by_metadata: decisions.by_metadata.load(Relaxed),
+        hashed: decisions.hashed.load(Relaxed),
+        changed_by_hash: decisions.changed_by_hash.load(Relaxed),
+        facts_kept: 0,
+    };
+    let log = std::mem::replace(
+        &mut *seen.lock().unwrap_or_else(|p| p.into_inner()),
+        SeenLog::empty(),
+    );
+    let Some(last) = write.parts.last() else {
+        return Ok(out);
+    };
+    if write.interrupted {
+        return Ok(out);
+    }
+    let Some(run) = cat.job_base(&ctx.job.name, false)? else {
+        return Ok(out);
+    };
+    if run.cartridge != last.cartridge || run.number != last.session {
+        return Ok(out);
+    }
+    match log.finish() {
+        Ok(states) => out.facts_kept = cat.keep_file_states(&run, states)?,
+        Err(e) => tracing::warn!(
+            "job {}: {e}; its next incremental reads every file it cannot decide by metadata",
+            ctx.job.name
+        ),
+    }
+    Ok(out)
+}
+
+/// How the run decided which files were unchanged since its base.
+#[derive(Debug, Default, Serialize)]
+pub struct UnchangedFiles {
+    /// Unchanged by metadata, inode and ctime alone: not read.
+    pub by_metadata: u64,
+    /// Read and hashed because those facts could not decide (no host
+    /// facts for the base, or the base saw the file mid-change).
+    pub hashed: u64,
+    /// Of the hashed ones, those found changed.
+    pub changed_by_hash: u64,
+    /// Files whose host facts were kept for the next run.
+    pub facts_kept: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -529,10 +586,13 @@ pub fn execute(
         ctx.operator.until_inside(lib, &untried, waiting_since)?;
     };
     drop(cat);
-    let (job_run, baseline, level_note) = levels(ctx)?;
+    let (job_run, history, level_note) = levels(ctx)?;
+    let seen = history.seen.clone();
+    let decisions = history.decisions.clone();
+    let mut history = history;
     let opts = WriteOptions {
         job: Some(job_run),
-        baseline,
+        baseline: Some(Baseline::new(Box::new(move |src| history.check(src)))),
         interrupt: ctx.interrupt.clone(),
         catalog: Some(ctx.catalog.clone()),
         sources: ctx.job.sources.clone(),
@@ -552,6 +612,7 @@ pub fn execute(
     };
 
     let mut cat = Catalog::open(&ctx.catalog)?;
+    let unchanged = keep_what_was_seen(&mut cat, ctx, &write, &seen, &decisions)?;
     let mut verified = Vec::new();
     if ctx.job.verify && !write.interrupted {
         for part in &write.parts {
@@ -599,6 +660,7 @@ pub fn execute(
         passed_over,
         forgotten_entries: forgotten,
         write,
+        unchanged,
         verified,
         exported,
     })
@@ -714,18 +776,20 @@ pub fn restore_at(
         .collect();
     drop(cat);
     // Per cartridge: the newest session read from it, and what to restore.
+    // Oldest first, and a run's parts in the order written (a file cut at
+    // a cartridge's end is joined when its next part is restored).
     type Selection = HashMap<u32, HashSet<Vec<u8>>>;
-    let mut by_cartridge: BTreeMap<String, (i64, Selection)> = BTreeMap::new();
+    let mut by_cartridge: BTreeMap<String, ((i64, i64), Selection)> = BTreeMap::new();
     for c in contents {
         let e = by_cartridge.entry(c.cartridge).or_default();
-        e.0 = e.0.max(c.started);
+        e.0 = e.0.max((c.started, c.session_id));
         e.1.entry(c.number).or_default().insert(c.path);
     }
-    let mut order: Vec<(String, i64, Selection)> = by_cartridge
+    let mut order: Vec<(String, (i64, i64), Selection)> = by_cartridge
         .into_iter()
         .map(|(c, (t, sel))| (c, t, sel))
         .collect();
-    order.sort_by_key(|(c, t, _)| (*t, c == &session.cartridge));
+    order.sort_by_key(|(_, t, _)| *t);
     let mut cartridges = Vec::new();
     for (cartridge, _, selection) in order {
         if !lib.inside()?.contains(&cartridge) {

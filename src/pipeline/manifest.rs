@@ -130,6 +130,7 @@ pub fn manifest_entry() -> Result<SourceEntry> {
         abs_path: PathBuf::from("(system manifest)"),
         entry,
         file: Some(file),
+        inode: None,
     })
 }
 

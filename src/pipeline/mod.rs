@@ -3,6 +3,7 @@
 
 pub mod assemble;
 pub mod glob;
+pub mod history;
 pub mod job;
 pub mod joblib;
 pub mod list;

@@ -111,6 +111,7 @@ impl Replay {
                     abs_path: PathBuf::from(OsStr::from_bytes(&path)),
                     entry,
                     file: None,
+                    inode: None,
                 }))
             }
         }

@@ -81,6 +81,9 @@ pub struct SourceEntry {
     pub entry: Entry,
     /// A regular file, already opened for its content (saves a second open).
     pub file: Option<File>,
+    /// A regular file's (st_dev, st_ino) as walked; None for what was not
+    /// walked here (the system manifest, an entry written again).
+    pub inode: Option<(u64, u64)>,
 }
 
 /// What the walk found.
@@ -341,6 +344,7 @@ impl Walker {
                         abs_path: abs,
                         entry,
                         file: None,
+                        inode: None,
                     }));
                     return;
                 }
@@ -422,6 +426,7 @@ impl Walker {
             abs_path: abs.clone(),
             entry,
             file: content,
+            inode: (kind == EntryKind::File).then(|| (md.dev(), md.ino())),
         }));
         for message in warnings {
             self.pending.push_back(WalkItem::Warning {

@@ -76,8 +76,9 @@ pub struct WriteOptions {
 }
 
 /// Says whether a file is unchanged since an incremental's base, and its
-/// BLAKE3 there. Called from the producer thread, once per regular file.
-pub type UnchangedCheck = dyn FnMut(&Entry) -> Option<[u8; 32]> + Send;
+/// BLAKE3 there; a job also notes what it saw of every file here, for its
+/// next run. Called from the producer thread, once per regular file.
+pub type UnchangedCheck = dyn FnMut(&SourceEntry) -> Option<[u8; 32]> + Send;
 
 #[derive(Clone)]
 pub struct Baseline(pub std::sync::Arc<std::sync::Mutex<Box<UnchangedCheck>>>);
@@ -86,7 +87,7 @@ impl Baseline {
     pub fn new(check: Box<UnchangedCheck>) -> Self {
         Baseline(std::sync::Arc::new(std::sync::Mutex::new(check)))
     }
-    fn unchanged(&self, e: &Entry) -> Option<[u8; 32]> {
+    fn unchanged(&self, e: &SourceEntry) -> Option<[u8; 32]> {
         let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
         f(e)
     }
@@ -664,6 +665,11 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             origin: Origin::Catalog,
             lost_blocks: 0,
             job: part.start.job.clone(),
+            continues: part
+                .start
+                .continues
+                .as_ref()
+                .map(|c| c.previous_session_uuid),
         };
         let count = part.count();
         let entries = part
@@ -2287,7 +2293,7 @@ fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOu
     let mut base_hash = None;
     if src.entry.kind == EntryKind::File.code() && src.entry.continued_from.is_none() {
         if let Some(b) = &pr.ctx.opts.baseline {
-            base_hash = b.unchanged(&src.entry);
+            base_hash = b.unchanged(src);
             if base_hash.is_some() {
                 src.entry.kind = EntryKind::Unchanged.code();
                 src.file = None;
