@@ -300,7 +300,12 @@ fn session_start() -> impl Strategy<Value = SessionStart> {
                 excludes: excludes.map(|v| v.into_iter().map(Into::into).collect()),
                 contents_excluded: contents_excluded
                     .map(|v| v.into_iter().map(Into::into).collect()),
-                job: job.map(|(name, level, base)| JobRun { name, level, base }),
+                job: job.map(|(name, level, base)| JobRun {
+                    name,
+                    level,
+                    base,
+                    copy: (level > 0).then_some(level + 1),
+                }),
             },
         )
 }

@@ -747,3 +747,136 @@ fn an_incremental_after_a_full_that_spans_cartridges_reads_only_what_changed() {
         assert!(files_under(&to.join(rel)) == *want, "{day}: {r}");
     }
 }
+
+#[test]
+fn a_pool_of_two_copies_writes_each_run_twice_sends_one_offsite_and_restores_from_either() {
+    let lab = Lab::new(5, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"first night").unwrap();
+    let config = lab.path("tapir.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[drive.vt]
+device = "{dev}"
+[pool.inc]
+retention = "30d"
+block_size = "64K"
+copies = 2
+locations = ["library", "vault:offsite"]
+[job.nightly]
+sources = ["{src}"]
+pool = "inc"
+level = "incremental"
+verify = true
+"#,
+            dev = lab.device(),
+            src = src.display()
+        ),
+    )
+    .unwrap();
+    // The dry run plans both copies, on two cartridges.
+    let (code, plan) = run_night(&lab, &config, "2026-12-01", &["--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    let first = plan["plan"]["candidates"][0]["label"].as_str().unwrap();
+    let second = plan["further_copies"][0]["plan"]["candidates"][0]["label"]
+        .as_str()
+        .unwrap();
+    assert_ne!(first, second, "{plan}");
+    assert_eq!(plan["further_copies"][0]["export"], "vault:offsite");
+
+    // The first night has no base: both copies are full ones, and say so.
+    let (code, one) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert_eq!(code, 1, "{one}");
+    let copy2 = &one["further_copies"][0];
+    assert_eq!(copy2["copy"], 2, "{one}");
+    assert_ne!(one["cartridge"], copy2["cartridge"], "{one}");
+    assert_eq!(one["exported"].as_array().unwrap().len(), 0, "{one}");
+    assert!(copy2["exported"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("to vault:offsite"));
+    assert!(copy2["verified"][0]["ok"].as_bool().unwrap(), "{one}");
+    assert!(copy2["write"]["set_name"]
+        .as_str()
+        .unwrap()
+        .ends_with("-copy2"));
+
+    // Night 2: each copy is an incremental of its own copy.
+    fs::write(src.join("b"), b"second night").unwrap();
+    let (code, two) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert_eq!(code, 0, "{two}");
+    for run in [&two, &two["further_copies"][0]] {
+        assert_eq!(run["level_written"], 1, "{two}");
+        assert_eq!(
+            run["write"]["bytes_read"],
+            b"second night".len() as u64,
+            "{two}"
+        );
+    }
+    let want = files_under(&src);
+    let rel = src.strip_prefix("/").unwrap();
+    let restore = |to: &str, copy: Option<&str>| {
+        let to = lab.path(to);
+        let mut args = vec![
+            "restore",
+            "--at",
+            "2026-12-02T12:00:00Z",
+            "--job",
+            "nightly",
+            "--operator-timeout",
+            "0",
+            "--to",
+            to.to_str().unwrap(),
+        ];
+        if let Some(c) = copy {
+            args.extend(["--copy", c]);
+        }
+        let (code, r) = lab.json(args);
+        (code, r, files_under(&to.join(rel)))
+    };
+    // Copy 1 is in the library: chosen without asking for anything.
+    let (code, r, got) = restore("copy-1", None);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["copy"], 1);
+    assert!(got == want);
+    // Copy 2 is in the vault: asked for by name, refused without an operator.
+    let out = lab.tapir([
+        "restore",
+        "--at",
+        "2026-12-02T12:00:00Z",
+        "--job",
+        "nightly",
+        "--copy",
+        "2",
+        "--operator-timeout",
+        "0",
+        "--to",
+        lab.path("refused").to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(said.contains("vault:offsite"), "{said}");
+    // With copy 1's cartridges gone offsite and copy 2's back, copy 2 is
+    // the one restored.
+    for run in [&one, &two] {
+        let c1 = run["cartridge"].as_str().unwrap();
+        assert_ok(&lab.tapir(["changer", "export", c1, "--to", "vault:other"]));
+        let c2 = run["further_copies"][0]["cartridge"].as_str().unwrap();
+        assert_ok(&lab.tapir(["changer", "import", c2]));
+    }
+    let (code, r, got) = restore("copy-2", None);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["copy"], 2);
+    assert!(got == want);
+
+    // Night 3 with one cartridge left: copy 1 is written, copy 2 cannot
+    // be, and the run says so instead of succeeding.
+    fs::write(src.join("c"), b"third night").unwrap();
+    let out = run_refused(&lab, &config, "2026-12-03T01:00:00Z");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("copy 2 of 2 was not written"), "{said}");
+}

@@ -74,31 +74,53 @@ fn job_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobSession> {
 }
 
 impl Catalog {
-    /// The session a new run of `job` at `level` is relative to: the newest
-    /// complete session of the job (incremental) or its newest complete
-    /// full one (differential). None: the run must be a full one.
-    pub fn job_base(&self, job: &str, differential: bool) -> Result<Option<JobSession>> {
+    /// The session a new run of copy `copy` of `job` is relative to: the
+    /// newest complete session of that copy of the job (incremental) or
+    /// its newest complete full one (differential). None: the run must be
+    /// a full one.
+    pub fn job_base(&self, job: &str, differential: bool, copy: u8) -> Result<Option<JobSession>> {
         let sql = format!(
             "{JOB_SESSION} WHERE s.job = ?1 AND s.status = 'complete' AND s.entries_pruned = 0
-                 AND (?2 = 0 OR s.level = 0)
+                 AND (?2 = 0 OR s.level = 0) AND coalesce(s.copy, 1) = ?3
              ORDER BY s.started DESC, s.id DESC LIMIT 1"
         );
         self.conn()
-            .query_row(&sql, params![job, differential], job_session)
+            .query_row(&sql, params![job, differential, copy], job_session)
             .optional()
             .map_err(self.err("finding a job's base session"))
     }
 
-    /// The newest complete session of `job` that started at or before `at`.
-    pub fn job_session_at(&self, job: &str, at: i64) -> Result<Option<JobSession>> {
+    /// The newest complete session of copy `copy` of `job` that started at
+    /// or before `at`.
+    pub fn job_session_at(&self, job: &str, at: i64, copy: u8) -> Result<Option<JobSession>> {
         let sql = format!(
             "{JOB_SESSION} WHERE s.job = ?1 AND s.status = 'complete' AND s.started <= ?2
+                 AND coalesce(s.copy, 1) = ?3
              ORDER BY s.started DESC, s.id DESC LIMIT 1"
         );
         self.conn()
-            .query_row(&sql, params![job, at], job_session)
+            .query_row(&sql, params![job, at, copy], job_session)
             .optional()
             .map_err(self.err("finding a job's session"))
+    }
+
+    /// Which copy of its pool each set written by a job holds, by set
+    /// UUID (text); sets of no job are not listed.
+    pub fn set_copies(&self) -> Result<std::collections::HashMap<String, u8>> {
+        self.conn()
+            .prepare(
+                "SELECT st.uuid, max(coalesce(s.copy, 1)) FROM sessions s
+                 JOIN sets st ON st.id = s.set_id
+                 WHERE s.job IS NOT NULL GROUP BY st.id",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    let uuid: [u8; 16] = r.get(0)?;
+                    Ok((crate::format::label::uuid_text(&uuid), r.get(1)?))
+                })?
+                .collect()
+            })
+            .map_err(self.err("reading which copy each set holds"))
     }
 
     /// Every part of the run whose last part is `last`, oldest first:

@@ -433,8 +433,9 @@ pub(crate) fn note_job(
     continues: Option<[u8; 16]>,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE sessions SET job = ?2, level = ?3, base = ?4, continues = ?5 WHERE id = ?1",
-        params![id, j.name, j.level, j.base, continues],
+        "UPDATE sessions SET job = ?2, level = ?3, base = ?4, continues = ?5, copy = ?6
+         WHERE id = ?1",
+        params![id, j.name, j.level, j.base, continues, j.copy],
     )?;
     Ok(())
 }

@@ -172,13 +172,15 @@ ALTER TABLE sessions ADD COLUMN base BLOB;
 CREATE INDEX sessions_job ON sessions(job, started) WHERE job IS NOT NULL;
 "#;
 
-/// Version 3: how a job's session parts chain across cartridges, and what
-/// a job saw of each file it wrote (device, inode, change time, and when
-/// it looked), so the next incremental trusts metadata only when it can.
-/// Host facts only: no cartridge holds them, and an imported session has
-/// none (its next incremental hashes instead).
+/// Version 3: how a job's session parts chain across cartridges, which of
+/// a pool's copies a run is, and what a job saw of each file it wrote
+/// (device, inode, change time, and when it looked), so the next
+/// incremental trusts metadata only when it can. The file facts are the
+/// host's only: no cartridge holds them, and an imported session has none
+/// (its next incremental hashes instead).
 const V3: &str = r#"
 ALTER TABLE sessions ADD COLUMN continues BLOB;
+ALTER TABLE sessions ADD COLUMN copy INTEGER;
 CREATE TABLE file_state (
     entry    INTEGER PRIMARY KEY,
     dev      INTEGER NOT NULL,

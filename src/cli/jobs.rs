@@ -120,18 +120,36 @@ pub fn run(
     } else {
         None
     };
-    let plan = job::plan_run(
-        &cfg,
-        job,
-        cat.as_ref(),
-        &present,
-        drive.generation,
-        now,
-        args.trust_clock,
-    )?;
+    let copies = job.target.pool_on(job::day_of(now)?).0;
+    let copies = cfg.pools[copies].copies;
+    // Each copy is planned apart; a dry run keeps later copies off the
+    // cartridges earlier ones would take.
+    let plan_copy = |cat: Option<&tapir::catalog::Catalog>, copy: u8, taken: &[String]| {
+        let inputs = job::PlanInputs {
+            present: &present,
+            drive_generation: drive.generation,
+            now,
+            trust_clock: args.trust_clock,
+            copy,
+            taken,
+        };
+        job::plan_run(&cfg, job, cat, &inputs)
+    };
+    let plan = plan_copy(cat.as_ref(), 1, &[])?;
     if args.dry_run {
-        print_plan(json, &plan);
-        return Ok(if plan.plan.first().is_some() {
+        let mut plans = vec![plan];
+        let mut taken: Vec<String> = Vec::new();
+        for copy in 2..=copies {
+            taken.extend(
+                plans
+                    .last()
+                    .and_then(|p| p.plan.first())
+                    .map(|c| c.label.clone()),
+            );
+            plans.push(plan_copy(cat.as_ref(), copy, &taken)?);
+        }
+        print_plans(json, &plans);
+        return Ok(if plans.iter().all(|p| p.plan.first().is_some()) {
             ExitStatus::Success
         } else {
             ExitStatus::Unavailable
@@ -167,21 +185,40 @@ pub fn run(
         },
     };
     let outcome = super::output::with_write_progress(json, |progress| {
-        job::execute(&ctx, lib.as_mut(), plan, progress)
+        let mut first = job::execute(&ctx, lib.as_mut(), plan, progress)?;
+        // Later copies: planned again now that the catalog knows the
+        // cartridges the earlier ones took.
+        for copy in 2..=copies {
+            let cat = tapir::catalog::Catalog::open_existing(&ctx.catalog)?;
+            let present = lib.inside()?;
+            let inputs = job::PlanInputs {
+                present: &present,
+                drive_generation: drive.generation,
+                now,
+                trust_clock: args.trust_clock,
+                copy,
+                taken: &[],
+            };
+            let plan = job::plan_run(&cfg, job, Some(&cat), &inputs)?;
+            drop(cat);
+            match job::execute(&ctx, lib.as_mut(), plan, progress) {
+                Ok(o) => first.further_copies.push(o),
+                Err(e) => {
+                    first.copy_failed =
+                        Some(format!("copy {copy} of {copies} was not written: {e}"));
+                    first.copy_failed_status = Some(e.exit_status());
+                    break;
+                }
+            }
+        }
+        Ok::<_, Error>(first)
     });
     // Whoever watches the jobs hears of a failure or warnings.
     let said = match &outcome {
         Err(e) => Some(("failed", e.to_string())),
-        Ok(o) if o.exit_status() != ExitStatus::Success => Some((
-            "warnings",
-            o.write
-                .warnings
-                .iter()
-                .chain(&o.plan.plan.warnings)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
+        Ok(o) if o.exit_status() != ExitStatus::Success => {
+            Some(("warnings", o.all_warnings().join("; ")))
+        }
         Ok(_) => None,
     };
     if let (Some(n), Some((event, message))) = (&cfg.notify, said) {
@@ -202,6 +239,17 @@ fn print_outcome(json: bool, o: &job::RunOutcome) {
         );
         return;
     }
+    print_copy(o);
+    for c in &o.further_copies {
+        println!("copy {} of {}:", c.plan.copy, c.plan.copies);
+        print_copy(c);
+    }
+    if let Some(why) = &o.copy_failed {
+        println!("error: {why}");
+    }
+}
+
+fn print_copy(o: &job::RunOutcome) {
     for p in &o.passed_over {
         println!("passed over {p}");
     }
@@ -241,14 +289,29 @@ fn print_outcome(json: bool, o: &job::RunOutcome) {
     }
 }
 
-fn print_plan(json: bool, p: &RunPlan) {
+/// The plans of a run's copies: the first as it is, later ones under
+/// `further_copies` (JSON) or a heading.
+fn print_plans(json: bool, plans: &[RunPlan]) {
     if json {
+        let mut v = serde_json::to_value(&plans[0]).expect("plans serialise");
+        if plans.len() > 1 {
+            v["further_copies"] = serde_json::to_value(&plans[1..]).expect("plans serialise");
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(p).expect("plans serialise")
+            serde_json::to_string_pretty(&v).expect("plans serialise")
         );
         return;
     }
+    for p in plans {
+        if p.copies > 1 {
+            println!("copy {} of {}:", p.copy, p.copies);
+        }
+        print_plan(p);
+    }
+}
+
+fn print_plan(p: &RunPlan) {
     let tier = p
         .tier
         .map(|t| format!(" ({t:?} tier)").to_lowercase())
@@ -367,6 +430,7 @@ pub fn restore_at(
     g: &Globals<'_>,
     job: &str,
     at: &str,
+    copy: Option<u8>,
     opts: tapir::pipeline::restore::RestoreOptions,
     operator_timeout: u64,
 ) -> anyhow::Result<ExitStatus> {
@@ -406,7 +470,7 @@ pub fn restore_at(
         timeout: std::time::Duration::from_secs(operator_timeout),
         tell: &tell,
     };
-    let done = job::restore_at(&catalog, lib.as_mut(), job, at, &opts, &operator)?;
+    let done = job::restore_at(&catalog, lib.as_mut(), job, at, copy, &opts, &operator)?;
     if json {
         println!(
             "{}",
@@ -414,8 +478,8 @@ pub fn restore_at(
         );
     } else {
         println!(
-            "job {} as of {}: its session of {} on {}",
-            done.job, done.at, done.session_started, done.session_cartridge
+            "job {} as of {}: its session of {} on {} (copy {})",
+            done.job, done.at, done.session_started, done.session_cartridge, done.copy
         );
         for c in &done.cartridges {
             println!(

@@ -194,6 +194,11 @@ enum Command {
         /// With --at: the job (as named in the configuration).
         #[arg(long, requires = "at")]
         job: Option<String>,
+        /// With --at, when the job's pool keeps copies: restore this copy
+        /// (default: the copy needing the fewest cartridges from outside
+        /// the library).
+        #[arg(long, requires = "at", value_parser = clap::value_parser!(u8).range(1..=4))]
+        copy: Option<u8>,
         /// Glob patterns over archive paths; a directory selects its contents.
         patterns: Vec<String>,
     },
@@ -761,6 +766,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             operator_timeout,
             at,
             job,
+            copy,
             patterns,
         } => {
             if let (Some(at), Some(job)) = (at, job) {
@@ -773,6 +779,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     },
                     job,
                     at,
+                    *copy,
                     pipeline::restore::RestoreOptions {
                         target: to.clone(),
                         overwrite: *overwrite,

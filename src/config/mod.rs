@@ -163,7 +163,9 @@ struct RawPool {
     allocation: Option<Spanned<String>>,
     block_size: Option<Spanned<String>>,
     compression: Option<Spanned<String>>,
-    copies: Option<u32>,
+    copies: Option<Spanned<u32>>,
+    /// Where each copy goes once written: "library", "shelf" or "vault:NAME".
+    locations: Option<Spanned<Vec<String>>>,
     keep_sets: Option<u32>,
     scratch: Option<Spanned<String>>,
 }
@@ -246,7 +248,12 @@ pub struct Pool {
     pub policy: PoolPolicy,
     pub block_size: Option<u32>,
     pub compression: Compression,
-    pub copies: u32,
+    /// How many copies of each run the pool keeps, each a set of its own
+    /// on other cartridges (written one after the other).
+    pub copies: u8,
+    /// Where copy k goes once written (`locations[k-1]`); None: it stays
+    /// in the library. Empty: the job's `export` decides for every copy.
+    pub locations: Vec<Option<String>>,
     /// A pool whose empty and expired cartridges this one may take.
     pub scratch: Option<String>,
 }
@@ -361,6 +368,9 @@ fn tier(s: &str) -> Option<Tier> {
         _ => return None,
     })
 }
+
+/// Most copies a pool can ask for.
+pub const MAX_COPIES: u8 = 4;
 
 /// A location a cartridge can be exported to.
 fn valid_export(s: &str) -> bool {
@@ -504,6 +514,43 @@ impl Config {
                     );
                 }
             }
+            let copies = match &p.copies {
+                None => 1,
+                Some(c) if (1..=MAX_COPIES as u32).contains(c.get_ref()) => *c.get_ref() as u8,
+                Some(c) => {
+                    return at.err(
+                        c.span(),
+                        &key("copies"),
+                        format!("{}: a pool keeps 1 to {MAX_COPIES} copies", c.get_ref()),
+                    )
+                }
+            };
+            let mut locations = Vec::new();
+            if let Some(l) = &p.locations {
+                if l.get_ref().len() != copies as usize {
+                    return at.err(
+                        l.span(),
+                        &key("locations"),
+                        format!(
+                            "{} location(s) for {copies} copies: name one per copy",
+                            l.get_ref().len()
+                        ),
+                    );
+                }
+                for where_to in l.get_ref() {
+                    if where_to == "library" {
+                        locations.push(None);
+                    } else if valid_export(where_to) {
+                        locations.push(Some(where_to.clone()));
+                    } else {
+                        return at.err(
+                            l.span(),
+                            &key("locations"),
+                            format!("{where_to:?}: use library, shelf or vault:NAME"),
+                        );
+                    }
+                }
+            }
             cfg.pools.insert(
                 name.clone(),
                 Pool {
@@ -515,7 +562,8 @@ impl Config {
                     },
                     block_size,
                     compression,
-                    copies: p.copies.unwrap_or(1),
+                    copies,
+                    locations,
                     scratch: p.scratch.as_ref().map(|s| s.get_ref().clone()),
                 },
             );
@@ -785,6 +833,19 @@ system = true
             ("[drive.d]\ndevice = \"/dev/nst0\"\nchanger = \"nope\"\n", 3, "drive.d.changer", "no [changer.nope]"),
             ("[notify]\ncommand = [\"/bin/page\"]\nuser = \"root\"\n", 3, "notify.user", "never runs as root"),
             ("[notify]\ncommand = []\n", 2, "notify.command", "give the program"),
+            ("[pool.a]\nretention = \"1d\"\ncopies = 5\n", 3, "pool.a.copies", "1 to 4 copies"),
+            (
+                "[pool.a]\nretention = \"1d\"\ncopies = 2\nlocations = [\"library\"]\n",
+                4,
+                "pool.a.locations",
+                "name one per copy",
+            ),
+            (
+                "[pool.a]\nretention = \"1d\"\ncopies = 2\nlocations = [\"library\", \"attic\"]\n",
+                4,
+                "pool.a.locations",
+                "use library, shelf or vault:NAME",
+            ),
             (
                 "[pool.a]\nretention = \"1d\"\n\n[job.j]\nsources = [\"/\"]\ngfs = { daily = \"a\", weekly = \"a\", monthly = \"a\", weekly_on = \"funday\" }\n",
                 6,

@@ -282,6 +282,9 @@ pub struct JobRun {
     /// unchanged since then are `Unchanged` entries here.
     #[cbor(n(2), with = "minicbor::bytes")]
     pub base: Option<[u8; 16]>,
+    /// Which of the pool's copies of the run this is (None: the first).
+    #[n(3)]
+    pub copy: Option<u8>,
 }
 
 pub const LEVEL_FULL: u8 = 0;

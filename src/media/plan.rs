@@ -56,6 +56,8 @@ pub struct SetFacts {
     pub verified: bool,
     /// A full backup (not an incremental or differential).
     pub full: bool,
+    /// Which of the pool's copies of its runs it holds (1 for most).
+    pub copy: u8,
 }
 
 /// When a pool starts a new set.
@@ -89,8 +91,8 @@ pub struct PoolPolicy {
     pub keep_sets: u32,
 }
 
-/// What the job may take from outside its pool.
-#[derive(Debug, Clone, Default)]
+/// What the job may take from outside its pool, and which copy it plans.
+#[derive(Debug, Clone)]
 pub struct Sources<'a> {
     /// A shared scratch pool's policy and sets, if the pool may draw on it.
     pub scratch: Option<(&'a PoolPolicy, &'a [SetFacts])>,
@@ -98,6 +100,24 @@ pub struct Sources<'a> {
     pub drive_generation: Option<u8>,
     /// Expire even if the clock looks wrong.
     pub trust_clock: bool,
+    /// Which of the pool's copies of the run this plan is for: it appends
+    /// only to a set of the same copy.
+    pub copy: u8,
+    /// Cartridges planned for the run's earlier copies (never the same
+    /// cartridge for two copies).
+    pub taken: &'a [String],
+}
+
+impl Default for Sources<'_> {
+    fn default() -> Self {
+        Sources {
+            scratch: None,
+            drive_generation: None,
+            trust_clock: false,
+            copy: 1,
+            taken: &[],
+        }
+    }
 }
 
 /// What the job does with the cartridge it picks.
@@ -248,9 +268,20 @@ pub fn expired_sets(
             return (Vec::new(), warnings);
         }
     }
-    let mut protected: Vec<&SetFacts> = sets.iter().filter(|s| s.full && s.verified).collect();
-    protected.sort_by_key(|s| std::cmp::Reverse(s.last_written));
-    protected.truncate(policy.keep_sets as usize);
+    // Per copy: a pool that keeps copies keeps the newest sets of each.
+    let mut protected: Vec<&SetFacts> = Vec::new();
+    let mut copies: Vec<u8> = sets.iter().map(|s| s.copy).collect();
+    copies.sort_unstable();
+    copies.dedup();
+    for copy in copies {
+        let mut newest: Vec<&SetFacts> = sets
+            .iter()
+            .filter(|s| s.full && s.verified && s.copy == copy)
+            .collect();
+        newest.sort_by_key(|s| std::cmp::Reverse(s.last_written));
+        newest.truncate(policy.keep_sets as usize);
+        protected.extend(newest);
+    }
     let expired = sets
         .iter()
         .filter(|s| s.last_written + policy.retention <= now)
@@ -295,6 +326,7 @@ pub fn plan_job(
     // The set a job appends to: the pool's newest, if the allocation says so.
     let current = sets
         .iter()
+        .filter(|s| s.copy == sources.copy)
         .max_by_key(|s| s.last_written)
         .filter(|s| match policy.allocation {
             Allocation::Append => true,
@@ -318,6 +350,14 @@ pub fn plan_job(
     for c in cartridges {
         if is_cleaning(&c.label) {
             refuse(&mut plan, c, "a cleaning cartridge".into());
+            continue;
+        }
+        if sources.taken.contains(&c.label) {
+            refuse(
+                &mut plan,
+                c,
+                "planned for an earlier copy of this run".into(),
+            );
             continue;
         }
         if let (Some(drive), Some(media)) = (sources.drive_generation, barcode_generation(&c.label))
@@ -546,6 +586,7 @@ mod tests {
             last_written: NOW - days_ago * DAY,
             verified,
             full: true,
+            copy: 1,
         }
     }
 
@@ -692,6 +733,42 @@ mod tests {
         policy.keep_sets = 2;
         let (expired, _) = expired_sets(&policy, &sets, NOW, false);
         assert_eq!(expired, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_pool_of_copies_keeps_the_newest_sets_of_each_copy_and_appends_per_copy() {
+        let copy2 = |uuid: &str, days_ago: i64| SetFacts {
+            copy: 2,
+            ..set(uuid, days_ago, true)
+        };
+        let sets = [set("a1", 60, true), copy2("a2", 60), copy2("b2", 40)];
+        let mut pol = policy(Allocation::Append);
+        pol.retention = 30 * DAY;
+        // b2 is copy 2's newest; a1 is copy 1's newest and stays too.
+        let (expired, _) = expired_sets(&pol, &sets, NOW, false);
+        assert_eq!(expired, vec!["a2".to_string()]);
+        // Copy 2 appends to its own newest set, never to copy 1's, and
+        // never to a cartridge planned for copy 1.
+        pol.retention = 90 * DAY;
+        let carts = [
+            cart("A0001L9", "daily", State::Writable, Some("a1")),
+            cart("B0002L9", "daily", State::Writable, Some("b2")),
+            cart("E0001L9", "daily", State::Writable, None),
+            cart("E0002L9", "daily", State::Writable, None),
+        ];
+        let taken = ["E0001L9".to_string()];
+        let sources = Sources {
+            copy: 2,
+            taken: &taken,
+            ..Sources::default()
+        };
+        let p = plan_job(&pol, &sets, &carts, &sources, NOW);
+        let labels: Vec<&str> = p.candidates.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["B0002L9", "E0002L9"], "{p:#?}");
+        assert_eq!(
+            refused(&p, "E0001L9"),
+            "planned for an earlier copy of this run"
+        );
     }
 
     #[test]

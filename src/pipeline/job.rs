@@ -38,6 +38,9 @@ pub struct RunPlan {
     pub day: String,
     pub tier: Option<Tier>,
     pub level: &'static str,
+    /// Which of the pool's copies of the run this plan writes, of how many.
+    pub copy: u8,
+    pub copies: u8,
     pub sources: Vec<String>,
     pub verify: bool,
     /// Where the written cartridges go afterwards, if anywhere.
@@ -116,6 +119,7 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
     cartridges.sort_by(|a, b| a.label.cmp(&b.label));
     let mut sets = Vec::new();
     if let Some(c) = cat {
+        let copies = c.set_copies()?;
         for s in c.sets(None)? {
             let Some(pool) = s
                 .cartridges
@@ -139,6 +143,7 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
                     last_written: s.last_started.unwrap_or(s.created),
                     verified,
                     full: true,
+                    copy: copies.get(&s.uuid).copied().unwrap_or(1),
                 },
             ));
         }
@@ -146,20 +151,44 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
     Ok(Inventory { cartridges, sets })
 }
 
-/// Plan a run of `job` at `now`.
+/// The day (UTC) a run at `now` counts as, for its GFS tier.
+pub fn day_of(now: i64) -> Result<jiff::civil::Date> {
+    Ok(jiff::Timestamp::from_second(now)
+        .map_err(|e| Error::Usage(format!("time {now}: {e}")))?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date())
+}
+
+/// What a run is planned from besides the configuration and the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInputs<'a> {
+    /// Barcodes in the library now.
+    pub present: &'a [String],
+    pub drive_generation: Option<u8>,
+    pub now: i64,
+    pub trust_clock: bool,
+    /// Which of the pool's copies of the run (1 for the first).
+    pub copy: u8,
+    /// Cartridges planned for the run's earlier copies.
+    pub taken: &'a [String],
+}
+
+/// Plan a run of copy `copy` of `job` at `now`, keeping off `taken`.
 pub fn plan_run(
     cfg: &Config,
     job: &Job,
     cat: Option<&Catalog>,
-    present: &[String],
-    drive_generation: Option<u8>,
-    now: i64,
-    trust_clock: bool,
+    inputs: &PlanInputs<'_>,
 ) -> Result<RunPlan> {
-    let day = jiff::Timestamp::from_second(now)
-        .map_err(|e| Error::Usage(format!("time {now}: {e}")))?
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date();
+    let PlanInputs {
+        present,
+        drive_generation,
+        now,
+        trust_clock,
+        copy,
+        taken,
+    } = *inputs;
+    let day = day_of(now)?;
     let (pool_name, tier) = job.target.pool_on(day);
     let pool = &cfg.pools[pool_name];
     let Inventory { cartridges, sets } = inventory(cat, present)?;
@@ -178,10 +207,19 @@ pub fn plan_run(
         scratch: scratch.as_ref().map(|(p, s)| (*p, s.as_slice())),
         drive_generation,
         trust_clock,
+        copy,
+        taken,
     };
     let plan = plan::plan_job(&pool.policy, &pool_sets, &cartridges, &sources, now);
-    let exported = job.export.is_some()
-        && (job.export_tiers.is_empty() || tier.is_some_and(|t| job.export_tiers.contains(&t)));
+    // A pool that names where each copy goes decides; else the job does.
+    let export = match pool.locations.get(usize::from(copy) - 1) {
+        Some(to) => to.clone(),
+        None => {
+            let by_tier =
+                job.export_tiers.is_empty() || tier.is_some_and(|t| job.export_tiers.contains(&t));
+            by_tier.then(|| job.export.clone()).flatten()
+        }
+    };
     Ok(RunPlan {
         job: job.name.clone(),
         day: day.to_string(),
@@ -191,13 +229,15 @@ pub fn plan_run(
             crate::config::Level::Incremental => "incremental",
             crate::config::Level::Differential => "differential",
         },
+        copy,
+        copies: pool.copies,
         sources: job
             .sources
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
         verify: job.verify,
-        export: exported.then(|| job.export.clone()).flatten(),
+        export,
         plan,
     })
 }
@@ -225,14 +265,24 @@ pub struct RunOutcome {
     /// 0 full, 1 incremental, 2 differential: what was written (an
     /// incremental with no full before it is written as a full).
     pub level_written: u8,
+    /// The pool's further copies of this run, written after this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub further_copies: Vec<RunOutcome>,
+    /// A further copy that could not be written, and why: the run then
+    /// holds fewer copies than its pool expects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_failed: Option<String>,
+    #[serde(skip)]
+    pub copy_failed_status: Option<ExitStatus>,
 }
 
 /// The job's level for this run: its `JobRun`, the unchanged-file check
 /// against the base run (which also notes what this run sees of its
 /// files), and a note when an incremental or differential has no base yet
 /// and is written full.
-fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
+fn levels(ctx: &RunContext<'_>, copy: u8) -> Result<(JobRun, History, Option<String>)> {
     let name = ctx.job.name.clone();
+    let copy_field = (copy > 1).then_some(copy);
     let history = |base| -> Result<History> {
         Ok(History {
             base,
@@ -247,6 +297,7 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
             name,
             level: LEVEL_FULL,
             base: None,
+            copy: copy_field,
         };
         Ok((run, history(None)?, note))
     };
@@ -256,9 +307,14 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
         Level::Differential => LEVEL_DIFFERENTIAL,
     };
     let cat = Catalog::open(&ctx.catalog)?;
-    let Some(base) = cat.job_base(&name, wanted == LEVEL_DIFFERENTIAL)? else {
+    let Some(base) = cat.job_base(&name, wanted == LEVEL_DIFFERENTIAL, copy)? else {
+        let which = if copy > 1 {
+            format!(" (copy {copy})")
+        } else {
+            String::new()
+        };
         let note = format!(
-            "job {name}: no earlier full backup of this job in the catalog; this run is a full one"
+            "job {name}: no earlier full backup of this job{which} in the catalog; this run is a full one"
         );
         return full(name, Some(note));
     };
@@ -268,6 +324,7 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
             name,
             level: wanted,
             base: Some(base.uuid),
+            copy: copy_field,
         },
         history(Some(Base {
             catalog: cat,
@@ -283,6 +340,7 @@ fn levels(ctx: &RunContext<'_>) -> Result<(JobRun, History, Option<String>)> {
 fn keep_what_was_seen(
     cat: &mut Catalog,
     ctx: &RunContext<'_>,
+    copy: u8,
     write: &WriteSummary,
     seen: &Mutex<SeenLog>,
     decisions: &Decisions,
@@ -304,7 +362,7 @@ fn keep_what_was_seen(
     if write.interrupted {
         return Ok(out);
     }
-    let Some(run) = cat.job_base(&ctx.job.name, false)? else {
+    let Some(run) = cat.job_base(&ctx.job.name, false, copy)? else {
         return Ok(out);
     };
     if run.cartridge != last.cartridge || run.number != last.session {
@@ -342,8 +400,37 @@ pub struct Verified {
 }
 
 impl RunOutcome {
-    /// Success only if everything was written and verified.
+    /// Success only if everything was written and verified, every copy.
     pub fn exit_status(&self) -> ExitStatus {
+        self.further_copies
+            .iter()
+            .map(RunOutcome::exit_status)
+            .chain(self.copy_failed_status)
+            .fold(self.own_exit_status(), ExitStatus::max)
+    }
+
+    /// Every warning of the run and its copies.
+    pub fn all_warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .plan
+            .plan
+            .warnings
+            .iter()
+            .chain(&self.write.warnings)
+            .cloned()
+            .collect();
+        for c in &self.further_copies {
+            out.extend(
+                c.all_warnings()
+                    .into_iter()
+                    .map(|w| format!("copy {}: {w}", c.plan.copy)),
+            );
+        }
+        out.extend(self.copy_failed.clone());
+        out
+    }
+
+    fn own_exit_status(&self) -> ExitStatus {
         if self.verified.iter().any(|v| !v.ok) {
             ExitStatus::DataDamage
         } else if self.write.interrupted {
@@ -377,6 +464,7 @@ struct Labelling<'a> {
     block_size: u64,
     job: &'a str,
     day: &'a str,
+    copy: u8,
     kit: &'a KitChoice,
 }
 
@@ -392,10 +480,14 @@ fn prepare(
         block_size,
         job,
         day,
+        copy,
         kit,
     } = *how;
     let state = read_label(drive)?;
-    let new_set = Some(format!("{job}-{day}"));
+    let new_set = Some(match copy {
+        1 => format!("{job}-{day}"),
+        k => format!("{job}-{day}-copy{k}"),
+    });
     match (&pick.action, &state) {
         (Action::Append { set }, LabelState::Tapir(l))
             if l.set.as_ref().is_some_and(|m| &m.set_name == set) =>
@@ -515,6 +607,7 @@ pub fn execute(
                     block_size,
                     job: &ctx.job.name,
                     day: &plan.day,
+                    copy: plan.copy,
                     kit: &ctx.rescue_kit,
                 },
                 &mut cat,
@@ -586,7 +679,7 @@ pub fn execute(
         ctx.operator.until_inside(lib, &untried, waiting_since)?;
     };
     drop(cat);
-    let (job_run, history, level_note) = levels(ctx)?;
+    let (job_run, history, level_note) = levels(ctx, plan.copy)?;
     let seen = history.seen.clone();
     let decisions = history.decisions.clone();
     let mut history = history;
@@ -612,7 +705,7 @@ pub fn execute(
     };
 
     let mut cat = Catalog::open(&ctx.catalog)?;
-    let unchanged = keep_what_was_seen(&mut cat, ctx, &write, &seen, &decisions)?;
+    let unchanged = keep_what_was_seen(&mut cat, ctx, plan.copy, &write, &seen, &decisions)?;
     let mut verified = Vec::new();
     if ctx.job.verify && !write.interrupted {
         for part in &write.parts {
@@ -661,6 +754,9 @@ pub fn execute(
         forgotten_entries: forgotten,
         write,
         unchanged,
+        further_copies: Vec::new(),
+        copy_failed: None,
+        copy_failed_status: None,
         verified,
         exported,
     })
@@ -720,6 +816,8 @@ pub fn notify(n: &crate::config::Notify, event: &str, job: &str, message: &str) 
 #[derive(Debug, Serialize)]
 pub struct RestoredAt {
     pub job: String,
+    /// Which of the pool's copies was restored.
+    pub copy: u8,
     pub at: String,
     /// The session the tree is as of: when it started, and where it is.
     pub session_started: String,
@@ -748,24 +846,48 @@ impl RestoredAt {
 /// Restore `job`'s tree as it was at `at`: its newest session by then, each
 /// file from the session that holds its content (following incrementals
 /// back to their full), reading each cartridge once, oldest first, so the
-/// newest session's directories get their times last.
+/// newest session's directories get their times last. Of a pool's copies,
+/// `copy`, or else the one needing the fewest cartridges from outside the
+/// library (the first copy on a tie).
 pub fn restore_at(
     catalog: &Path,
     lib: &mut dyn JobLibrary,
     job: &str,
     at: i64,
+    copy: Option<u8>,
     opts: &super::restore::RestoreOptions,
     operator: &Operator<'_>,
 ) -> Result<RestoredAt> {
     use std::collections::{BTreeMap, HashSet};
     let cat = Catalog::open_existing(catalog)?;
-    let Some(session) = cat.job_session_at(job, at)? else {
+    let inside = lib.inside()?;
+    let mut best: Option<(usize, u8, JobSessionContents)> = None;
+    let wanted: Vec<u8> = match copy {
+        Some(k) => vec![k],
+        None => (1..=crate::config::MAX_COPIES).collect(),
+    };
+    for k in wanted {
+        let Some(session) = cat.job_session_at(job, at, k)? else {
+            continue;
+        };
+        let (contents, missing) = cat.contents_at(&session)?;
+        let outside: HashSet<&str> = contents
+            .iter()
+            .map(|c| c.cartridge.as_str())
+            .filter(|c| !inside.iter().any(|i| i == c))
+            .collect();
+        let outside = outside.len();
+        if best.as_ref().is_none_or(|(n, _, _)| outside < *n) {
+            best = Some((outside, k, (session, contents, missing)));
+        }
+    }
+    let Some((_, copy, (session, contents, missing))) = best else {
+        let which = copy.map_or(String::new(), |k| format!(" (copy {k})"));
         return Err(Error::Refused(format!(
-            "the catalog holds no complete session of job {job} from before {}",
+            "the catalog holds no complete session of job {job}{which} from before {}",
             crate::catalog::when::ts_text(at)
         )));
     };
-    let (contents, missing) = cat.contents_at(&session)?;
     let whereabouts: HashMap<String, String> = cat
         .media_list(&MediaFilter::default())?
         .into_iter()
@@ -807,6 +929,7 @@ pub fn restore_at(
     }
     Ok(RestoredAt {
         job: job.to_string(),
+        copy,
         at: crate::catalog::when::ts_text(at),
         session_started: crate::catalog::when::ts_text(session.started),
         session_cartridge: session.cartridge,
@@ -817,6 +940,14 @@ pub fn restore_at(
             .collect(),
     })
 }
+
+/// A run as of a date: its last part, where each path's content is, and
+/// the paths whose content no session holds any more.
+type JobSessionContents = (
+    crate::catalog::levels::JobSession,
+    Vec<crate::catalog::levels::ContentAt>,
+    Vec<Vec<u8>>,
+);
 
 /// Someone who can put cartridges into the library.
 pub struct Operator<'a> {

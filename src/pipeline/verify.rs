@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::device::TapeDrive;
-use crate::format::meta::{CatalogEntry, Entry, StreamPosition};
+use crate::format::meta::{CatalogEntry, Entry, EntryKind, StreamPosition};
 
 use super::assemble::{read_session_data, EntryOutcome, EntryVisitor};
 use super::reader::LostBlocks;
@@ -60,6 +60,9 @@ impl VerifySummary {
 struct Checker {
     expected: HashMap<Vec<u8>, CatalogEntry>,
     current: Option<Vec<u8>>,
+    /// The current entry is an incremental's `Unchanged` one: its content
+    /// is in an earlier session, and its catalog hash is that content's.
+    current_unchanged: bool,
     seen: u64,
     ok: u64,
     session: u32,
@@ -72,6 +75,7 @@ struct Checker {
 impl EntryVisitor for Checker {
     fn entry(&mut self, entry: &Entry, _position: StreamPosition) -> Result<bool> {
         self.current = Some(entry.path.clone());
+        self.current_unchanged = entry.kind == EntryKind::Unchanged.code();
         self.seen += 1;
         Ok(true)
     }
@@ -86,6 +90,7 @@ impl EntryVisitor for Checker {
             self.unlisted.push(show.clone());
         }
         match outcome {
+            EntryOutcome::Complete { blake3: None } if self.current_unchanged => self.ok += 1,
             EntryOutcome::Complete { blake3 } => {
                 if listed.as_ref().is_some_and(|c| c.blake3 != blake3) {
                     self.damaged.push(NotRestored {
@@ -184,6 +189,7 @@ pub fn verify(drive: &mut dyn TapeDrive, only: Option<u32>) -> Result<VerifySumm
         let mut checker = Checker {
             expected: listed.iter().map(|e| (e.path.clone(), e.clone())).collect(),
             current: None,
+            current_unchanged: false,
             seen: 0,
             ok: 0,
             session: s.number,
