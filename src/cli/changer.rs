@@ -495,35 +495,6 @@ fn label_virtual(
     Ok(done)
 }
 
-/// The drive `device` is in the library: given, the only one, or the one
-/// whose serial number (sysfs) the library reports (DVCID).
-fn which_drive(
-    given: Option<usize>,
-    status: &LibraryStatus,
-    device: &str,
-) -> anyhow::Result<usize> {
-    if let Some(d) = given {
-        return Ok(d);
-    }
-    if status.drives.len() == 1 {
-        return Ok(0);
-    }
-    let wanted = std::fs::canonicalize(device).ok();
-    let serial = tapir::device::discover::discover()
-        .into_iter()
-        .find(|d| std::fs::canonicalize(&d.device).ok() == wanted && wanted.is_some())
-        .and_then(|d| d.serial);
-    serial
-        .and_then(|s| status.drive_with_serial(&s))
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "{device}: cannot tell which of the library's {} drives it is (no matching serial number); give --drive N",
-                status.drives.len()
-            ))
-            .into()
-        })
-}
-
 fn label_scsi(
     cli: &Cli,
     dev: &str,
@@ -535,7 +506,7 @@ fn label_scsi(
     let device = super::device_spec(cli)?;
     let changer = ScsiChanger::open(dev).map_err(Error::from)?;
     let status = changer.status().map_err(Error::from)?;
-    let drive = which_drive(drive, &status, device)?;
+    let drive = tapir::pipeline::joblib::which_drive(drive, &status, device)?;
     let in_drive = status.drives.get(drive).filter(|d| d.full);
     let cartridges: Vec<&ElementStatus> = in_drive
         .into_iter()

@@ -58,7 +58,15 @@ fn open_library(cfg: &Config, drive: &tapir::config::Drive) -> anyhow::Result<Bo
                 drive.device
             ))
         })?;
-    let scsi = tapir::device::changer::ScsiChanger::open(&changer.device).map_err(Error::from)?;
+    let mut scsi =
+        tapir::device::changer::ScsiChanger::open(&changer.device).map_err(Error::from)?;
+    // A library with several drives: load the one this job's drive is.
+    let status = scsi.status().map_err(Error::from)?;
+    scsi.set_drive(tapir::pipeline::joblib::which_drive(
+        drive.element,
+        &status,
+        &drive.device,
+    )?);
     Ok(Box::new(tapir::pipeline::joblib::ScsiLibrary {
         changer: scsi,
         device: drive.device.clone(),

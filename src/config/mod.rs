@@ -148,6 +148,7 @@ struct RawDrive {
     device: String,
     changer: Option<Spanned<String>>,
     generation: Option<Spanned<u8>>,
+    element: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +229,9 @@ pub struct Drive {
     pub device: String,
     pub changer: Option<String>,
     pub generation: Option<u8>,
+    /// Which of the changer's drives this is, counted from 0 (None: the
+    /// only one, or found by serial number).
+    pub element: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +461,7 @@ impl Config {
                     device: d.device,
                     changer: d.changer.map(Spanned::into_inner),
                     generation: d.generation.map(Spanned::into_inner),
+                    element: d.element,
                 },
             );
         }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::device::changer::ScsiChanger;
+use crate::device::changer::{LibraryStatus, ScsiChanger};
 use crate::device::library::VirtualLibrary;
 use crate::device::{Changer, TapeDrive};
 
@@ -55,6 +55,37 @@ impl JobLibrary for VirtualLibrary {
             self.dir(),
         )?)?))
     }
+}
+
+/// Which of the library's drives (counted from 0) the st device `device`
+/// is: `given`, the only one, or the one whose serial number (sysfs) the
+/// library reports for its drive (DVCID).
+pub fn which_drive(given: Option<usize>, status: &LibraryStatus, device: &str) -> Result<usize> {
+    if let Some(d) = given {
+        if d >= status.drives.len() {
+            return Err(super::Error::Usage(format!(
+                "drive {d}: the library has {} drive(s), counted from 0",
+                status.drives.len()
+            )));
+        }
+        return Ok(d);
+    }
+    if status.drives.len() == 1 {
+        return Ok(0);
+    }
+    let wanted = std::fs::canonicalize(device).ok();
+    let serial = crate::device::discover::discover()
+        .into_iter()
+        .find(|d| std::fs::canonicalize(&d.device).ok() == wanted && wanted.is_some())
+        .and_then(|d| d.serial);
+    serial
+        .and_then(|s| status.drive_with_serial(&s))
+        .ok_or_else(|| {
+            super::Error::Usage(format!(
+                "{device}: cannot tell which of the library's {} drives it is (no matching serial number); give the drive's element (counted from 0): --drive N, or `element = N` in its [drive] table",
+                status.drives.len()
+            ))
+        })
 }
 
 /// A SCSI media changer and the st drive it loads (its element `drive`).
@@ -171,5 +202,52 @@ impl CartridgeSupply for ScsiSupply<'_> {
     fn whereabouts(&self, barcode: &str) -> Option<String> {
         let inv = self.lib.changer.inventory().ok()?;
         super::span::whereabouts_in(&inv, self.lib.changer.name(), barcode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::changer::{ElementStatus, ElementType, MediumType};
+
+    fn drive(address: u16) -> ElementStatus {
+        ElementStatus {
+            element_type: ElementType::DataTransfer,
+            address,
+            full: false,
+            accessible: true,
+            exception: false,
+            condition: None,
+            imported: false,
+            import_enabled: false,
+            export_enabled: false,
+            source: None,
+            medium_type: MediumType::Unspecified,
+            barcode: None,
+            identifier: None,
+        }
+    }
+
+    fn library(drives: usize) -> LibraryStatus {
+        LibraryStatus {
+            changer: "/dev/sg9".into(),
+            vendor: "TEST".into(),
+            product: "LIB".into(),
+            transports: Vec::new(),
+            slots: Vec::new(),
+            mail_slots: Vec::new(),
+            drives: (0..drives as u16).map(|i| drive(0x100 + i)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_drive_element_is_given_the_only_one_or_found_by_serial_else_asked_for() {
+        assert_eq!(which_drive(None, &library(1), "/dev/nst0").unwrap(), 0);
+        assert_eq!(which_drive(Some(1), &library(2), "/dev/nst0").unwrap(), 1);
+        let too_far = which_drive(Some(2), &library(2), "/dev/nst0").unwrap_err();
+        assert!(too_far.to_string().contains("has 2 drive(s)"), "{too_far}");
+        // No serial number to match in a test machine's sysfs: ask.
+        let unknown = which_drive(None, &library(2), "/dev/nst-none").unwrap_err();
+        assert!(unknown.to_string().contains("element = N"), "{unknown}");
     }
 }
