@@ -268,29 +268,40 @@ fn restored(to: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-fn a_set_spans_three_disks_each_restores_alone_and_together_they_restore_all() {
+fn a_set_spans_three_disks_passes_over_a_wrong_one_and_each_restores_alone() {
     need_disks!();
-    let mut bay = Bay::new("sp", 3, 16);
-    for i in 0..3 {
+    let mut bay = Bay::new("sp", 4, 16);
+    for i in 0..4 {
         bay.plug(i);
     }
     let src = bay.path("src");
     let tree = make_tree(&src, 11);
-    assert_ok(&bay.tapir([
-        "--device",
-        &bay.device(0),
-        "label",
-        "--label",
-        bay.label(0),
-        "--block-size",
-        "64K",
-        "--no-rescue-kit",
-    ]));
+    let label = |i: usize, pool: &str| {
+        assert_ok(&bay.tapir([
+            "--device",
+            &bay.device(i),
+            "label",
+            "--label",
+            bay.label(i),
+            "--pool",
+            pool,
+            "--block-size",
+            "64K",
+            "--no-rescue-kit",
+        ]));
+        assert_ok(&bay.tapir(["--device", &bay.device(i), "drive", "eject"]));
+        assert!(bay.mounts(i).is_empty(), "eject unmounts");
+    };
+    label(0, "default");
+    // Disk B belongs to another pool: the wrong disk to continue on.
+    label(1, "other");
+    let b_before = fs::read(&bay.disks[1].file).unwrap();
     // The disks of the pattern, in label order; the next one when one fills.
     let pattern = format!("disk:LABEL={}", bay.label(0).replace("-A", "-*"));
-    let (status, w) = bay.json(
+    let out = bay.tapir_in(
         &src,
         [
+            "--json",
             "--device",
             &pattern,
             "write",
@@ -302,21 +313,37 @@ fn a_set_spans_three_disks_each_restores_alone_and_together_they_restore_all() {
             ".",
         ],
     );
-    assert_eq!(status, 0, "{w}");
+    // Written, with a warning naming the wrong disk.
+    assert_code(&out, 1);
+    let w: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let parts: Vec<String> = w["parts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["cartridge"].as_str().unwrap().to_string())
         .collect();
-    let labels: Vec<String> = (0..3).map(|i| bay.label(i).to_string()).collect();
+    let used = [0, 2, 3];
+    let labels: Vec<String> = used.iter().map(|&i| bay.label(i).to_string()).collect();
     assert_eq!(parts, labels, "{w}");
-    // The full disks were unmounted when the next one was needed.
-    assert!(bay.mounts(0).is_empty() && bay.mounts(1).is_empty());
+    let warned = w["warnings"].to_string();
+    assert!(
+        warned.contains(&format!("{} is in pool \\\"other\\\"", bay.label(1))),
+        "{warned}"
+    );
+    // The full disks were unmounted when the next one was needed, and the
+    // wrong one is as it was, to the byte.
+    for i in 0..3 {
+        assert!(bay.mounts(i).is_empty(), "{} left mounted", bay.label(i));
+    }
+    bay.unplug(1);
+    assert!(
+        fs::read(&bay.disks[1].file).unwrap() == b_before,
+        "the wrong disk was written to"
+    );
 
     // One disk alone, without the host catalog: what is wholly on it.
     let mut whole_somewhere = BTreeMap::new();
-    for i in 0..3 {
+    for i in used {
         let to = bay.path(&format!("alone{i}"));
         let out = Command::new(TAPIR)
             .args(["--json", "--device", &bay.device(i), "restore", "--to"])
@@ -339,7 +366,7 @@ fn a_set_spans_three_disks_each_restores_alone_and_together_they_restore_all() {
 
     // All three in order, joining the parts: the whole tree.
     let whole = bay.path("whole");
-    for i in 0..3 {
+    for (n, i) in used.into_iter().enumerate() {
         let (code, r) = bay.json(
             bay.dir.path(),
             [
@@ -351,7 +378,7 @@ fn a_set_spans_three_disks_each_restores_alone_and_together_they_restore_all() {
                 whole.to_str().unwrap(),
             ],
         );
-        assert!(code == 0 || (code == 1 && i < 2), "{}: {r}", bay.label(i));
+        assert!(code == 0 || (code == 1 && n < 2), "{}: {r}", bay.label(i));
     }
     assert!(restored(&whole) == tree, "the joined tree differs");
     bay.finish();

@@ -237,25 +237,41 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 }
 
 /// Mount points of the filesystem on block device `major:minor`, from
-/// mountinfo text, outermost first. Only whole-filesystem mounts (root `/`)
-/// count: a bind mount of a subdirectory does not show the image.
-pub fn mount_points_in(mountinfo: &str, major_minor: &str) -> Vec<PathBuf> {
+/// mountinfo text, outermost first, each with whether it is read-only.
+/// Only whole-filesystem mounts (root `/`) count: a bind mount of a
+/// subdirectory does not show the image.
+pub fn mounts_in(mountinfo: &str, major_minor: &str) -> Vec<(PathBuf, bool)> {
     mountinfo
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split(' ').collect();
-            (f.len() > 4 && f[2] == major_minor && f[3] == "/").then(|| unescape_mountinfo(f[4]))
+            (f.len() > 5 && f[2] == major_minor && f[3] == "/").then(|| {
+                let ro = f[5].split(',').any(|o| o == "ro");
+                (unescape_mountinfo(f[4]), ro)
+            })
         })
         .collect()
 }
 
-fn mount_points(disk: &FoundDisk) -> DeviceResult<Vec<PathBuf>> {
+/// The mount points alone (see [`mounts_in`]).
+pub fn mount_points_in(mountinfo: &str, major_minor: &str) -> Vec<PathBuf> {
+    mounts_in(mountinfo, major_minor)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+fn mounts(disk: &FoundDisk) -> DeviceResult<Vec<(PathBuf, bool)>> {
     let name = disk.describe();
     let mm = std::fs::read_to_string(disk.sysfs().join("dev"))
         .map_err(|e| DeviceError::io(&name, "reading its device number from sysfs", e))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| DeviceError::io(&name, "reading /proc/self/mountinfo", e))?;
-    Ok(mount_points_in(&info, mm.trim()))
+    Ok(mounts_in(&info, mm.trim()))
+}
+
+fn mount_points(disk: &FoundDisk) -> DeviceResult<Vec<PathBuf>> {
+    Ok(mounts(disk)?.into_iter().map(|(p, _)| p).collect())
 }
 
 fn run(cmd: &mut Command, device: &str, what: &str) -> DeviceResult<()> {
@@ -276,10 +292,22 @@ fn run(cmd: &mut Command, device: &str, what: &str) -> DeviceResult<()> {
     }
 }
 
-/// Where the disk is mounted, mounting it under [`MOUNT_ROOT`] first if it
-/// is not mounted anywhere. The flag says whether tapir mounted it.
+/// Where the disk is mounted, mounting it read-only under [`MOUNT_ROOT`]
+/// first if it is not mounted yet (so that looking at a disk changes
+/// nothing on it, not even its superblock; [`remount_writable`] before the
+/// first write). The flag says whether it is a read-only mount of tapir's,
+/// to be remounted for writing (someone else's read-only mount is left
+/// alone: the cartridge is then write-protected).
 pub fn ensure_mounted(disk: &FoundDisk) -> DeviceResult<(PathBuf, bool)> {
-    if let Some(p) = mount_points(disk)?.into_iter().next() {
+    let found = mounts(disk)?;
+    // A writable mount if there is one; else tapir's own read-only one.
+    if let Some((p, _)) = found.iter().find(|(_, ro)| !ro) {
+        return Ok((p.clone(), false));
+    }
+    if let Some((p, ro)) = found.iter().find(|(p, _)| p.starts_with(MOUNT_ROOT)) {
+        return Ok((p.clone(), *ro));
+    }
+    if let Some((p, _)) = found.into_iter().next() {
         return Ok((p, false));
     }
     let name = disk.describe();
@@ -297,7 +325,7 @@ pub fn ensure_mounted(disk: &FoundDisk) -> DeviceResult<(PathBuf, bool)> {
     if let Some(t) = &disk.fstype {
         cmd.args(["-t", t]);
     }
-    cmd.args(["-o", "noatime"]).arg(&disk.devname).arg(&dir);
+    cmd.args(["-o", "ro,noatime"]).arg(&disk.devname).arg(&dir);
     run(
         &mut cmd,
         &name,
@@ -307,6 +335,15 @@ pub fn ensure_mounted(disk: &FoundDisk) -> DeviceResult<(PathBuf, bool)> {
         ),
     )?;
     Ok((dir, true))
+}
+
+/// Remount a disk tapir mounted read-only for writing.
+pub fn remount_writable(disk: &FoundDisk, at: &Path) -> DeviceResult<()> {
+    run(
+        Command::new("mount").args(["-o", "remount,rw"]).arg(at),
+        &disk.describe(),
+        &format!("remounting {} for writing", at.display()),
+    )
 }
 
 /// Unmount every mount of the disk's filesystem, then power the disk off
@@ -421,6 +458,8 @@ pub struct DiskDrive {
     ejected: bool,
     /// Set once the disk was found gone: why.
     removed: Option<String>,
+    /// tapir mounted it read-only, to be remounted at the first write.
+    read_only_mount: bool,
 }
 
 impl std::fmt::Debug for DiskDrive {
@@ -478,7 +517,7 @@ impl DiskDrive {
     /// Open `disk`, mounting it if needed.
     pub fn open_found(spec: &str, disk: FoundDisk) -> DeviceResult<DiskDrive> {
         let name = format!("{spec} ({})", disk.devname.display());
-        let (mount, _ours) = ensure_mounted(&disk)?;
+        let (mount, read_only_mount) = ensure_mounted(&disk)?;
         let image = mount.join(IMAGE_NAME);
         let mut d = DiskDrive {
             name,
@@ -489,6 +528,7 @@ impl DiskDrive {
             identity: None,
             ejected: false,
             removed: None,
+            read_only_mount,
         };
         if d.image.exists() {
             d.open_image()?;
@@ -640,6 +680,22 @@ impl DiskDrive {
 
     fn writable_tape(&mut self) -> DeviceResult<&mut VirtualTape> {
         self.check_present()?;
+        if self.read_only_mount {
+            // Reopen the image on the writable mount, where it was.
+            remount_writable(&self.disk, &self.mount)?;
+            self.read_only_mount = false;
+            if let Some(t) = self.tape.take() {
+                let at = t.position_now();
+                drop(t);
+                self.open_image()?;
+                if at.logical != 0 {
+                    self.tape
+                        .as_mut()
+                        .expect("image reopened")
+                        .locate(at.file, at.block)?;
+                }
+            }
+        }
         if self.tape.is_none() {
             self.create_image()?;
         }
@@ -785,7 +841,15 @@ impl TapeDrive for DiskDrive {
 
     fn status(&mut self) -> DeviceResult<DriveStatus> {
         let label = self.disk.label.clone();
+        let probing = self.read_only_mount;
         match self.tape()? {
+            // Mounted read-only only until the first write: the image's
+            // own flag says whether it is write-protected.
+            Some(t) if probing => {
+                let mut s = t.status()?;
+                s.write_protected = t.header_write_protected();
+                Ok(s)
+            }
             Some(t) => t.status(),
             None => Ok(DriveStatus {
                 online: true,
@@ -841,10 +905,10 @@ impl TapeDrive for DiskDrive {
     }
 
     fn erase(&mut self, long: bool) -> DeviceResult<()> {
-        match self.tape()? {
-            Some(t) => t.erase(long),
-            None => Ok(()),
+        if self.tape()?.is_none() {
+            return Ok(());
         }
+        self.writable_tape()?.erase(long)
     }
 }
 
@@ -908,6 +972,15 @@ mod tests {
             vec![PathBuf::from("/run/tapir/disks/my disk")]
         );
         assert!(mount_points_in(info, "7:4").is_empty());
+        let ro = "40 35 7:5 / /run/tapir/disks/x ro,noatime - ext4 /dev/loop5 ro\n";
+        assert_eq!(
+            mounts_in(ro, "7:5"),
+            vec![(PathBuf::from("/run/tapir/disks/x"), true)]
+        );
+        assert_eq!(
+            mounts_in(info, "98:0"),
+            vec![(PathBuf::from("/mnt1"), false)]
+        );
     }
 
     #[test]

@@ -634,6 +634,12 @@ impl VirtualTape {
         self.write_protected
     }
 
+    /// Whether the image's header says write-protected (whatever the file's
+    /// own permissions or its filesystem).
+    pub fn header_write_protected(&self) -> bool {
+        self.header.write_protected()
+    }
+
     /// Records (blocks and filemarks) between beginning of tape and end of data.
     pub fn records(&self) -> u64 {
         (self.offsets.len() - 1) as u64

@@ -55,7 +55,7 @@ impl CartridgeSupply for DiskSupply {
             DiskSelector::Uuid(_) => "another disk".into(),
         };
         (self.tell)(&format!(
-            "disk {} is done (unmounted): unplug it and plug in {wanted}, an empty one (not {}); waiting up to {} s",
+            "unplug disk {} (unmounted) and plug in {wanted}, an empty one not used yet (used: {}); waiting up to {} s",
             done.as_deref().unwrap_or("?"),
             used.iter()
                 .map(|s| s.as_str())
