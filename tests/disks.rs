@@ -729,3 +729,57 @@ fn a_disk_pulled_mid_write_fails_cleanly_keeps_what_was_complete_and_takes_the_n
     assert!(all.len() >= got.len() + second.len(), "{r}");
     bay.finish();
 }
+
+#[test]
+fn a_job_spans_two_disks_of_its_pool_verifies_both_and_unmounts_both() {
+    need_disks!();
+    let mut bay = Bay::new("js", 2, 16);
+    bay.plug(0);
+    bay.plug(1);
+    let src = bay.path("src");
+    let tree = make_tree(&src, 7);
+    let config = disk_job(&bay, &src);
+    let out = night(&bay, &config, "2026-11-30", &["--insert-timeout", "0"]);
+    assert_ok(&out);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts: Vec<&str> = r["write"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cartridge"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, [bay.label(0), bay.label(1)], "{r}");
+    let verified = r["verified"].as_array().unwrap();
+    assert_eq!(verified.len(), 2, "{r}");
+    assert!(verified.iter().all(|v| v["ok"] == true), "{r}");
+    assert!(bay.mounts(0).is_empty() && bay.mounts(1).is_empty());
+    // Both in order give the whole tree back.
+    let whole = bay.path("whole");
+    for i in 0..2 {
+        let (code, r) = bay.json(
+            bay.dir.path(),
+            [
+                "--device",
+                &bay.device(i),
+                "restore",
+                "--partials",
+                "--to",
+                whole.to_str().unwrap(),
+            ],
+        );
+        assert!(code == 0 || (code == 1 && i == 0), "{r}");
+    }
+    let got: BTreeMap<String, Vec<u8>> = restored(&whole)
+        .into_iter()
+        .map(|(rel, data)| {
+            let rel = rel
+                .strip_prefix(src.to_str().unwrap().trim_start_matches('/'))
+                .unwrap_or(&rel)
+                .trim_start_matches('/')
+                .to_string();
+            (rel, data)
+        })
+        .collect();
+    assert!(got == tree, "the joined tree differs");
+    bay.finish();
+}

@@ -574,12 +574,18 @@ pub fn execute(
             lib.load(&part.cartridge)?;
             let mut drive = lib.open_drive()?;
             let v = super::verify::verify(drive.as_mut(), Some(part.session))?;
-            let ok = v.exit_status() == ExitStatus::Success;
+            // A part of a file that continues on the set's next cartridge
+            // is not damage (verify's warning status says only that).
+            let ok = v.exit_status() != ExitStatus::DataDamage;
             let detail = format!(
-                "{} of {} entries intact, {} bad block run(s)",
+                "{} of {} entries intact, {} bad block run(s){}",
                 v.entries_ok,
                 v.entries,
-                v.bad_blocks.len()
+                v.bad_blocks.len(),
+                match v.spanning_parts.len() {
+                    0 => String::new(),
+                    n => format!(", {n} part(s) of files that span cartridges"),
+                }
             );
             cat.record_verify(&v.volume_uuid, ok, Some(&detail))?;
             verified.push(Verified {
