@@ -143,11 +143,16 @@ impl FoundDisk {
     /// node exists and reports a non-zero size (a detached loop device and
     /// a card reader without a card report 0).
     pub fn present(&self) -> bool {
-        std::fs::read_to_string(self.sysfs().join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > 0)
+        size_nonzero(&self.sysfs().join("size"))
     }
+}
+
+/// Whether a sysfs `size` file exists and holds a non-zero number.
+fn size_nonzero(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// Parse `blkid -o export` output: blank-line separated blocks of KEY=VALUE.
@@ -460,6 +465,8 @@ pub struct DiskDrive {
     removed: Option<String>,
     /// tapir mounted it read-only, to be remounted at the first write.
     read_only_mount: bool,
+    /// The block device's sysfs `size`: 0 or gone once the disk is pulled.
+    size_file: PathBuf,
 }
 
 impl std::fmt::Debug for DiskDrive {
@@ -518,6 +525,7 @@ impl DiskDrive {
     pub fn open_found(spec: &str, disk: FoundDisk) -> DeviceResult<DiskDrive> {
         let name = format!("{spec} ({})", disk.devname.display());
         let (mount, read_only_mount) = ensure_mounted(&disk)?;
+        let size_file = disk.sysfs().join("size");
         let image = mount.join(IMAGE_NAME);
         let mut d = DiskDrive {
             name,
@@ -529,6 +537,7 @@ impl DiskDrive {
             ejected: false,
             removed: None,
             read_only_mount,
+            size_file,
         };
         if d.image.exists() {
             d.open_image()?;
@@ -612,7 +621,7 @@ impl DiskDrive {
                 device: self.name.clone(),
             });
         }
-        let gone = !self.disk.present()
+        let gone = !size_nonzero(&self.size_file)
             || (self.tape.is_some() && file_identity(&self.image) != self.identity);
         if !gone {
             return Ok(());
@@ -981,6 +990,110 @@ mod tests {
             mounts_in(info, "98:0"),
             vec![(PathBuf::from("/mnt1"), false)]
         );
+    }
+
+    /// A drive on a "disk" that is a directory, with a fake sysfs size.
+    fn fake_drive(dir: &Path, label: &str) -> DiskDrive {
+        let size_file = dir.join("size");
+        std::fs::write(&size_file, "65536\n").unwrap();
+        let mount = dir.join("fs");
+        std::fs::create_dir_all(&mount).unwrap();
+        let disk = FoundDisk {
+            devname: "/dev/fake".into(),
+            label: Some(label.into()),
+            uuid: Some("0000".into()),
+            fstype: Some("ext4".into()),
+        };
+        let mut d = DiskDrive {
+            name: format!("disk:LABEL={label} (/dev/fake)"),
+            disk,
+            image: mount.join(IMAGE_NAME),
+            mount,
+            tape: None,
+            identity: None,
+            ejected: false,
+            removed: None,
+            read_only_mount: false,
+            size_file,
+        };
+        if d.image.exists() {
+            d.open_image().unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn a_blank_disk_reads_blank_and_gets_its_image_at_the_first_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = fake_drive(tmp.path(), "OFF-1");
+        let mut buf = vec![0u8; 1024];
+        assert_eq!(d.read_block(&mut buf).unwrap(), ReadOutcome::EndOfData);
+        let s = d.status().unwrap();
+        assert!(s.at_bot && !s.write_protected);
+        assert_eq!(s.barcode.as_deref(), Some("OFF-1"));
+        assert!(!d.image.exists(), "reading created nothing");
+        d.write_block(b"hello").unwrap();
+        d.write_filemarks(1, true).unwrap();
+        drop(d);
+        let t = VirtualTape::open(tmp.path().join("fs").join(IMAGE_NAME), "x").unwrap();
+        assert_eq!(t.barcode(), "OFF-1");
+        assert_eq!(t.records(), 2);
+        // Reopened, the capacity in force follows the free space.
+        let d = fake_drive(tmp.path(), "OFF-1");
+        let t = d.tape.as_ref().unwrap();
+        let (free, _) = free_bytes(&d.mount, "x").unwrap();
+        assert!(t.capacity() <= t.used_bytes() + free, "{}", t.capacity());
+    }
+
+    #[test]
+    fn a_pulled_disk_fails_as_removed_and_nothing_more_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = fake_drive(tmp.path(), "OFF-2");
+        d.write_block(&[7u8; 100]).unwrap();
+        d.write_filemarks(1, true).unwrap();
+        d.write_block(&[8u8; 100]).unwrap();
+        // The device goes away (its sysfs size drops to 0).
+        std::fs::write(tmp.path().join("size"), "0\n").unwrap();
+        let e = d.write_block(&[9u8; 100]).unwrap_err();
+        assert!(matches!(e, DeviceError::Removed { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("disk OFF-2 (/dev/fake) was removed"), "{msg}");
+        assert!(msg.contains("at tape file 1, block 1"), "{msg}");
+        assert!(msg.contains("plug the disk in again"), "{msg}");
+        // Every later call says so too; dropping writes no closing filemark.
+        assert!(matches!(
+            d.write_filemarks(1, false),
+            Err(DeviceError::Removed { .. })
+        ));
+        assert!(matches!(d.flush(), Err(DeviceError::Removed { .. })));
+        drop(d);
+        let t = VirtualTape::open(tmp.path().join("fs").join(IMAGE_NAME), "x").unwrap();
+        assert_eq!(t.records(), 3, "block, filemark, block: nothing after");
+    }
+
+    #[test]
+    fn an_image_moved_away_under_the_drive_is_a_removed_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = fake_drive(tmp.path(), "OFF-3");
+        d.write_block(&[1u8; 10]).unwrap();
+        d.write_filemarks(1, true).unwrap();
+        drop(d);
+        let mut d = fake_drive(tmp.path(), "OFF-3");
+        // What a lazy unmount does to the path: it leads elsewhere.
+        std::fs::rename(&d.image, tmp.path().join("elsewhere")).unwrap();
+        assert!(matches!(
+            d.write_block(&[2u8; 10]),
+            Err(DeviceError::Removed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_filesystem_label_that_is_not_a_barcode_is_refused_before_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = fake_drive(tmp.path(), "my disk");
+        let e = d.write_block(b"x").unwrap_err();
+        assert!(e.to_string().contains("e2label /dev/fake NAME"), "{e}");
+        assert!(!d.image.exists());
     }
 
     #[test]

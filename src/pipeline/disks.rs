@@ -51,8 +51,18 @@ impl CartridgeSupply for DiskSupply {
         let mut used: Vec<&String> = self.used.iter().collect();
         used.sort();
         let wanted = match &self.selector {
-            DiskSelector::Label(l) => format!("another disk labelled {l}"),
-            DiskSelector::Uuid(_) => "another disk".into(),
+            DiskSelector::Label(l) if l.ends_with('*') => format!("another disk labelled {l}"),
+            // The device names one disk: there is no other to go on with.
+            other => {
+                (self.tell)(&format!(
+                    "disk {} is done and unmounted; {} names that disk only, so the set cannot \
+                     continue on another: name the pool's disks with a pattern \
+                     (--device disk:LABEL=PREFIX*) to let it",
+                    done.as_deref().unwrap_or("?"),
+                    other.spec()
+                ));
+                return Ok(None);
+            }
         };
         (self.tell)(&format!(
             "unplug disk {} (unmounted) and plug in {wanted}, an empty one not used yet (used: {}); waiting up to {} s",
