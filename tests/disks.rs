@@ -381,6 +381,24 @@ fn a_set_spans_three_disks_passes_over_a_wrong_one_and_each_restores_alone() {
         assert!(code == 0 || (code == 1 && n < 2), "{}: {r}", bay.label(i));
     }
     assert!(restored(&whole) == tree, "the joined tree differs");
+
+    // The whole set from its last disk: each disk found by its label.
+    let set = bay.path("set");
+    let (code, r) = bay.json(
+        bay.dir.path(),
+        [
+            "--device",
+            &bay.device(3),
+            "restore",
+            "--whole-set",
+            "--operator-timeout",
+            "0",
+            "--to",
+            set.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert!(restored(&set) == tree, "the set's tree differs: {r}");
     bay.finish();
 }
 

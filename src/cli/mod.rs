@@ -812,6 +812,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                                 lib: VirtualLibrary::open(dir).map_err(Error::from)?,
                             })
                         }
+                        // Removable disks: each found by its label when plugged in.
+                        Ok(tapir::device::open::DeviceSpec::Disk(_)) => {
+                            Box::new(pipeline::disks::DiskLoader {
+                                timeout: std::time::Duration::from_secs(*operator_timeout),
+                                tell: std::sync::Arc::new(|what: &str| {
+                                    eprintln!("tapir: OPERATOR: {what}")
+                                }),
+                            })
+                        }
                         _ => Box::new(pipeline::setrestore::OperatorLoader(operator(
                             spec,
                             *operator_timeout,

@@ -229,3 +229,64 @@ impl JobLibrary for DiskLibrary {
         Ok(notes)
     }
 }
+
+/// The disks of a set, one after another, for `restore --whole-set`: the
+/// disk in use is unmounted and the operator asked to plug in the next
+/// one by its label (and where the set last saw it); tapir waits for it
+/// and checks it is that volume.
+pub struct DiskLoader {
+    /// How long to wait for each disk.
+    pub timeout: Duration,
+    pub tell: Tell,
+}
+
+impl super::setrestore::VolumeLoader for DiskLoader {
+    fn load(
+        &mut self,
+        mut current: Box<dyn TapeDrive>,
+        want: &crate::format::setcat::VolumeInfo,
+    ) -> Result<Box<dyn TapeDrive>> {
+        current.eject()?;
+        drop(current);
+        let sel = DiskSelector::Label(want.label.clone());
+        if disk::find(&sel)?.is_empty() {
+            (self.tell)(&format!(
+                "plug in disk {} (volume {} of the set{}); waiting up to {} s",
+                want.label,
+                want.volume_seq,
+                want.location
+                    .as_deref()
+                    .map(|l| format!(", last known to be: {l}"))
+                    .unwrap_or_default(),
+                self.timeout.as_secs()
+            ));
+        }
+        let mut drive = DiskDrive::open(&sel, &HashSet::new(), self.timeout, &mut |_| {})?;
+        // The same label on another disk (a disk relabelled, or a copy) is
+        // not this volume.
+        match super::volume::read_label(&mut drive)? {
+            super::volume::LabelState::Tapir(l) if l.volume_uuid == want.volume_uuid => {
+                Ok(Box::new(drive))
+            }
+            other => {
+                let what = match other {
+                    super::volume::LabelState::Tapir(l) => format!(
+                        "volume {} of pool {}",
+                        crate::format::label::uuid_text(&l.volume_uuid),
+                        l.pool
+                    ),
+                    super::volume::LabelState::Blank => "no cartridge image".into(),
+                    super::volume::LabelState::Foreign(w) => w,
+                };
+                Err(Error::Refused(format!(
+                    "{}: disk {} holds {what}, not volume {} ({}) of the set; plug in the set's own disk {}",
+                    drive.name(),
+                    want.label,
+                    want.volume_seq,
+                    crate::format::label::uuid_text(&want.volume_uuid),
+                    want.label
+                )))
+            }
+        }
+    }
+}
