@@ -492,8 +492,10 @@ fn a_rotation_job_asks_for_its_disk_by_label_and_place_and_never_writes_to_the_w
     );
     assert!(err.contains(&format!("left untouched: {b} (")), "{err}");
 
-    // Waiting for A: the operator is told which disk and where it is;
-    // plugging it in lets the job go on.
+    // Waiting for A: the operator is told which disk and where it is. The
+    // wrong disk plugged in meanwhile is named at once, and plugging A in
+    // lets the job go on.
+    bay.unplug(1);
     let now = "2026-12-02T01:00:00Z";
     let mut child = Command::new(TAPIR)
         .args([
@@ -515,7 +517,14 @@ fn a_rotation_job_asks_for_its_disk_by_label_and_place_and_never_writes_to_the_w
         asked.contains(&format!("plug in one of {a} (last known at vault:offsite")),
         "{asked}"
     );
-    assert!(asked.contains(&format!("left untouched: {b}")), "{asked}");
+    bay.plug(1);
+    let wrong = read_until_operator(&mut stderr);
+    assert!(
+        wrong.contains(&format!(
+            "{b} is not the one needed here: expected {a}; unplug {b}"
+        )),
+        "{wrong}"
+    );
     bay.plug(0);
     let out = child.wait_with_output().unwrap();
     let mut rest = String::new();

@@ -542,7 +542,8 @@ pub fn execute(
             .filter(|c| !tried.contains(&c.label))
             .map(|c| c.label.as_str())
             .collect();
-        ctx.operator.until_inside(lib, &untried, waiting_since)?;
+        ctx.operator
+            .until_inside_noting(lib, &untried, waiting_since, Some(inside))?;
     };
     drop(cat);
     let (job_run, baseline, level_note) = levels(ctx)?;
@@ -814,6 +815,7 @@ impl Operator<'_> {
     ) -> Result<()> {
         let at = whereabouts.map_or(String::new(), |w| format!(" (last known at {w})"));
         let insert = lib.insert_words(&format!("cartridge {label}{at}"), Some(label));
+        let known = lib.names_strangers().then(|| lib.inside()).transpose()?;
         if self.timeout.is_zero() {
             return Err(Error::Refused(format!(
                 "cartridge {label}{at} is not in the library; {insert} and retry"
@@ -823,7 +825,7 @@ impl Operator<'_> {
             "{insert}; waiting up to {} s",
             self.timeout.as_secs()
         ));
-        if self.until_inside(lib, &[label], std::time::Instant::now())? {
+        if self.until_inside_noting(lib, &[label], std::time::Instant::now(), known)? {
             return Ok(());
         }
         Err(Error::Device(DeviceError::NoMedium {
@@ -839,7 +841,22 @@ impl Operator<'_> {
         labels: &[&str],
         since: std::time::Instant,
     ) -> Result<bool> {
-        let mut seen: Option<Vec<String>> = None;
+        self.until_inside_noting(lib, labels, since, None)
+    }
+
+    /// [`Operator::until_inside`], telling the operator at once about
+    /// media that arrive and are not among `labels`, when the library
+    /// names them ([`JobLibrary::names_strangers`]); `known` is what was
+    /// present when the operator was asked (None: what is present at the
+    /// first look).
+    pub fn until_inside_noting(
+        &self,
+        lib: &dyn JobLibrary,
+        labels: &[&str],
+        since: std::time::Instant,
+        known: Option<Vec<String>>,
+    ) -> Result<bool> {
+        let mut seen = known;
         while since.elapsed() < self.timeout {
             let inside = lib.inside()?;
             if inside.iter().any(|b| labels.contains(&b.as_str())) {
