@@ -289,7 +289,13 @@ fn a_set_spans_three_disks_passes_over_a_wrong_one_and_each_restores_alone() {
             "64K",
             "--no-rescue-kit",
         ]));
-        assert_ok(&bay.tapir(["--device", &bay.device(i), "drive", "eject"]));
+        let out = bay.tapir(["--device", &bay.device(i), "drive", "eject"]);
+        assert_ok(&out);
+        assert!(
+            text(&out.stdout).contains("unmounted; a loop device: nothing to power off"),
+            "{}",
+            text(&out.stdout)
+        );
         assert!(bay.mounts(i).is_empty(), "eject unmounts");
     };
     label(0, "default");

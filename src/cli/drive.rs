@@ -145,14 +145,20 @@ pub fn run(cmd: &DriveCommand, g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                     };
                     done(g, &name, "eject", &what);
                 }
-                DeviceSpec::Disk(_) => {
-                    let mut d = super::open_device(g.device, g.wait_ready)?;
-                    d.eject().map_err(Error::from)?;
+                DeviceSpec::Disk(sel) => {
+                    let mut d = tapir::device::disk::DiskDrive::open(
+                        &sel,
+                        &Default::default(),
+                        std::time::Duration::from_secs(g.wait_ready),
+                        &mut |_| {},
+                    )
+                    .map_err(Error::from)?;
+                    let note = d.take_out().map_err(Error::from)?;
                     done(
                         g,
                         &name,
                         "eject",
-                        "image synced and closed, disk unmounted (and powered off where it can be)",
+                        &format!("image synced and closed; {note}"),
                     );
                 }
             }

@@ -70,9 +70,11 @@ impl DiskSelector {
             DiskSelector::Label(s.to_string())
         };
         match &sel {
+            // A bare `*` would match every labelled filesystem, the
+            // system's own among them.
             DiskSelector::Label(l) => {
                 let stem = l.strip_suffix('*').unwrap_or(l);
-                (!l.is_empty() && !stem.contains('*')).then_some(sel)
+                (!stem.is_empty() && !stem.contains('*')).then_some(sel)
             }
             DiskSelector::Uuid(u) => (!u.is_empty()).then_some(sel),
         }
@@ -169,8 +171,17 @@ pub fn parse_blkid_export(text: &str) -> Vec<FoundDisk> {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
             };
-            // blkid escapes with backslashes in export mode.
-            let v = v.replace("\\ ", " ").replace("\\\\", "\\");
+            // In export mode blkid puts a backslash before every character
+            // a shell would treat specially.
+            let mut v2 = String::with_capacity(v.len());
+            let mut chars = v.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => v2.extend(chars.next()),
+                    c => v2.push(c),
+                }
+            }
+            let v = v2;
             match k {
                 "DEVNAME" => d.devname = PathBuf::from(v),
                 "LABEL" => d.label = Some(v),
@@ -500,10 +511,29 @@ impl DiskDrive {
         loop {
             let found = find(sel)?;
             if let Some(disk) = found
-                .into_iter()
+                .iter()
                 .find(|d| d.label.as_ref().is_none_or(|l| !skip.contains(l)))
             {
-                return DiskDrive::open_found(&spec, disk);
+                // Two disks with one label (a cloned disk): which one is
+                // meant cannot be told, so neither is used.
+                let twins: Vec<String> = found
+                    .iter()
+                    .filter(|d| d.label.is_some() && d.label == disk.label)
+                    .map(|d| d.devname.display().to_string())
+                    .collect();
+                if twins.len() > 1 {
+                    return Err(DeviceError::InvalidRequest {
+                        device: spec,
+                        detail: format!(
+                            "{} disks carry the filesystem label {} ({}); unplug all but the one meant, \
+                             or give each its own label (e2label)",
+                            twins.len(),
+                            disk.label.as_deref().unwrap_or_default(),
+                            twins.join(", ")
+                        ),
+                    });
+                }
+                return DiskDrive::open_found(&spec, disk.clone());
             }
             if started.elapsed() >= timeout {
                 return Err(absent(&spec, sel, skip));
@@ -607,6 +637,19 @@ impl DiskDrive {
         self.open_image()
     }
 
+    /// Sync and close the image, unmount the disk and power it off where
+    /// the hardware allows; what was done, in words.
+    pub fn take_out(&mut self) -> DeviceResult<String> {
+        if self.ejected {
+            return Ok(format!("{}: taken out already", self.disk.describe()));
+        }
+        if let Some(t) = self.tape.take() {
+            t.close()?;
+        }
+        self.ejected = true;
+        remove(&self.disk)
+    }
+
     /// Fail if the disk was pulled or unmounted since it was opened; from
     /// then on nothing more is written to it, not even a closing filemark.
     fn check_present(&mut self) -> DeviceResult<()> {
@@ -653,6 +696,22 @@ impl DiskDrive {
     /// A write error that means the disk went away is reported as such;
     /// a full filesystem is the end of the medium.
     fn translate(&mut self, e: DeviceError) -> DeviceError {
+        // Read-only because of someone else's read-only mount, not the
+        // image's write-protect flag.
+        if let (DeviceError::WriteProtected { .. }, Some(t)) = (&e, &self.tape) {
+            if !t.header_write_protected() {
+                return DeviceError::InvalidRequest {
+                    device: self.name.clone(),
+                    detail: format!(
+                        "{} is mounted read-only at {}; remount it read-write \
+                         (mount -o remount,rw {}) or unmount it and let tapir mount it",
+                        self.disk.describe(),
+                        self.mount.display(),
+                        self.mount.display()
+                    ),
+                };
+            }
+        }
         if let DeviceError::Io { source, .. } = &e {
             match source.raw_os_error() {
                 Some(libc::ENOSPC) => {
@@ -850,16 +909,15 @@ impl TapeDrive for DiskDrive {
 
     fn status(&mut self) -> DeviceResult<DriveStatus> {
         let label = self.disk.label.clone();
-        let probing = self.read_only_mount;
         match self.tape()? {
-            // Mounted read-only only until the first write: the image's
-            // own flag says whether it is write-protected.
-            Some(t) if probing => {
+            // The image's own flag says whether it is write-protected (a
+            // read-only mount is tapir's until the first write, or someone
+            // else's, which the first write reports as such).
+            Some(t) => {
                 let mut s = t.status()?;
                 s.write_protected = t.header_write_protected();
                 Ok(s)
             }
-            Some(t) => t.status(),
             None => Ok(DriveStatus {
                 online: true,
                 at_bot: true,
@@ -901,14 +959,7 @@ impl TapeDrive for DiskDrive {
     /// Sync and close the image, unmount the disk and power it off where
     /// the hardware allows.
     fn eject(&mut self) -> DeviceResult<()> {
-        if self.ejected {
-            return Ok(());
-        }
-        if let Some(t) = self.tape.take() {
-            t.close()?;
-        }
-        self.ejected = true;
-        let note = remove(&self.disk)?;
+        let note = self.take_out()?;
         tracing::info!("{note}");
         Ok(())
     }
@@ -942,6 +993,8 @@ mod tests {
         assert_eq!(DiskSelector::parse(""), None);
         assert_eq!(DiskSelector::parse("LABEL="), None);
         assert_eq!(DiskSelector::parse("LABEL=a*b"), None);
+        assert_eq!(DiskSelector::parse("LABEL=*"), None);
+        assert_eq!(DiskSelector::parse("*"), None);
         let d = |label: &str, uuid: &str| FoundDisk {
             devname: "/dev/sdb1".into(),
             label: Some(label.into()),
@@ -961,11 +1014,12 @@ mod tests {
 
     #[test]
     fn blkid_export_is_parsed() {
-        let text = "DEVNAME=/dev/loop0\nLABEL=tz A\\ b\nUUID=6868\nBLOCK_SIZE=1024\nTYPE=ext4\n\n\
+        let text =
+            "DEVNAME=/dev/loop0\nLABEL=tz A\\ b\\$\nUUID=6868\nBLOCK_SIZE=1024\nTYPE=ext4\n\n\
                     DEVNAME=/dev/vda\nPTTYPE=gpt\n\nDEVNAME=/dev/sdb1\nUUID=12\nTYPE=vfat\n";
         let found = parse_blkid_export(text);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(found[0].label.as_deref(), Some("tz A b"));
+        assert_eq!(found[0].label.as_deref(), Some("tz A b$"));
         assert_eq!(found[0].fstype.as_deref(), Some("ext4"));
         assert_eq!(found[1].devname, PathBuf::from("/dev/sdb1"));
         assert_eq!(found[1].label, None);
