@@ -10,7 +10,6 @@ use tapir::device::library::VirtualLibrary;
 use tapir::device::open::DeviceSpec;
 use tapir::device::sg::{SgError, SgResult};
 use tapir::device::st::StDrive;
-use tapir::device::vtape::VirtualTape;
 use tapir::device::{Changer, DeviceError, TapeDrive};
 use tapir::exit::ExitStatus;
 use tapir::media::{CartridgeNames, IdentityMismatch};
@@ -81,8 +80,8 @@ fn print_json(v: &impl serde::Serialize) {
 /// The drive named by `--device`, opened for a drive command.
 enum Opened {
     St(Box<StDrive>),
-    /// The tape in a virtual library's drive, if any.
-    Virtual(Option<Box<VirtualTape>>),
+    /// The tape in a virtual library's drive, if any, or a removable disk.
+    Virtual(Option<Box<dyn TapeDrive>>),
 }
 
 fn spec(g: &Globals<'_>) -> anyhow::Result<DeviceSpec> {
@@ -100,12 +99,13 @@ fn open_any(g: &Globals<'_>) -> anyhow::Result<Opened> {
         DeviceSpec::VirtualLibrary(dir) => {
             let lib = VirtualLibrary::open(dir).map_err(Error::from)?;
             let tape = match lib.open_drive() {
-                Ok(t) => Some(Box::new(t)),
+                Ok(t) => Some(Box::new(t) as Box<dyn TapeDrive>),
                 Err(DeviceError::NoMedium { .. }) => None,
                 Err(e) => return Err(Error::from(e).into()),
             };
             Opened::Virtual(tape)
         }
+        DeviceSpec::Disk(_) => Opened::Virtual(Some(super::open_device(g.device, g.wait_ready)?)),
     })
 }
 
@@ -145,6 +145,22 @@ pub fn run(cmd: &DriveCommand, g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                     };
                     done(g, &name, "eject", &what);
                 }
+                DeviceSpec::Disk(sel) => {
+                    let mut d = tapir::device::disk::DiskDrive::open(
+                        &sel,
+                        &Default::default(),
+                        std::time::Duration::from_secs(g.wait_ready),
+                        &mut |_| {},
+                    )
+                    .map_err(Error::from)?;
+                    let note = d.take_out().map_err(Error::from)?;
+                    done(
+                        g,
+                        &name,
+                        "eject",
+                        &format!("image synced and closed; {note}"),
+                    );
+                }
             }
             Ok(ExitStatus::Success)
         }
@@ -160,6 +176,12 @@ pub fn run(cmd: &DriveCommand, g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
                     return Err(Error::Usage(format!(
                         "{name}: a tape drive loads the cartridge inserted in it; \
                          give no cartridge (a changer loads one: tapir changer --changer /dev/sgN load BARCODE)"
+                    ))
+                    .into())
+                }
+                (DeviceSpec::Disk(_), _) => {
+                    return Err(Error::Usage(format!(
+                        "{name}: a removable disk is loaded by plugging it in; tapir finds it by its filesystem label"
                     ))
                     .into())
                 }

@@ -41,7 +41,28 @@ pub struct Globals<'a> {
 
 /// The library a job's drive belongs to: a virtual library (`vtape:DIR`),
 /// or the SCSI changer the configuration gives the st drive.
-fn open_library(cfg: &Config, drive: &tapir::config::Drive) -> anyhow::Result<Box<dyn JobLibrary>> {
+fn open_library(
+    cfg: &Config,
+    drive: &tapir::config::Drive,
+    insert_timeout: std::time::Duration,
+) -> anyhow::Result<Box<dyn JobLibrary>> {
+    if drive.device.starts_with("disk:") {
+        // A pool of removable disks: an operator plugs them in.
+        let notify = cfg.notify.clone();
+        let tell = move |what: &str| {
+            eprintln!("tapir: OPERATOR: {what}");
+            if let Some(n) = &notify {
+                if let Err(e) = job::notify(n, "insert", "", what) {
+                    eprintln!("tapir: warning: {e}");
+                }
+            }
+        };
+        return Ok(Box::new(tapir::pipeline::disks::DiskLibrary::new(
+            &drive.device,
+            insert_timeout,
+            std::sync::Arc::new(tell),
+        )?));
+    }
     if let Some(dir) = drive.device.strip_prefix("vtape:") {
         return Ok(Box::new(
             tapir::device::library::VirtualLibrary::open(std::path::Path::new(dir))
@@ -117,7 +138,11 @@ pub fn run(
         .map(|d| &cfg.drives[d])
         .or_else(|| cfg.drives.values().next())
         .ok_or_else(|| Error::Usage(format!("{}: no [drive] is declared", cfg.path.display())))?;
-    let mut lib = open_library(&cfg, drive)?;
+    let mut lib = open_library(
+        &cfg,
+        drive,
+        std::time::Duration::from_secs(args.insert_timeout),
+    )?;
     let present = lib.inside()?;
     let catalog_path = catalog
         .map(|p| p.to_path_buf())
@@ -221,6 +246,15 @@ pub fn run(
         }
         Ok::<_, Error>(first)
     });
+    // Removable disks are unmounted and powered off, whatever happened.
+    match lib.release() {
+        Ok(notes) => {
+            for n in notes {
+                eprintln!("tapir: {n}");
+            }
+        }
+        Err(e) => eprintln!("tapir: warning: {e}"),
+    }
     // Whoever watches the jobs hears of a failure or warnings.
     let said = match &outcome {
         Err(e) => Some(("failed", e.to_string())),
@@ -469,7 +503,11 @@ pub fn restore_at(
                     ))
                 })?
                 .clone();
-            open_library(&cfg, &drive)?
+            open_library(
+                &cfg,
+                &drive,
+                std::time::Duration::from_secs(operator_timeout),
+            )?
         }
     };
     let catalog = tapir::catalog::resolve_path(catalog);
@@ -478,7 +516,13 @@ pub fn restore_at(
         timeout: std::time::Duration::from_secs(operator_timeout),
         tell: &tell,
     };
-    let done = job::restore_at(&catalog, lib.as_mut(), job, at, copy, &opts, &operator)?;
+    let done = job::restore_at(&catalog, lib.as_mut(), job, at, copy, &opts, &operator);
+    if let Ok(notes) = lib.release() {
+        for n in notes {
+            eprintln!("tapir: {n}");
+        }
+    }
+    let done = done?;
     if json {
         println!(
             "{}",

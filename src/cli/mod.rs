@@ -675,6 +675,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                             VirtualLibrary::open(dir).map_err(Error::from)?,
                         )?)
                     }
+                    // A removable disk: the operator plugs in the next one.
+                    Ok(tapir::device::open::DeviceSpec::Disk(sel)) => {
+                        Box::new(pipeline::disks::DiskSupply::new(
+                            sel,
+                            std::time::Duration::from_secs(*operator_timeout),
+                            std::sync::Arc::new(|what: &str| eprintln!("tapir: OPERATOR: {what}")),
+                        ))
+                    }
                     _ => Box::new(pipeline::span::OperatorSupply(operator(
                         spec,
                         *operator_timeout,
@@ -809,6 +817,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                         {
                             Box::new(pipeline::setrestore::LibraryLoader {
                                 lib: VirtualLibrary::open(dir).map_err(Error::from)?,
+                            })
+                        }
+                        // Removable disks: each found by its label when plugged in.
+                        Ok(tapir::device::open::DeviceSpec::Disk(_)) => {
+                            Box::new(pipeline::disks::DiskLoader {
+                                timeout: std::time::Duration::from_secs(*operator_timeout),
+                                tell: std::sync::Arc::new(|what: &str| {
+                                    eprintln!("tapir: OPERATOR: {what}")
+                                }),
                             })
                         }
                         _ => Box::new(pipeline::setrestore::OperatorLoader(operator(

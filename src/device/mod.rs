@@ -4,6 +4,7 @@
 
 pub mod changer;
 pub mod discover;
+pub mod disk;
 pub mod drivesim;
 pub mod inode_flags;
 pub mod library;
@@ -156,6 +157,12 @@ pub enum DeviceError {
         from: String,
         detail: String,
     },
+    /// A removable disk that is not plugged in (or not the one needed).
+    #[error("{device}: {detail}")]
+    Absent { device: String, detail: String },
+    /// A removable disk pulled or unmounted while in use.
+    #[error("{device}: {detail}")]
+    Removed { device: String, detail: String },
     #[error("{device}: {what} is not supported by this device")]
     Unsupported { device: String, what: String },
     #[error("{device}: {detail}")]

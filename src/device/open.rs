@@ -5,6 +5,9 @@
 //! - `/dev/nstN` (optionally with a mode suffix `l`, `m` or `a`), or any path
 //!   whose symbolic links resolve to such a name, e.g.
 //!   `/dev/tape/by-id/scsi-...-nst`: a non-rewinding Linux SCSI tape.
+//! - `disk:LABEL=NAME`, `disk:LABEL=PREFIX*`, `disk:UUID=UUID` (or
+//!   `disk:NAME`): a removable disk found by its filesystem label or UUID,
+//!   holding one cartridge image (see [`super::disk`]).
 //!
 //! A path resolving to a rewinding device (`/dev/stN`) is refused: closing it
 //! rewinds the tape, and the next write would then start at the beginning of
@@ -12,6 +15,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use super::disk::{DiskDrive, DiskSelector};
 use super::library::VirtualLibrary;
 use super::{DeviceError, DeviceResult, TapeDrive};
 
@@ -19,7 +23,8 @@ use super::{DeviceError, DeviceResult, TapeDrive};
 const MAX_LINKS: usize = 40;
 
 const ACCEPTED: &str = "accepted devices: vtape:DIR (a virtual tape library), \
-/dev/nstN (a non-rewinding SCSI tape), or a link to one such as /dev/tape/by-id/...-nst";
+/dev/nstN (a non-rewinding SCSI tape), or a link to one such as /dev/tape/by-id/...-nst, \
+or disk:LABEL=NAME (a removable disk, by its filesystem label or disk:UUID=UUID)";
 
 /// A parsed device specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub enum DeviceSpec {
     /// A non-rewinding Linux st device, as the user named it (a by-id link is
     /// kept as given: it survives device renumbering).
     St(PathBuf),
+    /// `disk:LABEL=NAME` or `disk:UUID=UUID`: a removable disk.
+    Disk(DiskSelector),
 }
 
 /// Kinds of st device node names.
@@ -107,6 +114,16 @@ impl DeviceSpec {
             }
             return Ok(DeviceSpec::VirtualLibrary(PathBuf::from(dir)));
         }
+        if let Some(sel) = spec.strip_prefix("disk:") {
+            return DiskSelector::parse(sel)
+                .map(DeviceSpec::Disk)
+                .ok_or_else(|| {
+                    invalid(format!(
+                    "disk: needs the disk's filesystem label or UUID, as in disk:LABEL=OFFSITE-1, \
+                     disk:LABEL=OFFSITE-* or disk:UUID=...; {ACCEPTED}"
+                ))
+                });
+        }
         if spec.is_empty() {
             return Err(invalid(format!("no device given; {ACCEPTED}")));
         }
@@ -146,8 +163,14 @@ impl DeviceSpec {
                 } else {
                     format!(" (it resolves to {})", resolved.display())
                 };
+                let disk = if name.starts_with("sd") || name.starts_with("loop") {
+                    " (a removable disk is named by its filesystem label, which survives \
+                     replugging: disk:LABEL=NAME)"
+                } else {
+                    ""
+                };
                 Err(invalid(format!(
-                    "not a tape device this tapir can use{via}; {ACCEPTED}"
+                    "not a tape device this tapir can use{via}{disk}; {ACCEPTED}"
                 )))
             }
         }
@@ -182,6 +205,12 @@ pub fn open_drive_waiting(
         }
         DeviceSpec::St(path) => Ok(Box::new(super::st::StDrive::open_when_ready(
             &path, spec, timeout, on_wait,
+        )?)),
+        DeviceSpec::Disk(sel) => Ok(Box::new(DiskDrive::open(
+            &sel,
+            &Default::default(),
+            timeout,
+            on_wait,
         )?)),
     }
 }
@@ -277,6 +306,20 @@ mod tests {
         symlink(&b, &a).unwrap();
         symlink(&a, &b).unwrap();
         assert!(DeviceSpec::parse(a.to_str().unwrap()).is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        assert_eq!(
+            DeviceSpec::parse("disk:LABEL=OFF-1").unwrap(),
+            DeviceSpec::Disk(DiskSelector::Label("OFF-1".into()))
+        );
+        assert_eq!(
+            DeviceSpec::parse("disk:UUID=1234").unwrap(),
+            DeviceSpec::Disk(DiskSelector::Uuid("1234".into()))
+        );
+        assert!(detail(DeviceSpec::parse("disk:").unwrap_err()).contains("disk:LABEL="));
+        assert!(detail(DeviceSpec::parse("/dev/sdb1").unwrap_err()).contains("disk:LABEL=NAME"));
     }
 
     #[test]

@@ -382,6 +382,9 @@ pub struct VirtualTape {
     durable_len: u64,
     /// The last operation was a data write (st: `rw == ST_WRITING`).
     pending_write: bool,
+    /// Capacity and early-warning zone in force when lower than the
+    /// header's (an image on a removable disk: the free space decides).
+    limit: Option<(u64, u64)>,
     /// Speed model of a real drive, when the library asks for one.
     sim: Option<super::drivesim::DriveSim>,
     /// Held while the drive is open through a library; released on drop.
@@ -513,6 +516,7 @@ impl VirtualTape {
             syncs_asked: 0,
             durable_len: file_len,
             pending_write: false,
+            limit: None,
             sim: None,
             lock: None,
         })
@@ -584,14 +588,37 @@ impl VirtualTape {
         &self.header.barcode
     }
 
-    /// Capacity in data bytes.
+    /// Capacity in data bytes (the header's, or a lower limit in force).
     pub fn capacity(&self) -> u64 {
-        self.header.capacity
+        self.limit.map_or(self.header.capacity, |(c, _)| c)
     }
 
     /// Size of the early-warning zone at the end of the capacity, in bytes.
     pub fn early_warning_zone(&self) -> u64 {
-        self.header.early_warning_zone
+        self.limit
+            .map_or(self.header.early_warning_zone, |(_, z)| z)
+    }
+
+    /// Limit the capacity to `capacity` data bytes with an early-warning
+    /// zone of `early_warning_zone`, for as long as this drive is open (the
+    /// header is not changed). A limit above the header's is ignored: an
+    /// image on a removable disk can hold what the disk's free space allows.
+    pub fn limit_capacity(&mut self, capacity: u64, early_warning_zone: u64) {
+        if capacity < self.header.capacity {
+            self.limit = Some((capacity, early_warning_zone.min(capacity)));
+        } else {
+            self.limit = None;
+        }
+    }
+
+    /// The current position (as [`TapeDrive::position`], without `&mut`).
+    pub fn position_now(&self) -> TapePosition {
+        self.position_at(self.pos)
+    }
+
+    /// Data bytes written before early warning is reported.
+    fn threshold(&self) -> u64 {
+        self.capacity() - self.early_warning_zone()
     }
 
     /// The cartridge's media id (random, set at creation).
@@ -605,6 +632,12 @@ impl VirtualTape {
 
     pub fn is_write_protected(&self) -> bool {
         self.write_protected
+    }
+
+    /// Whether the image's header says write-protected (whatever the file's
+    /// own permissions or its filesystem).
+    pub fn header_write_protected(&self) -> bool {
+        self.header.write_protected()
     }
 
     /// Records (blocks and filemarks) between beginning of tape and end of data.
@@ -625,6 +658,12 @@ impl VirtualTape {
             self.write_filemarks(1, false)?;
         }
         Ok(())
+    }
+
+    /// Close the drive without the closing filemark: the medium is gone
+    /// (a removable disk pulled), so nothing more may be written to it.
+    pub fn abandon(mut self) {
+        self.pending_write = false;
     }
 
     /// Keep a library's drive lock for as long as this drive is open.
@@ -672,7 +711,7 @@ impl VirtualTape {
     }
 
     fn early_warning_at(&self, p: usize) -> bool {
-        let threshold = self.header.capacity - self.header.early_warning_zone;
+        let threshold = self.threshold();
         self.used_at(p) > threshold
             || self
                 .faults
@@ -959,7 +998,7 @@ impl BlockWrite for VirtualTape {
         }
         let used = self.used_at(p);
         let after = used.saturating_add(n as u64);
-        if after > self.header.capacity {
+        if after > self.capacity() {
             let at = self.position_at(p);
             return Err(DeviceError::EndOfMedium {
                 device: self.name.clone(),
@@ -989,7 +1028,7 @@ impl BlockWrite for VirtualTape {
         if let Some(sim) = self.sim.as_mut() {
             sim.write(n);
         }
-        let threshold = self.header.capacity - self.header.early_warning_zone;
+        let threshold = self.threshold();
         let forced = self
             .faults
             .early_warning_at_block
@@ -1070,7 +1109,7 @@ impl TapeDrive for VirtualTape {
     }
 
     fn room_before_early_warning(&mut self) -> Option<u64> {
-        let threshold = self.header.capacity - self.header.early_warning_zone;
+        let threshold = self.threshold();
         Some(threshold.saturating_sub(self.used_at(self.pos)))
     }
 

@@ -640,9 +640,16 @@ pub fn execute(
             })
             .collect();
         let out_of_time = waiting_since.elapsed() >= ctx.operator.timeout;
+        // Media present that the plan does not want, and why (a removable
+        // disk plugged in by mistake): nothing is written to them.
+        let strangers = if lib.names_strangers() {
+            strangers_note(&plan.plan, &inside)
+        } else {
+            String::new()
+        };
         if wanted.is_empty() || out_of_time {
             return Err(Error::Refused(format!(
-                "job {}: no cartridge in the library can take it (pool {}){}{}",
+                "job {}: no cartridge in the library can take it (pool {}){}{strangers}{}",
                 ctx.job.name,
                 plan.plan.pool,
                 if passed_over.is_empty() {
@@ -657,12 +664,21 @@ pub fn execute(
                 }
             )));
         }
+        let single = plan
+            .plan
+            .candidates
+            .iter()
+            .filter(|c| !tried.contains(&c.label))
+            .map(|c| c.label.as_str())
+            .collect::<Vec<_>>();
         let ask = format!(
-            "job {} needs a cartridge of pool {}: insert one of {} into the library \
-             (`tapir changer import LABEL`); waiting up to {} s",
+            "job {} needs a cartridge of pool {}: {}{strangers}; waiting up to {} s",
             ctx.job.name,
             plan.plan.pool,
-            wanted.join(", "),
+            lib.insert_words(
+                &format!("one of {}", wanted.join(", ")),
+                (single.len() == 1).then(|| single[0])
+            ),
             ctx.operator
                 .timeout
                 .saturating_sub(waiting_since.elapsed())
@@ -676,7 +692,8 @@ pub fn execute(
             .filter(|c| !tried.contains(&c.label))
             .map(|c| c.label.as_str())
             .collect();
-        ctx.operator.until_inside(lib, &untried, waiting_since)?;
+        ctx.operator
+            .until_inside_noting(lib, &untried, waiting_since, Some(inside))?;
     };
     drop(cat);
     let (job_run, history, level_note) = levels(ctx, plan.copy)?;
@@ -712,12 +729,18 @@ pub fn execute(
             lib.load(&part.cartridge)?;
             let mut drive = lib.open_drive()?;
             let v = super::verify::verify(drive.as_mut(), Some(part.session))?;
-            let ok = v.exit_status() == ExitStatus::Success;
+            // A part of a file that continues on the set's next cartridge
+            // is not damage (verify's warning status says only that).
+            let ok = v.exit_status() != ExitStatus::DataDamage;
             let detail = format!(
-                "{} of {} entries intact, {} bad block run(s)",
+                "{} of {} entries intact, {} bad block run(s){}",
                 v.entries_ok,
                 v.entries,
-                v.bad_blocks.len()
+                v.bad_blocks.len(),
+                match v.spanning_parts.len() {
+                    0 => String::new(),
+                    n => format!(", {n} part(s) of files that span cartridges"),
+                }
             );
             cat.record_verify(&v.volume_uuid, ok, Some(&detail))?;
             verified.push(Verified {
@@ -760,6 +783,26 @@ pub fn execute(
         verified,
         exported,
     })
+}
+
+/// Media present that `plan` does not want, with the planner's reason.
+fn strangers_note(plan: &Plan, inside: &[String]) -> String {
+    let strangers: Vec<String> = inside
+        .iter()
+        .filter(|b| !plan.candidates.iter().any(|c| &c.label == *b))
+        .map(|b| match plan.refused.iter().find(|r| &r.label == b) {
+            Some(r) => format!("{b} ({})", r.reason),
+            None => b.clone(),
+        })
+        .collect();
+    if strangers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; present but not usable for this job, and left untouched: {}",
+            strangers.join(", ")
+        )
+    }
 }
 
 /// Run the configured notify command for `event` ("insert", "failed",
@@ -966,16 +1009,18 @@ impl Operator<'_> {
         whereabouts: Option<&String>,
     ) -> Result<()> {
         let at = whereabouts.map_or(String::new(), |w| format!(" (last known at {w})"));
+        let insert = lib.insert_words(&format!("cartridge {label}{at}"), Some(label));
+        let known = lib.names_strangers().then(|| lib.inside()).transpose()?;
         if self.timeout.is_zero() {
             return Err(Error::Refused(format!(
-                "cartridge {label}{at} is not in the library; insert it (`tapir changer import {label}`) and retry"
+                "cartridge {label}{at} is not in the library; {insert} and retry"
             )));
         }
         (self.tell)(&format!(
-            "insert cartridge {label}{at} into the library (`tapir changer import {label}`); waiting up to {} s",
+            "{insert}; waiting up to {} s",
             self.timeout.as_secs()
         ));
-        if self.until_inside(lib, &[label], std::time::Instant::now())? {
+        if self.until_inside_noting(lib, &[label], std::time::Instant::now(), known)? {
             return Ok(());
         }
         Err(Error::Device(DeviceError::NoMedium {
@@ -991,9 +1036,43 @@ impl Operator<'_> {
         labels: &[&str],
         since: std::time::Instant,
     ) -> Result<bool> {
+        self.until_inside_noting(lib, labels, since, None)
+    }
+
+    /// [`Operator::until_inside`], telling the operator at once about
+    /// media that arrive and are not among `labels`, when the library
+    /// names them ([`JobLibrary::names_strangers`]); `known` is what was
+    /// present when the operator was asked (None: what is present at the
+    /// first look).
+    pub fn until_inside_noting(
+        &self,
+        lib: &dyn JobLibrary,
+        labels: &[&str],
+        since: std::time::Instant,
+        known: Option<Vec<String>>,
+    ) -> Result<bool> {
+        let mut seen = known;
         while since.elapsed() < self.timeout {
-            if lib.inside()?.iter().any(|b| labels.contains(&b.as_str())) {
+            let inside = lib.inside()?;
+            if inside.iter().any(|b| labels.contains(&b.as_str())) {
                 return Ok(true);
+            }
+            // A removable disk plugged in that is not one asked for: say so
+            // at once (it is never written to).
+            if lib.names_strangers() {
+                if let Some(before) = &seen {
+                    for b in inside.iter().filter(|b| !before.contains(b)) {
+                        (self.tell)(&format!(
+                            "{b} is not the one needed here: expected {}; unplug {b} and {}",
+                            labels.join(" or "),
+                            lib.insert_words(
+                                &labels.join(" or "),
+                                (labels.len() == 1).then(|| labels[0])
+                            )
+                        ));
+                    }
+                }
+                seen = Some(inside);
             }
             std::thread::sleep(INSERT_POLL);
         }

@@ -25,6 +25,24 @@ pub trait JobLibrary {
     fn export(&mut self, barcode: &str) -> Result<()>;
     /// The cartridges a session may continue on when one fills.
     fn supply(&mut self) -> Result<Box<dyn CartridgeSupply + '_>>;
+    /// What to tell an operator to bring `what` ("cartridge L (last known
+    /// at ...)", or "one of ..."), whose label is `label` when one.
+    fn insert_words(&self, what: &str, label: Option<&str>) -> String {
+        format!(
+            "insert {what} into the library (`tapir changer import {}`)",
+            label.unwrap_or("LABEL")
+        )
+    }
+    /// Whether the operator is told about media present that the job
+    /// cannot use (a removable disk plugged in by mistake).
+    fn names_strangers(&self) -> bool {
+        false
+    }
+    /// Let go of the media at the end of a job (unmount and power off
+    /// removable disks); what was done, in words.
+    fn release(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 impl JobLibrary for VirtualLibrary {

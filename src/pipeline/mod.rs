@@ -2,6 +2,7 @@
 //! reading sessions back (list, restore, verify).
 
 pub mod assemble;
+pub mod disks;
 pub mod glob;
 pub mod history;
 pub mod job;
@@ -74,9 +75,11 @@ impl Error {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Error::Device(DeviceError::WriteProtected { .. }) => ExitStatus::Refused,
-            Error::Device(DeviceError::NoMedium { .. } | DeviceError::Busy { .. }) => {
-                ExitStatus::Unavailable
-            }
+            Error::Device(
+                DeviceError::NoMedium { .. }
+                | DeviceError::Busy { .. }
+                | DeviceError::Absent { .. },
+            ) => ExitStatus::Unavailable,
             Error::Device(DeviceError::InvalidRequest { .. }) => ExitStatus::Usage,
             Error::Device(_) => ExitStatus::DeviceError,
             Error::Format { .. } => ExitStatus::DataDamage,
