@@ -410,6 +410,15 @@ fn scheduled_jobs_get_systemd_units() {
         "{service}"
     );
     assert!(timer.contains("OnCalendar=Mon..Fri 01:00\n"), "{timer}");
+    // Run by systemd, its lines carry their syslog priority for the journal.
+    let out = std::process::Command::new(TAPIR)
+        .args(["--config", config.to_str().unwrap(), "run", "weekly-nope"])
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("TAPIR_CATALOG", lab.catalog())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.starts_with("<3>tapir: error: "), "{said}");
 }
 
 #[test]
