@@ -180,17 +180,7 @@ impl Bay {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec!["--json".into()];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        let out = self.tapir_in(cwd, all);
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): stdout {} stderr {}",
-                text(&out.stdout),
-                text(&out.stderr)
-            )
-        });
-        (code(&out), v)
+        json_of(|all| self.tapir_in(cwd, all), args)
     }
 
     /// Unmount what tapir left mounted and unplug every disk.
@@ -543,80 +533,6 @@ fn a_rotation_job_asks_for_its_disk_by_label_and_place_and_never_writes_to_the_w
     bay.finish();
 }
 
-/// A disk's drive that, before its `after`-th block write, runs `pull`
-/// (the test unplugging the disk at a known point of the session).
-struct Pulling {
-    inner: Box<dyn tapir::device::TapeDrive>,
-    after: u64,
-    blocks: u64,
-    pull: Option<Box<dyn FnOnce() + Send>>,
-}
-
-mod pulling {
-    use super::Pulling;
-    use tapir::device::{
-        BlockRead, BlockWrite, DeviceResult, DriveStatus, ReadOutcome, TapeDrive, TapePosition,
-        WriteOutcome,
-    };
-
-    impl BlockRead for Pulling {
-        fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<ReadOutcome> {
-            self.inner.read_block(buf)
-        }
-    }
-
-    impl BlockWrite for Pulling {
-        fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
-            if self.blocks == self.after {
-                if let Some(pull) = self.pull.take() {
-                    pull();
-                }
-            }
-            self.blocks += 1;
-            self.inner.write_block(block)
-        }
-        fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
-            self.inner.write_filemarks(count, immediate)
-        }
-        fn flush(&mut self) -> DeviceResult<()> {
-            self.inner.flush()
-        }
-    }
-
-    impl TapeDrive for Pulling {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        fn rewind(&mut self) -> DeviceResult<()> {
-            self.inner.rewind()
-        }
-        fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
-            self.inner.space_filemarks(count)
-        }
-        fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
-            self.inner.space_blocks(count)
-        }
-        fn seek_end_of_data(&mut self) -> DeviceResult<()> {
-            self.inner.seek_end_of_data()
-        }
-        fn position(&mut self) -> DeviceResult<TapePosition> {
-            self.inner.position()
-        }
-        fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
-            self.inner.locate(file, block)
-        }
-        fn status(&mut self) -> DeviceResult<DriveStatus> {
-            self.inner.status()
-        }
-        fn max_block_size(&self) -> usize {
-            self.inner.max_block_size()
-        }
-        fn room_before_early_warning(&mut self) -> Option<u64> {
-            self.inner.room_before_early_warning()
-        }
-    }
-}
-
 /// Restore everything on disk `i` into `to`; the exit code and summary.
 fn restore_all(bay: &Bay, i: usize, to: &Path) -> (i32, serde_json::Value) {
     bay.json(
@@ -662,14 +578,9 @@ fn a_disk_pulled_mid_write_fails_cleanly_keeps_what_was_complete_and_takes_the_n
     )
     .unwrap();
     let mount = drive.mount_point().to_path_buf();
-    let drive = Pulling {
-        inner: Box::new(drive),
-        after: 80,
-        blocks: 0,
-        pull: Some(Box::new(move || {
-            sh(Command::new("umount").arg("-l").arg(&mount));
-        })),
-    };
+    let drive = common::before_block::BeforeBlock::new(Box::new(drive), 80, move || {
+        sh(Command::new("umount").arg("-l").arg(&mount));
+    });
     struct NoMore;
     impl tapir::pipeline::span::CartridgeSupply for NoMore {
         fn next(

@@ -7,71 +7,11 @@ use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use common::before_block::BeforeBlock;
 use common::*;
 use tapir::device::vtape::VirtualTape;
 use tapir::device::*;
 use tapir::pipeline::writer::{write_session, WriteOptions, WriteProgress};
-
-/// A drive that raises the interrupt flag after `after` blocks, as a
-/// signal arriving mid-write would.
-struct InterruptAfter {
-    inner: VirtualTape,
-    after: u64,
-    written: u64,
-    flag: Arc<AtomicBool>,
-}
-
-impl BlockRead for InterruptAfter {
-    fn read_block(&mut self, buf: &mut [u8]) -> DeviceResult<ReadOutcome> {
-        self.inner.read_block(buf)
-    }
-}
-
-impl BlockWrite for InterruptAfter {
-    fn write_block(&mut self, block: &[u8]) -> DeviceResult<WriteOutcome> {
-        self.written += 1;
-        if self.written == self.after {
-            self.flag.store(true, Ordering::Relaxed);
-        }
-        self.inner.write_block(block)
-    }
-    fn write_filemarks(&mut self, count: u32, immediate: bool) -> DeviceResult<()> {
-        self.inner.write_filemarks(count, immediate)
-    }
-    fn flush(&mut self) -> DeviceResult<()> {
-        self.inner.flush()
-    }
-}
-
-impl TapeDrive for InterruptAfter {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn rewind(&mut self) -> DeviceResult<()> {
-        self.inner.rewind()
-    }
-    fn space_filemarks(&mut self, count: i64) -> DeviceResult<()> {
-        self.inner.space_filemarks(count)
-    }
-    fn space_blocks(&mut self, count: i64) -> DeviceResult<()> {
-        self.inner.space_blocks(count)
-    }
-    fn seek_end_of_data(&mut self) -> DeviceResult<()> {
-        self.inner.seek_end_of_data()
-    }
-    fn position(&mut self) -> DeviceResult<TapePosition> {
-        self.inner.position()
-    }
-    fn locate(&mut self, file: u32, block: u64) -> DeviceResult<()> {
-        self.inner.locate(file, block)
-    }
-    fn status(&mut self) -> DeviceResult<DriveStatus> {
-        self.inner.status()
-    }
-    fn max_block_size(&self) -> usize {
-        self.inner.max_block_size()
-    }
-}
 
 #[test]
 fn an_interrupted_write_closes_the_session_with_a_catalog() {
@@ -83,14 +23,15 @@ fn an_interrupted_write_closes_the_session_with_a_catalog() {
         fs::write(src.join(format!("t/f{i}")), vec![i as u8 + 1; 3 << 20]).unwrap();
     }
     let flag = Arc::new(AtomicBool::new(false));
-    let mut drive = InterruptAfter {
-        inner: VirtualTape::open(lab.image("TAP001L9"), "test").unwrap(),
-        // Each file is 12 blocks; the 1 MiB buffer lets the producer run at
-        // most 5 blocks ahead, so at block 16 it is inside the second file.
-        after: 16,
-        written: 0,
-        flag: flag.clone(),
-    };
+    // A signal arrives before block 16: each file is 12 blocks, and the
+    // 1 MiB buffer lets the producer run at most 5 blocks ahead, so it is
+    // inside the second file then.
+    let raise = flag.clone();
+    let mut drive = BeforeBlock::new(
+        Box::new(VirtualTape::open(lab.image("TAP001L9"), "test").unwrap()),
+        15,
+        move || raise.store(true, Ordering::Relaxed),
+    );
     let opts = WriteOptions {
         sources: vec![src.join("t")],
         interrupt: Some(flag),

@@ -509,26 +509,7 @@ fn incrementals_write_only_what_changed_and_restore_at_a_date_rebuilds_the_tree_
     let lab = Lab::new(8, "20M");
     let src = lab.path("src");
     fs::create_dir_all(src.join("d")).unwrap();
-    let config = lab.path("tapir.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"
-[drive.vt]
-device = "{dev}"
-[pool.inc]
-retention = "30d"
-block_size = "64K"
-[job.nightly]
-sources = ["{src}"]
-pool = "inc"
-level = "incremental"
-"#,
-            dev = lab.device(),
-            src = src.display()
-        ),
-    )
-    .unwrap();
+    let config = configure_incremental(&lab, &src);
     let night = |day: &str| -> serde_json::Value {
         let now = format!("{day}T01:00:00Z");
         let (code, out) = lab.json([

@@ -157,9 +157,12 @@ pub fn run(
     let copies = cfg.pools[copies].copies;
     // Each copy is planned apart; a dry run keeps later copies off the
     // cartridges earlier ones would take.
-    let plan_copy = |cat: Option<&tapir::catalog::Catalog>, copy: u8, taken: &[String]| {
+    let plan_copy = |cat: Option<&tapir::catalog::Catalog>,
+                     present: &[String],
+                     copy: u8,
+                     taken: &[String]| {
         let inputs = job::PlanInputs {
-            present: &present,
+            present,
             drive_generation: drive.generation,
             now,
             trust_clock: args.trust_clock,
@@ -168,7 +171,7 @@ pub fn run(
         };
         job::plan_run(&cfg, job, cat, &inputs)
     };
-    let plan = plan_copy(cat.as_ref(), 1, &[])?;
+    let plan = plan_copy(cat.as_ref(), &present, 1, &[])?;
     if args.dry_run {
         let mut plans = vec![plan];
         let mut taken: Vec<String> = Vec::new();
@@ -179,7 +182,7 @@ pub fn run(
                     .and_then(|p| p.plan.first())
                     .map(|c| c.label.clone()),
             );
-            plans.push(plan_copy(cat.as_ref(), copy, &taken)?);
+            plans.push(plan_copy(cat.as_ref(), &present, copy, &taken)?);
         }
         print_plans(json, &plans);
         return Ok(if plans.iter().all(|p| p.plan.first().is_some()) {
@@ -223,16 +226,7 @@ pub fn run(
         // cartridges the earlier ones took.
         for copy in 2..=copies {
             let cat = tapir::catalog::Catalog::open_existing(&ctx.catalog)?;
-            let present = lib.inside()?;
-            let inputs = job::PlanInputs {
-                present: &present,
-                drive_generation: drive.generation,
-                now,
-                trust_clock: args.trust_clock,
-                copy,
-                taken: &[],
-            };
-            let plan = job::plan_run(&cfg, job, Some(&cat), &inputs)?;
+            let plan = plan_copy(Some(&cat), &lib.inside()?, copy, &[])?;
             drop(cat);
             match job::execute(&ctx, lib.as_mut(), plan, progress) {
                 Ok(o) => first.further_copies.push(o),

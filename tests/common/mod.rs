@@ -2,6 +2,7 @@
 //! way to run the real `tapir` binary against it.
 #![allow(dead_code)]
 
+pub mod before_block;
 pub mod snapshot;
 
 use std::ffi::OsStr;
@@ -116,18 +117,30 @@ impl Lab {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec!["--json".into()];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        let out = self.tapir_in(cwd, all);
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): stdout {} stderr {}",
-                text(&out.stdout),
-                text(&out.stderr)
-            )
-        });
-        (code(&out), v)
+        json_of(|all| self.tapir_in(cwd, all), args)
     }
+}
+
+/// Run `tapir --json ARGS` through `run` and parse what it printed.
+pub fn json_of<I, S>(
+    run: impl FnOnce(Vec<std::ffi::OsString>) -> Output,
+    args: I,
+) -> (i32, serde_json::Value)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut all: Vec<std::ffi::OsString> = vec!["--json".into()];
+    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    let out = run(all);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): stdout {} stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    });
+    (code(&out), v)
 }
 
 pub fn text(b: &[u8]) -> String {
