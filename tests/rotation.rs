@@ -870,3 +870,92 @@ verify = true
     assert_eq!(out.status.code(), Some(3), "{said}");
     assert!(said.contains("copy 2 of 2 was not written"), "{said}");
 }
+
+#[test]
+fn after_the_catalog_is_rebuilt_from_the_cartridges_an_incremental_hashes_what_metadata_cannot_decide(
+) {
+    let lab = Lab::new(6, "20M");
+    let src = lab.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for (name, body) in [("a", "alpha"), ("b", "bravo"), ("c", "charlie")] {
+        fs::write(src.join(name), body).unwrap();
+    }
+    let config = configure_incremental(&lab, &src);
+    let (code, one) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert!(code <= 1, "{one}");
+    fs::write(src.join("b"), "bravo, changed").unwrap();
+    let (code, two) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert_eq!(code, 0, "{two}");
+
+    // The host catalog is lost; the cartridges bring it back, without
+    // what the jobs saw of their files on this host.
+    fs::remove_file(lab.catalog()).unwrap();
+    for run in [&one, &two] {
+        let cartridge = run["cartridge"].as_str().unwrap();
+        assert_ok(&lab.tapir(["changer", "load", cartridge]));
+        assert_ok(&lab.tapir(["catalog", "import"]));
+    }
+    // c keeps its size and mtime but not its content: only its hash tells.
+    let c = src.join("c");
+    let mtime = fs::metadata(&c).unwrap().modified().unwrap();
+    fs::write(&c, "CHARLIE").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&c)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (code, three) = run_night(&lab, &config, "2026-12-03", &[]);
+    assert_eq!(code, 0, "{three}");
+    assert_eq!(three["level_written"], 1, "{three}");
+    let unchanged = &three["unchanged"];
+    assert_eq!(unchanged["by_metadata"], 0, "no host facts: {three}");
+    assert_eq!(unchanged["hashed"], 3, "{three}");
+    assert_eq!(unchanged["changed_by_hash"], 1, "{three}");
+    assert_eq!(
+        three["write"]["bytes_read"], 7,
+        "only c is read whole: {three}"
+    );
+    let to = lab.path("as-of");
+    let (code, r) = lab.json([
+        "restore",
+        "--at",
+        "2026-12-03T12:00:00Z",
+        "--job",
+        "nightly",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert!(files_under(&to.join(src.strip_prefix("/").unwrap())) == files_under(&src));
+}
+
+#[test]
+fn files_settled_long_before_the_last_run_are_trusted_by_inode_and_ctime_without_reading() {
+    // Files whose ctime is older than this test: Debian's licence texts
+    // (base-files), untouched since the system was installed.
+    let settled = Path::new("/usr/share/common-licenses");
+    let files = fs::read_dir(settled)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    if files == 0 {
+        eprintln!("skipped: {} is not here to read", settled.display());
+        return;
+    }
+    let lab = Lab::new(4, "20M");
+    let config = configure_incremental(&lab, settled);
+    let (code, one) = run_night(&lab, &config, "2026-12-01", &[]);
+    assert!(code <= 1, "{one}");
+    assert_eq!(one["unchanged"]["facts_kept"], files as u64, "{one}");
+    let (code, two) = run_night(&lab, &config, "2026-12-02", &[]);
+    assert_eq!(code, 0, "{two}");
+    assert_eq!(two["unchanged"]["by_metadata"], files as u64, "{two}");
+    assert_eq!(two["unchanged"]["hashed"], 0, "{two}");
+    assert_eq!(two["write"]["bytes_read"], 0, "{two}");
+}

@@ -157,20 +157,18 @@ pub fn run(
     let copies = cfg.pools[copies].copies;
     // Each copy is planned apart; a dry run keeps later copies off the
     // cartridges earlier ones would take.
-    let plan_copy = |cat: Option<&tapir::catalog::Catalog>,
-                     present: &[String],
-                     copy: u8,
-                     taken: &[String]| {
-        let inputs = job::PlanInputs {
-            present,
-            drive_generation: drive.generation,
-            now,
-            trust_clock: args.trust_clock,
-            copy,
-            taken,
+    let plan_copy =
+        |cat: Option<&tapir::catalog::Catalog>, present: &[String], copy: u8, taken: &[String]| {
+            let inputs = job::PlanInputs {
+                present,
+                drive_generation: drive.generation,
+                now,
+                trust_clock: args.trust_clock,
+                copy,
+                taken,
+            };
+            job::plan_run(&cfg, job, cat, &inputs)
         };
-        job::plan_run(&cfg, job, cat, &inputs)
-    };
     let plan = plan_copy(cat.as_ref(), &present, 1, &[])?;
     if args.dry_run {
         let mut plans = vec![plan];
