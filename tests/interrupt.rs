@@ -10,7 +10,6 @@ use std::sync::Arc;
 use common::before_block::BeforeBlock;
 use common::*;
 use tapir::device::vtape::VirtualTape;
-use tapir::device::*;
 use tapir::pipeline::writer::{write_session, WriteOptions, WriteProgress};
 
 #[test]
