@@ -722,20 +722,33 @@ fn an_incremental_after_a_full_that_spans_cartridges_reads_only_what_changed() {
     states.push(files_under(&src));
 
     let rel = src.strip_prefix("/").unwrap();
-    for (day, want) in ["2026-12-02", "2026-12-03"].iter().zip(&states) {
-        let to = lab.path(&format!("as-of-{day}"));
-        let (code, r) = lab.json([
-            "restore",
-            "--at",
-            &format!("{day}T12:00:00Z"),
-            "--job",
-            "nightly",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{day}: {r}");
-        assert!(files_under(&to.join(rel)) == *want, "{day}: {r}");
+    let restore_each_night = |tag: &str| {
+        for (day, want) in ["2026-12-02", "2026-12-03"].iter().zip(&states) {
+            let to = lab.path(&format!("{tag}-as-of-{day}"));
+            let (code, r) = lab.json([
+                "restore",
+                "--at",
+                &format!("{day}T12:00:00Z"),
+                "--job",
+                "nightly",
+                "--to",
+                to.to_str().unwrap(),
+            ]);
+            assert_eq!(code, 0, "{tag} {day}: {r}");
+            assert!(files_under(&to.join(rel)) == *want, "{tag} {day}: {r}");
+        }
+    };
+    restore_each_night("kept");
+
+    // With the host catalog lost, the last cartridge of each night's set
+    // brings back its whole set, with the job's runs and their parts.
+    fs::remove_file(lab.catalog()).unwrap();
+    for run in [&full, &inc, &third] {
+        let last = run["write"]["parts"].as_array().unwrap().last().unwrap();
+        assert_ok(&lab.tapir(["changer", "load", last["cartridge"].as_str().unwrap()]));
+        assert_ok(&lab.tapir(["catalog", "import"]));
     }
+    restore_each_night("rebuilt");
 }
 
 #[test]

@@ -808,8 +808,11 @@ impl Catalog {
                     skipped: 0,
                 }),
                 complete,
-                job: None,
-                continues: None,
+                job: info.job.clone(),
+                continues: info
+                    .continues
+                    .and_then(|i| sessions.iter().find(|s| s.index == i))
+                    .map(|s| s.session_uuid),
                 origin: Origin::SetCopy,
                 lost_blocks: 0,
             };

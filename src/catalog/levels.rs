@@ -2,6 +2,8 @@
 //! relative to, what that session knew of a file, and, for `restore --at`,
 //! which session holds each file's content (FORMAT.md §7.7).
 
+use std::collections::HashMap;
+
 use rusqlite::{params, OptionalExtension};
 
 use super::{paths, schema, Catalog, Result};
@@ -44,6 +46,14 @@ pub struct FileState {
     pub seen: i64,
 }
 
+/// A session part holding a file's content, with its place in the order
+/// of restoring (see [`ContentAt::order`]).
+type Holder = (JobSession, (i64, usize));
+
+/// A session no other part continues: the last part of its run (row ids
+/// say nothing of the order of parts in a catalog rebuilt from cartridges).
+const LAST_PART: &str = "NOT EXISTS (SELECT 1 FROM sessions n WHERE n.continues = s.uuid)";
+
 /// At most this many cartridges in one run (a bound on chain walks).
 const MAX_PARTS: usize = 100_000;
 
@@ -55,8 +65,10 @@ pub struct ContentAt {
     /// The session's number on that cartridge.
     pub number: u32,
     pub started: i64,
-    /// The session's row: parts of one run ascend in it.
-    pub session_id: i64,
+    /// Where it comes in the order of restoring: its run's start, then
+    /// the part's place in the run (parts are restored in the order
+    /// written, so a file cut at a cartridge's end is joined).
+    pub order: (i64, usize),
 }
 
 const JOB_SESSION: &str = "SELECT s.id, s.uuid, s.started, s.level, c.label, s.number
@@ -81,7 +93,7 @@ impl Catalog {
     pub fn job_base(&self, job: &str, differential: bool, copy: u8) -> Result<Option<JobSession>> {
         let sql = format!(
             "{JOB_SESSION} WHERE s.job = ?1 AND s.status = 'complete' AND s.entries_pruned = 0
-                 AND (?2 = 0 OR s.level = 0) AND coalesce(s.copy, 1) = ?3
+                 AND (?2 = 0 OR s.level = 0) AND coalesce(s.copy, 1) = ?3 AND {LAST_PART}
              ORDER BY s.started DESC, s.id DESC LIMIT 1"
         );
         self.conn()
@@ -95,7 +107,7 @@ impl Catalog {
     pub fn job_session_at(&self, job: &str, at: i64, copy: u8) -> Result<Option<JobSession>> {
         let sql = format!(
             "{JOB_SESSION} WHERE s.job = ?1 AND s.status = 'complete' AND s.started <= ?2
-                 AND coalesce(s.copy, 1) = ?3
+                 AND coalesce(s.copy, 1) = ?3 AND {LAST_PART}
              ORDER BY s.started DESC, s.id DESC LIMIT 1"
         );
         self.conn()
@@ -286,14 +298,18 @@ impl Catalog {
         let err = |e| super::Error::sql(&self.path, "gathering a restore as of a date", e);
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        let at = |path: &[u8], s: &JobSession| ContentAt {
+        let at = |path: &[u8], s: &JobSession, order: (i64, usize)| ContentAt {
             path: path.to_vec(),
             cartridge: s.cartridge.clone(),
             number: s.number,
             started: s.started,
-            session_id: s.id,
+            order,
         };
-        for part in self.run_parts(session)? {
+        // Each base run's parts, found once (by its last part's row).
+        let mut runs: HashMap<i64, Vec<JobSession>> = HashMap::new();
+        let parts = self.run_parts(session)?;
+        let first_started = parts.first().map_or(session.started, |p| p.started);
+        for (i, part) in parts.iter().enumerate() {
             let (lo, hi) = schema::session_range(part.id);
             let rows: Vec<(i64, u8)> = self
                 .conn()
@@ -306,11 +322,13 @@ impl Catalog {
             for (path_id, kind) in rows {
                 let path = paths::full_path(self.conn(), path_id).map_err(&err)?;
                 if kind != EntryKind::Unchanged.code() {
-                    found.push(at(&path, &part));
+                    found.push(at(&path, part, (first_started, i)));
                     continue;
                 }
-                match self.content_before(session, path_id)? {
-                    Some(holders) => found.extend(holders.iter().map(|s| at(&path, s))),
+                match self.content_before(session, path_id, &mut runs)? {
+                    Some(holders) => {
+                        found.extend(holders.iter().map(|(s, order)| at(&path, s, *order)))
+                    }
                     None => missing.push(path),
                 }
             }
@@ -320,53 +338,58 @@ impl Catalog {
 
     /// Walk the base links from the run ending in `session` to the first
     /// run holding `path_id` with its content: the part(s) that do, oldest
-    /// first (a file cut at a cartridge's end is in two).
+    /// first (a file cut at a cartridge's end is in two), each with its
+    /// place in the order of restoring.
     fn content_before(
         &self,
         session: &JobSession,
         path_id: i64,
-    ) -> Result<Option<Vec<JobSession>>> {
+        runs: &mut HashMap<i64, Vec<JobSession>>,
+    ) -> Result<Option<Vec<Holder>>> {
         let err = |e| super::Error::sql(&self.path, "following an incremental's base", e);
         let mut current = session.id;
         // Bounded: a chain never revisits a session.
         for _ in 0..10_000 {
             let base: Option<[u8; 16]> = self
                 .conn()
-                .query_row("SELECT base FROM sessions WHERE id = ?1", [current], |r| {
-                    r.get(0)
-                })
-                .optional()
+                .prepare_cached("SELECT base FROM sessions WHERE id = ?1")
+                .and_then(|mut st| st.query_row([current], |r| r.get(0)).optional())
                 .map_err(&err)?
                 .flatten();
             let Some(base) = base else {
                 return Ok(None);
             };
-            let sql = format!("{JOB_SESSION} WHERE s.uuid = ?1");
             let Some(base) = self
                 .conn()
-                .query_row(&sql, [base], job_session)
-                .optional()
+                .prepare_cached(&format!("{JOB_SESSION} WHERE s.uuid = ?1"))
+                .and_then(|mut st| st.query_row([base], job_session).optional())
                 .map_err(&err)?
             else {
                 return Ok(None);
             };
+            let parts = match runs.entry(base.id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.run_parts(&base)?),
+            };
+            let first_started = parts.first().map_or(base.started, |p| p.started);
             let mut holders = Vec::new();
             let mut unchanged_there = false;
-            for part in self.run_parts(&base)? {
+            for (i, part) in parts.iter().enumerate() {
                 let (lo, hi) = schema::session_range(part.id);
                 let kind: Option<u8> = self
                     .conn()
-                    .query_row(
+                    .prepare_cached(
                         "SELECT kind FROM entries WHERE path = ?1 AND id BETWEEN ?2 AND ?3
                          ORDER BY id DESC LIMIT 1",
-                        params![path_id, lo, hi],
-                        |r| r.get(0),
                     )
-                    .optional()
+                    .and_then(|mut st| {
+                        st.query_row(params![path_id, lo, hi], |r| r.get(0))
+                            .optional()
+                    })
                     .map_err(&err)?;
                 match kind {
                     Some(k) if k == EntryKind::Unchanged.code() => unchanged_there = true,
-                    Some(_) => holders.push(part),
+                    Some(_) => holders.push((part.clone(), (first_started, i))),
                     None => {}
                 }
             }

@@ -181,6 +181,7 @@ CREATE INDEX sessions_job ON sessions(job, started) WHERE job IS NOT NULL;
 const V3: &str = r#"
 ALTER TABLE sessions ADD COLUMN continues BLOB;
 ALTER TABLE sessions ADD COLUMN copy INTEGER;
+CREATE INDEX sessions_continues ON sessions(continues) WHERE continues IS NOT NULL;
 CREATE TABLE file_state (
     entry    INTEGER PRIMARY KEY,
     dev      INTEGER NOT NULL,

@@ -147,6 +147,9 @@ pub struct SessionInfo {
     pub continues: Option<u32>,
     #[n(10)]
     pub host: String,
+    /// The job that wrote the session, as in its `SessionStart`.
+    #[n(11)]
+    pub job: Option<crate::format::meta::JobRun>,
 }
 
 /// Where one page starts and the first path on it.

@@ -944,13 +944,13 @@ pub fn restore_at(
     // Oldest first, and a run's parts in the order written (a file cut at
     // a cartridge's end is joined when its next part is restored).
     type Selection = HashMap<u32, HashSet<Vec<u8>>>;
-    let mut by_cartridge: BTreeMap<String, ((i64, i64), Selection)> = BTreeMap::new();
+    let mut by_cartridge: BTreeMap<String, ((i64, usize), Selection)> = BTreeMap::new();
     for c in contents {
         let e = by_cartridge.entry(c.cartridge).or_default();
-        e.0 = e.0.max((c.started, c.session_id));
+        e.0 = e.0.max(c.order);
         e.1.entry(c.number).or_default().insert(c.path);
     }
-    let mut order: Vec<(String, (i64, i64), Selection)> = by_cartridge
+    let mut order: Vec<(String, (i64, usize), Selection)> = by_cartridge
         .into_iter()
         .map(|(c, (t, sel))| (c, t, sel))
         .collect();

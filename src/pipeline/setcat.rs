@@ -1870,6 +1870,7 @@ mod tests {
             entries: 0,
             continues: None,
             host: "backup01".into(),
+            job: None,
         }
     }
 

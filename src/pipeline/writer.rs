@@ -750,6 +750,7 @@ fn set_catalog_so_far(drive: &mut dyn TapeDrive, map: &TapeMap) -> Result<SetCat
             entries: listed.entries.len() as u64,
             continues: None,
             host: start.map(|st| st.host.clone()).unwrap_or_default(),
+            job: start.and_then(|st| st.job.clone()),
         });
         // A continuation part rebuilt here keeps its link to the part before.
         let before = start.and_then(|st| st.continues.as_ref()).and_then(|l| {
@@ -1682,6 +1683,7 @@ impl Producer<'_, '_> {
             entries: 0,
             continues,
             host: start.host.clone(),
+            job: start.job.clone(),
         });
         self.part = Some(Part {
             framer,
