@@ -500,6 +500,26 @@ fn two_jobs_never_share_a_drive() {
         text(&out.stderr)
     );
     drop(held);
+    // Another job holds the drive for its whole run (between its moves
+    // too): this one waits for it, and at its deadline says who has it.
+    let lock_path =
+        tapir::pipeline::joblib::drive_lock_path(&format!("vtape:{}/", lab.lib().display()));
+    let mut other = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&lock_path)
+        .unwrap();
+    other.lock().unwrap();
+    std::io::Write::write_all(&mut other, b"job weekly, pid 4242").unwrap();
+    let out = run_refused(&lab, &config, "2026-12-02T01:00:00Z");
+    assert_code(&out, 5);
+    assert!(
+        text(&out.stderr).contains("in use by another process (job weekly, pid 4242)"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(other);
     let (code, done) = run_night(&lab, &config, "2026-12-02", &[]);
     assert_eq!(code, 0, "{done}");
 }

@@ -201,6 +201,13 @@ pub fn run(
             }
         }
     };
+    // The drive (and its library) is this job's until the run ends.
+    let _drive_lock = tapir::pipeline::joblib::DriveLock::acquire(
+        &drive.device,
+        &job.name,
+        std::time::Duration::from_secs(args.insert_timeout),
+        &tell,
+    )?;
     let ctx = job::RunContext {
         cfg: &cfg,
         job,
@@ -504,6 +511,12 @@ pub fn restore_at(
     };
     let catalog = tapir::catalog::resolve_path(catalog);
     let tell = |what: &str| eprintln!("tapir: OPERATOR: {what}");
+    let _drive_lock = tapir::pipeline::joblib::DriveLock::acquire(
+        device,
+        &format!("restore --at of {job}"),
+        std::time::Duration::from_secs(operator_timeout),
+        &tell,
+    )?;
     let operator = job::Operator {
         timeout: std::time::Duration::from_secs(operator_timeout),
         tell: &tell,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::device::changer::{LibraryStatus, ScsiChanger};
 use crate::device::library::VirtualLibrary;
-use crate::device::{Changer, TapeDrive};
+use crate::device::{Changer, DeviceError, TapeDrive};
 
 use super::span::{Candidate, CartridgeSupply, LibrarySupply};
 use super::Result;
@@ -74,6 +74,122 @@ impl JobLibrary for VirtualLibrary {
         )?)?))
     }
 }
+
+/// A job's hold on its drive for the whole run (every copy, verify and
+/// export), so two jobs never interleave on one drive or library: an
+/// exclusive lock on a file named after the drive's device, which says
+/// who holds it. The kernel drops the lock when the holder exits, however
+/// it exits.
+pub struct DriveLock {
+    _file: std::fs::File,
+}
+
+/// Where the lock of the drive `device` lives: /run/lock/tapir (or the
+/// temporary directory where that cannot be made).
+pub fn drive_lock_path(device: &str) -> std::path::PathBuf {
+    // One drive, however it is spelt: a library's directory or a device
+    // node by its real path.
+    let canonical = |p: &str| {
+        std::fs::canonicalize(p).map_or_else(|_| p.to_string(), |c| c.display().to_string())
+    };
+    let device = match device.strip_prefix("vtape:") {
+        Some(dir) => format!("vtape:{}", canonical(dir)),
+        None if device.starts_with('/') => canonical(device),
+        None => device.to_string(),
+    };
+    let name: String = device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = blake3::hash(device.as_bytes()).to_hex();
+    let file = format!("drive-{}-{}.lock", name.trim_matches('_'), &hash[..12]);
+    let run = std::path::Path::new("/run/lock/tapir");
+    if std::fs::create_dir_all(run).is_ok() {
+        run.join(file)
+    } else {
+        std::env::temp_dir().join(file)
+    }
+}
+
+impl DriveLock {
+    /// Take the lock of `device` for `job`, waiting up to `wait` while
+    /// another job holds it (`tell` says so once). Still held then:
+    /// [`DeviceError::Busy`], naming the holder.
+    pub fn acquire(
+        device: &str,
+        job: &str,
+        wait: Duration,
+        tell: &dyn Fn(&str),
+    ) -> Result<DriveLock> {
+        use std::io::{Read, Seek, Write};
+        let path = drive_lock_path(device);
+        let io = |e| super::Error::io(format!("locking drive {device} ({})", path.display()), e);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let since = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let _ = file.rewind();
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another tapir job".to_string()
+            } else {
+                holder.to_string()
+            };
+            if since.elapsed() >= wait {
+                return Err(DeviceError::Busy {
+                    device: device.to_string(),
+                    detail: format!(
+                        "the drive is in use by another process ({holder}); wait for it to finish, or run the job later"
+                    ),
+                }
+                .into());
+            }
+            if !told {
+                tell(&format!(
+                    "drive {device} is in use by {holder}; job {job} waits up to {} s for it",
+                    wait.saturating_sub(since.elapsed()).as_secs()
+                ));
+                told = true;
+            }
+            // Waiting for another job to end: polling is all flock offers
+            // with a deadline.
+            std::thread::sleep(LOCK_POLL);
+        }
+        let who = format!(
+            "job {job}, pid {}, since {}",
+            std::process::id(),
+            jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S UTC")
+        );
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(who.as_bytes()))
+            .and_then(|_| file.flush())
+            .map_err(io)?;
+        Ok(DriveLock { _file: file })
+    }
+}
+
+/// How often a job waiting for a drive looks again.
+const LOCK_POLL: Duration = Duration::from_millis(250);
 
 /// Which of the library's drives (counted from 0) the st device `device`
 /// is: `given`, the only one, or the one whose serial number (sysfs) the
