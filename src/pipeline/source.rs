@@ -157,6 +157,57 @@ pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)
     Ok((file, md))
 }
 
+/// A directory held open (`O_PATH`) while its regular files are opened by
+/// name relative to it: one path walk per directory, not one per file.
+struct OpenDir {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// [`open_source_file_with_metadata`] for `abs`, opened relative to its
+/// directory, which is kept open in `dir` for the next file in it. The same
+/// flags and checks; falls back to opening by the whole path.
+fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, Metadata)> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return open_source_file_with_metadata(abs);
+    };
+    if dir.as_ref().is_none_or(|d| d.path != parent) {
+        *dir = None;
+        match nix::fcntl::open(
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                *dir = Some(OpenDir {
+                    path: parent.to_path_buf(),
+                    fd,
+                })
+            }
+            Err(_) => return open_source_file_with_metadata(abs),
+        }
+    }
+    let d = dir.as_ref().expect("just opened");
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    // O_NOATIME is allowed only to the file's owner (or CAP_FOWNER).
+    let fd = match nix::fcntl::openat(&d.fd, name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => nix::fcntl::openat(&d.fd, name, flags, Mode::empty()),
+        other => other,
+    }
+    .map_err(io::Error::from)?;
+    let file = File::from(fd);
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is no longer a regular file", abs.display()),
+        ));
+    }
+    Ok((file, md))
+}
+
 fn excluded(patterns: &[Vec<u8>], archive_path: &[u8]) -> bool {
     if archive_path.is_empty() {
         return false;
@@ -199,6 +250,8 @@ pub struct Walker {
     groups: HashMap<u32, Option<String>>,
     /// (dev, ino) of regular files with several links → first archive path.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// The directory whose files are being opened.
+    dir: Option<OpenDir>,
 }
 
 impl Walker {
@@ -225,6 +278,7 @@ impl Walker {
             users: HashMap::new(),
             groups: HashMap::new(),
             links: HashMap::new(),
+            dir: None,
         }
     }
 
@@ -540,7 +594,7 @@ impl Iterator for Walker {
                     // A regular file (by its directory entry) is opened first and
                     // described from its descriptor: one stat instead of two.
                     if dent.file_type().is_file() {
-                        if let Ok((f, md)) = open_source_file_with_metadata(&abs) {
+                        if let Ok((f, md)) = open_source_file_in_dir(&mut self.dir, &abs) {
                             self.describe(abs, archive, &md, Some(f));
                             continue;
                         }
