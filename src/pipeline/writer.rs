@@ -400,6 +400,9 @@ fn write_job(
     let cartridge_failed = &cartridge_failed;
     let (produced, drove, spooled, recorded) = std::thread::scope(|scope| {
         let pool = &pool;
+        // The buffers filled before the drive starts are mapped beside the
+        // producer, not by it (the drive writer is idle until then).
+        scope.spawn(move || pool.prefault(start_blocks + 1));
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
         // and hashing; the bounded queue also bounds open descriptors.
         // Items travel in batches: one thread handoff per batch, not per file.
