@@ -148,10 +148,14 @@ impl PathCache {
                 self.kids.remove(0);
             }
             self.flush(conn)?;
-            let mut st =
-                conn.prepare_cached("SELECT id, name FROM paths WHERE parent = ?1 LIMIT ?2")?;
+            // The limit is written into the SQL, not bound: SQLite prepares a
+            // statement again at every new binding of a LIMIT parameter.
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT id, name FROM paths WHERE parent = ?1 LIMIT {}",
+                self.load_limit + 1
+            ))?;
             let mut names = FastMap::default();
-            let mut rows = st.query(rusqlite::params![parent, self.load_limit as i64 + 1])?;
+            let mut rows = st.query([parent])?;
             while let Some(r) = rows.next()? {
                 names.insert(r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(0)?);
             }
