@@ -688,6 +688,7 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             )?;
         }
     }
+    cat.wait_for_checkpoint();
     Ok(())
 }
 
