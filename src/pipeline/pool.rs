@@ -67,9 +67,9 @@ impl BufferPool {
                 }
                 s.unallocated -= 1;
             }
-            // Written, not calloc'd: calloc'd pages would be mapped lazily.
-            let mut b = Vec::with_capacity(self.block_size);
-            b.resize(self.block_size, 0);
+            // A non-zero fill is written byte by byte; a zero one would be
+            // calloc'd, its pages mapped lazily by the producer after all.
+            let b = vec![1u8; self.block_size];
             self.give(b);
         }
     }
