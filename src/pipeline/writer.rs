@@ -451,7 +451,7 @@ fn write_job(
         let recording = recorder.as_mut().map(|r| {
             scope.spawn(move || -> crate::catalog::Result<()> {
                 for e in catalog_queue.into_iter().flatten() {
-                    r.add(&e)?;
+                    r.add_owned(e)?;
                 }
                 r.flush()
             })
