@@ -388,12 +388,12 @@ impl Catalog {
     /// `CatalogEnd` says), so the merge can be decided before reading them.
     /// The session is merged in one transaction; a stream that yields a
     /// different number of entries is refused and nothing changes.
-    pub fn merge_session_stream<B: std::borrow::Borrow<CatalogEntry>>(
+    pub fn merge_session_stream<B: std::borrow::Borrow<CatalogEntry> + Send>(
         &mut self,
         cartridge_uuid: &[u8; 16],
         rec: &SessionRecord,
         count: u64,
-        entries: impl IntoIterator<Item = B>,
+        entries: impl IntoIterator<Item = B> + Send,
     ) -> Result<MergeAction> {
         let (cid, set_id): (i64, Option<i64>) = self
             .conn
@@ -413,13 +413,13 @@ impl Catalog {
         self.merge_session_ids(cid, set_id, rec, count, entries)
     }
 
-    fn merge_session_ids<B: std::borrow::Borrow<CatalogEntry>>(
+    fn merge_session_ids<B: std::borrow::Borrow<CatalogEntry> + Send>(
         &mut self,
         cartridge_id: i64,
         set_id: Option<i64>,
         rec: &SessionRecord,
         count: u64,
-        entries: impl IntoIterator<Item = B>,
+        entries: impl IntoIterator<Item = B> + Send,
     ) -> Result<MergeAction> {
         let path = self.path.clone();
         let ctx = format!("merging session {}", rec.number);
@@ -530,7 +530,32 @@ impl Catalog {
             super::record::note_job(&tx, session_id, j).map_err(e)?;
         }
         let mut cache = PathCache::default();
-        let n = insert_entries(&tx, &mut cache, session_id, 0, entries).map_err(e)?;
+        // The entries are produced (decoded from a catalog copy) on a thread
+        // of their own, beside the inserts; a few batches ahead at most.
+        let n = std::thread::scope(|scope| {
+            let (to_insert, batches) = std::sync::mpsc::sync_channel::<Vec<B>>(DECODED_BATCHES);
+            scope.spawn(move || {
+                let mut batch = Vec::with_capacity(DECODED_BATCH);
+                for entry in entries {
+                    batch.push(entry);
+                    if batch.len() == DECODED_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(DECODED_BATCH));
+                        if to_insert.send(full).is_err() {
+                            return; // the insert failed; its error is reported
+                        }
+                    }
+                }
+                let _ = to_insert.send(batch);
+            });
+            insert_entries(
+                &tx,
+                &mut cache,
+                session_id,
+                0,
+                batches.into_iter().flatten(),
+            )
+        })
+        .map_err(e)?;
         if n as u64 != count {
             // Dropping the transaction rolls the session back.
             return Err(Error::Invalid(format!(
@@ -554,6 +579,11 @@ impl Catalog {
         Ok(action)
     }
 }
+
+/// Entries handed from the decoding thread to the inserts at once, and
+/// batches queued between them.
+const DECODED_BATCH: usize = 1024;
+const DECODED_BATCHES: usize = 4;
 
 /// SQLite's default: a commit that leaves the write-ahead log longer than
 /// this many pages checkpoints it.
