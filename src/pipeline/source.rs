@@ -170,8 +170,15 @@ struct OpenDir {
 fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, Metadata)> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
-    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
-        return open_source_file_with_metadata(abs);
+    // Split at the last `/` (walkdir's paths are a directory joined with a
+    // name): cheaper than Path::parent, which parses every component.
+    let bytes = abs.as_os_str().as_bytes();
+    let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) if i + 1 < bytes.len() => (
+            Path::new(std::ffi::OsStr::from_bytes(&bytes[..i.max(1)])),
+            std::ffi::OsStr::from_bytes(&bytes[i + 1..]),
+        ),
+        _ => return open_source_file_with_metadata(abs),
     };
     if dir.as_ref().is_none_or(|d| d.path != parent) {
         *dir = None;
@@ -309,11 +316,25 @@ impl Walker {
 
     /// Archive path of `path`, which lies under the current source's root.
     fn archive_path(cur: &Current, path: &Path) -> Vec<u8> {
-        let Ok(rel) = path.strip_prefix(&cur.root) else {
-            // walkdir's paths all start with the root; never emit an absolute path.
-            return archive_path_of(path).unwrap_or_default();
+        // walkdir joins names to the root, so its bytes start the path: a
+        // byte comparison, not one component by component (every entry).
+        let root = cur.root.as_os_str().as_bytes();
+        let fast = path
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest[0] == b'/' || root.ends_with(b"/"));
+        let rel = match fast {
+            Some(rest) => {
+                let skip = rest.iter().take_while(|&&b| b == b'/').count();
+                &rest[skip..]
+            }
+            None => match path.strip_prefix(&cur.root) {
+                Ok(rel) => rel.as_os_str().as_bytes(),
+                // walkdir's paths all start with the root; never emit an absolute path.
+                Err(_) => return archive_path_of(path).unwrap_or_default(),
+            },
         };
-        let rel = rel.as_os_str().as_bytes();
         let mut out = cur.archive_root.clone();
         if !rel.is_empty() {
             if !out.is_empty() {
