@@ -328,8 +328,13 @@ fn write_job(
     let block_size = map.label.block_size as usize;
     let n_buffers = (opts.buffer_bytes / block_size).max(4);
     progress.buffers_total.store(n_buffers, Ordering::Relaxed);
-    // The producer always holds one buffer while it fills it.
-    let start_blocks = ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1);
+    // The producer always holds one buffer while it fills it. A medium
+    // that does not stream is written from the first block.
+    let start_blocks = if drive.streams() {
+        ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1)
+    } else {
+        1
+    };
     let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
     let pool = BufferPool::new(n_buffers, block_size);
 
