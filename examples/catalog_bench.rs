@@ -204,6 +204,8 @@ fn ingest(a: &Args) {
             per as f64 / secs
         );
     }
+    // The last session's checkpoint is part of the ingest.
+    cat.wait_for_checkpoint();
     let secs = started.elapsed().as_secs_f64();
     drop(cat);
     let bytes = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);

@@ -331,6 +331,7 @@ impl Catalog {
                 lost_blocks: rec.lost_blocks,
             });
         }
+        self.wait_for_checkpoint();
         Ok(ImportReport {
             cartridge: label.label.clone(),
             volume_uuid: uuid_text(&label.volume_uuid),
@@ -392,12 +393,12 @@ impl Catalog {
     /// `CatalogEnd` says), so the merge can be decided before reading them.
     /// The session is merged in one transaction; a stream that yields a
     /// different number of entries is refused and nothing changes.
-    pub fn merge_session_stream<B: std::borrow::Borrow<CatalogEntry>>(
+    pub fn merge_session_stream<B: std::borrow::Borrow<CatalogEntry> + Send>(
         &mut self,
         cartridge_uuid: &[u8; 16],
         rec: &SessionRecord,
         count: u64,
-        entries: impl IntoIterator<Item = B>,
+        entries: impl IntoIterator<Item = B> + Send,
     ) -> Result<MergeAction> {
         let (cid, set_id): (i64, Option<i64>) = self
             .conn
@@ -417,17 +418,20 @@ impl Catalog {
         self.merge_session_ids(cid, set_id, rec, count, entries)
     }
 
-    fn merge_session_ids<B: std::borrow::Borrow<CatalogEntry>>(
+    fn merge_session_ids<B: std::borrow::Borrow<CatalogEntry> + Send>(
         &mut self,
         cartridge_id: i64,
         set_id: Option<i64>,
         rec: &SessionRecord,
         count: u64,
-        entries: impl IntoIterator<Item = B>,
+        entries: impl IntoIterator<Item = B> + Send,
     ) -> Result<MergeAction> {
         let path = self.path.clone();
         let ctx = format!("merging session {}", rec.number);
         let e = |err| Error::sql(&path, &ctx, err);
+        // The checkpoint of the session merged before runs beside this one's
+        // inserts; it is waited for before this commit.
+        let previous = self.checkpoint.take();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -452,6 +456,8 @@ impl Catalog {
             },
         );
         if action == MergeAction::Unchanged {
+            drop(tx);
+            self.checkpoint = previous;
             return Ok(action);
         }
         // Another session under the same number on this cartridge is gone
@@ -529,7 +535,32 @@ impl Catalog {
             super::record::note_job(&tx, session_id, j, rec.continues).map_err(e)?;
         }
         let mut cache = PathCache::default();
-        let n = insert_entries(&tx, &mut cache, session_id, 0, entries).map_err(e)?;
+        // The entries are produced (decoded from a catalog copy) on a thread
+        // of their own, beside the inserts; a few batches ahead at most.
+        let n = std::thread::scope(|scope| {
+            let (to_insert, batches) = std::sync::mpsc::sync_channel::<Vec<B>>(DECODED_BATCHES);
+            scope.spawn(move || {
+                let mut batch = Vec::with_capacity(DECODED_BATCH);
+                for entry in entries {
+                    batch.push(entry);
+                    if batch.len() == DECODED_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(DECODED_BATCH));
+                        if to_insert.send(full).is_err() {
+                            return; // the insert failed; its error is reported
+                        }
+                    }
+                }
+                let _ = to_insert.send(batch);
+            });
+            insert_entries(
+                &tx,
+                &mut cache,
+                session_id,
+                0,
+                batches.into_iter().flatten(),
+            )
+        })
+        .map_err(e)?;
         if n as u64 != count {
             // Dropping the transaction rolls the session back.
             return Err(Error::Invalid(format!(
@@ -537,10 +568,31 @@ impl Catalog {
                 rec.number
             )));
         }
-        tx.commit().map_err(e)?;
+        if let Some(h) = previous {
+            let _ = h.join();
+        }
+        // This commit does not checkpoint: a thread of its own does, beside
+        // the next session's inserts.
+        tx.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(e)?;
+        let committed = tx.commit();
+        let restored = self
+            .conn
+            .execute_batch(&format!("PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}"));
+        committed.and(restored).map_err(e)?;
+        self.begin_background_checkpoint();
         Ok(action)
     }
 }
+
+/// Entries handed from the decoding thread to the inserts at once, and
+/// batches queued between them.
+const DECODED_BATCH: usize = 1024;
+const DECODED_BATCHES: usize = 4;
+
+/// SQLite's default: a commit that leaves the write-ahead log longer than
+/// this many pages checkpoints it.
+const WAL_AUTOCHECKPOINT: u32 = 1000;
 
 /// The id of the set, inserting it if new; `created` is the earliest join seen.
 pub(crate) fn merge_set_tx(conn: &Connection, m: &SetMembership) -> rusqlite::Result<i64> {
@@ -823,6 +875,7 @@ impl Catalog {
                 report.added += 1;
             }
         }
+        self.wait_for_checkpoint();
         Ok(report)
     }
 }
@@ -1070,6 +1123,42 @@ mod tests {
             cat.merge_session(&[7; 16], &copy, &[]),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_merge_is_checkpointed_on_a_thread_of_its_own() {
+        // The commit does not checkpoint (a thread does, beside the next
+        // merge): the database file grows only once that thread is done.
+        let (d, mut cat) = temp_catalog();
+        let l1 = label("TPR001L9", 1, Some((9, "big", 1)));
+        cat.merge_cartridge(&CartridgeRecord::from_label(&l1))
+            .unwrap();
+        cat.wait_for_checkpoint();
+        cat.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let db = d.path().join("catalog.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        let s1 = listed(&l1, 1, 1, 1_700_000_200, entries("a", 20_000, 2), true);
+        let rec = SessionRecord::from_listed(&l1, &s1);
+        assert_eq!(
+            cat.merge_session(&[1; 16], &rec, &s1.entries).unwrap(),
+            MergeAction::Added
+        );
+        cat.wait_for_checkpoint();
+        let after = std::fs::metadata(&db).unwrap().len();
+        assert!(after > before, "{before} -> {after}: not checkpointed");
+        // The connection checkpoints at its commits again afterwards.
+        let n: i64 = cat
+            .conn()
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, WAL_AUTOCHECKPOINT as i64);
+        let rows: i64 = cat
+            .conn()
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 20_000);
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub fn resolve_path(given: Option<&Path>) -> PathBuf {
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
+    /// A checkpoint of the sessions merged so far, running on a connection
+    /// and thread of its own while the next session is inserted.
+    checkpoint: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -186,6 +189,33 @@ impl Catalog {
 
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Wait for the checkpoint started after the last merge, if any. The
+    /// merged sessions are committed either way (in the write-ahead log);
+    /// a checkpoint only moves them into the database file, and one left
+    /// unfinished is done again by the next connection that checkpoints.
+    pub fn wait_for_checkpoint(&mut self) {
+        if let Some(h) = self.checkpoint.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Copy what is committed in the write-ahead log into the database on
+    /// another thread (PASSIVE: it never waits for, or blocks, this
+    /// connection), so the next bulk insert overlaps it.
+    pub(crate) fn begin_background_checkpoint(&mut self) {
+        self.wait_for_checkpoint();
+        let path = self.path.clone();
+        self.checkpoint = Some(std::thread::spawn(move || {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let done = Connection::open_with_flags(&path, flags)
+                .and_then(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+            if let Err(e) = done {
+                tracing::debug!("catalog {}: background checkpoint: {e}", path.display());
+            }
+        }));
     }
 }
 

@@ -55,6 +55,8 @@ pub struct PathCache {
     next_id: i64,
     /// New paths not inserted yet: (id, parent, name).
     pending: Vec<(i64, i64, Vec<u8>)>,
+    /// The children query for a load limit (built once per limit).
+    children_sql: (usize, String),
 }
 
 /// Rows per multi-row INSERT into `paths`.
@@ -89,6 +91,7 @@ impl PathCache {
             kids: Vec::new(),
             next_id: 0,
             pending: Vec::new(),
+            children_sql: (usize::MAX, String::new()),
         }
     }
 
@@ -98,7 +101,12 @@ impl PathCache {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut many = conn.prepare_cached(&paths_insert_sql(PATH_ROWS))?;
+        // The statements' text is built once: a flush comes with every
+        // directory first met, and formatting 192 parameters costs more
+        // than inserting its rows.
+        static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let mut many = conn.prepare_cached(MANY.get_or_init(|| paths_insert_sql(PATH_ROWS)))?;
         let mut chunks = self.pending.chunks_exact(PATH_ROWS);
         for chunk in &mut chunks {
             for (i, (id, parent, name)) in chunk.iter().enumerate() {
@@ -108,7 +116,7 @@ impl PathCache {
             }
             many.raw_execute()?;
         }
-        let mut one = conn.prepare_cached(&paths_insert_sql(1))?;
+        let mut one = conn.prepare_cached(ONE.get_or_init(|| paths_insert_sql(1)))?;
         for (id, parent, name) in chunks.remainder() {
             one.raw_bind_parameter(1, id)?;
             one.raw_bind_parameter(2, parent)?;
@@ -148,10 +156,20 @@ impl PathCache {
                 self.kids.remove(0);
             }
             self.flush(conn)?;
-            let mut st =
-                conn.prepare_cached("SELECT id, name FROM paths WHERE parent = ?1 LIMIT ?2")?;
+            // The limit is written into the SQL, not bound: SQLite prepares a
+            // statement again at every new binding of a LIMIT parameter.
+            if self.children_sql.0 != self.load_limit {
+                self.children_sql = (
+                    self.load_limit,
+                    format!(
+                        "SELECT id, name FROM paths WHERE parent = ?1 LIMIT {}",
+                        self.load_limit + 1
+                    ),
+                );
+            }
+            let mut st = conn.prepare_cached(&self.children_sql.1)?;
             let mut names = FastMap::default();
-            let mut rows = st.query(rusqlite::params![parent, self.load_limit as i64 + 1])?;
+            let mut rows = st.query([parent])?;
             while let Some(r) = rows.next()? {
                 names.insert(r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(0)?);
             }

@@ -151,7 +151,12 @@ impl Catalog {
 impl SessionRecorder<'_> {
     /// Add the next entry, in catalog order. Buffered; flushed every [`BATCH`].
     pub fn add(&mut self, e: &CatalogEntry) -> Result<()> {
-        self.buf.push(e.clone());
+        self.add_owned(e.clone())
+    }
+
+    /// [`SessionRecorder::add`], taking the entry (no copy).
+    pub fn add_owned(&mut self, e: CatalogEntry) -> Result<()> {
+        self.buf.push(e);
         if self.buf.len() >= BATCH {
             self.flush()?;
         }
@@ -392,8 +397,11 @@ pub(crate) fn insert_entries<B: std::borrow::Borrow<CatalogEntry>>(
     first_seq: i64,
     entries: impl IntoIterator<Item = B>,
 ) -> rusqlite::Result<i64> {
-    let mut many = conn.prepare_cached(&entries_insert_sql(ROWS_PER_INSERT))?;
-    let mut one = conn.prepare_cached(&entries_insert_sql(1))?;
+    // Built once: the recorder inserts a batch at a time.
+    static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let mut many = conn.prepare_cached(MANY.get_or_init(|| entries_insert_sql(ROWS_PER_INSERT)))?;
+    let mut one = conn.prepare_cached(ONE.get_or_init(|| entries_insert_sql(1)))?;
     let mut group: Vec<(i64, i64, B)> = Vec::with_capacity(ROWS_PER_INSERT);
     let mut seq = first_seq;
     for e in entries {

@@ -276,6 +276,7 @@ pub(super) fn open(path: &Path, create: bool) -> Result<Catalog> {
     let cat = Catalog {
         conn,
         path: path.to_path_buf(),
+        checkpoint: None,
     };
     let app_id: u32 = pragma_u32(&cat, "application_id")?;
     if app_id != APPLICATION_ID {
@@ -552,6 +553,7 @@ fn build(tmp: &Path) -> Result<()> {
     let mut cat = Catalog {
         conn,
         path: tmp.to_path_buf(),
+        checkpoint: None,
     };
     cat.conn
         .execute_batch("PRAGMA page_size = 8192;")

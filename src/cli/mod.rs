@@ -115,7 +115,8 @@ enum Command {
         /// Size of the buffer between the reader and the drive.
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         buffer: u64,
-        /// Start the drive when the buffer is this full (percent), like mbuffer -P.
+        /// Start the drive when the buffer is this full (percent), like mbuffer -P
+        /// (a medium that does not stream is written from the first block).
         #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
         start_at: u8,
         /// Stage the stream on disk in DIR and despool it at full speed

@@ -256,6 +256,13 @@ pub trait TapeDrive: BlockRead + BlockWrite + Send {
     fn streaming_stats(&self) -> Option<drivesim::StreamingStats> {
         None
     }
+    /// Whether the medium streams past the heads (a tape drive, which stops
+    /// and repositions when data runs out): a writer then lets its buffer
+    /// fill before it starts the drive. A medium that does not stream
+    /// gains nothing from that wait.
+    fn streams(&self) -> bool {
+        true
+    }
     /// Data bytes that still fit from the current position before early
     /// warning, when the drive can tell. A writer plans the end of a
     /// cartridge with it; early warning itself stays the safety net.

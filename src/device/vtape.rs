@@ -1108,6 +1108,11 @@ impl TapeDrive for VirtualTape {
         self.sim.as_ref().map(|s| s.stats())
     }
 
+    /// A file streams only when it simulates a drive.
+    fn streams(&self) -> bool {
+        self.sim.is_some()
+    }
+
     fn room_before_early_warning(&mut self) -> Option<u64> {
         let threshold = self.threshold();
         Some(threshold.saturating_sub(self.used_at(self.pos)))
@@ -1405,6 +1410,16 @@ mod tests {
         assert_eq!(&r[7..11], &crc32fast::hash(b"abc").to_le_bytes());
         assert_eq!(&r[11..15], &3u32.to_le_bytes());
         assert_eq!(&r[15..23], &[0, 0, 0, 0x80, 0, 0, 0, 0x80]);
+    }
+
+    #[test]
+    fn only_a_simulated_drive_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut tape) = new_tape(&dir, 100 * MIB, MIB);
+        // A plain image is written from the first block, no buffer fill.
+        assert!(!tape.streams());
+        tape.set_speed_model(super::super::drivesim::DriveSimConfig::lto9(2.5));
+        assert!(tape.streams());
     }
 
     #[test]

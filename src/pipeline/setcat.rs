@@ -67,8 +67,17 @@ const PAGE_REF_MAX_FIXED: u64 = 24;
 const PAGE_INDEX_RECORD_MAX_OVERHEAD: u64 = REC + 8;
 const END_RECORD_MAX: u64 = REC + 64;
 
-/// Buffer of each run file reader and writer.
+/// Buffer of each run file reader and writer, at most; smaller when the run
+/// budget is small, so a merge (`MERGE_FANIN` readers and a writer) takes
+/// no more memory than one run in memory does.
 const RUN_IO_BUFFER: usize = 64 << 10;
+/// Smallest run file buffer.
+const MIN_RUN_IO_BUFFER: usize = 4 << 10;
+
+/// The run file buffer for a run budget of `run_bytes`.
+fn run_io_buffer(run_bytes: usize) -> usize {
+    (run_bytes / (MERGE_FANIN + 1)).clamp(MIN_RUN_IO_BUFFER, RUN_IO_BUFFER)
+}
 /// Fixed part of a record in a run file: path length, body length,
 /// session, sequence number.
 const RUN_REC_HEADER: usize = 20;
@@ -151,11 +160,11 @@ struct RunReader<'a> {
 }
 
 impl<'a> RunReader<'a> {
-    fn open(run: &'a Run) -> std::io::Result<Self> {
+    fn open(run: &'a Run, io_buffer: usize) -> std::io::Result<Self> {
         let mut f = &run.file;
         f.rewind()?;
         Ok(RunReader {
-            rd: BufReader::with_capacity(RUN_IO_BUFFER, f),
+            rd: BufReader::with_capacity(io_buffer, f),
             left: run.records,
         })
     }
@@ -232,11 +241,12 @@ impl Ord for HeapItem {
 /// K-way merge of sorted runs into `sink`, in entry order.
 fn merge_runs(
     runs: &[Run],
+    io_buffer: usize,
     mut sink: impl FnMut(&SortRec) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut readers = runs
         .iter()
-        .map(RunReader::open)
+        .map(|r| RunReader::open(r, io_buffer))
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut heap = BinaryHeap::with_capacity(readers.len());
     for (i, r) in readers.iter_mut().enumerate() {
@@ -254,11 +264,8 @@ fn merge_runs(
     Ok(())
 }
 
-fn new_run_writer() -> std::io::Result<BufWriter<File>> {
-    Ok(BufWriter::with_capacity(
-        RUN_IO_BUFFER,
-        tempfile::tempfile()?,
-    ))
+fn new_run_writer(io_buffer: usize) -> std::io::Result<BufWriter<File>> {
+    Ok(BufWriter::with_capacity(io_buffer, tempfile::tempfile()?))
 }
 
 fn close_run_writer(w: BufWriter<File>, records: u64, level: u32) -> std::io::Result<Run> {
@@ -270,10 +277,10 @@ fn close_run_writer(w: BufWriter<File>, records: u64, level: u32) -> std::io::Re
     })
 }
 
-fn merge_into_run(runs: &[Run], level: u32) -> std::io::Result<Run> {
-    let mut w = new_run_writer()?;
+fn merge_into_run(runs: &[Run], level: u32, io_buffer: usize) -> std::io::Result<Run> {
+    let mut w = new_run_writer(io_buffer)?;
     let mut n = 0u64;
-    merge_runs(runs, |r| {
+    merge_runs(runs, io_buffer, |r| {
         n += 1;
         write_run_rec(&mut w, &r.path, r.session, r.seq, &r.body)
     })?;
@@ -590,8 +597,9 @@ impl SetCatalogBuilder {
         });
         let mut kept_runs = Vec::with_capacity(self.runs.len());
         for run in std::mem::take(&mut self.runs) {
-            let mut rd = RunReader::open(&run).map_err(tmp_err)?;
-            let mut w = new_run_writer().map_err(tmp_err)?;
+            let io = run_io_buffer(self.run_bytes);
+            let mut rd = RunReader::open(&run, io).map_err(tmp_err)?;
+            let mut w = new_run_writer(io).map_err(tmp_err)?;
             let mut rec = SortRec::default();
             let mut n = 0u64;
             while rd.next(&mut rec).map_err(tmp_err)? {
@@ -623,7 +631,7 @@ impl SetCatalogBuilder {
         self.mem_recs.sort_unstable_by(|a, b| {
             entry_order((path(a), a.session, a.seq), (path(b), b.session, b.seq))
         });
-        let mut w = new_run_writer()?;
+        let mut w = new_run_writer(run_io_buffer(self.run_bytes))?;
         for r in &self.mem_recs {
             let body_at = r.off + r.path_len as usize;
             let body = &mem[body_at..body_at + r.body_len as usize];
@@ -657,7 +665,7 @@ impl SetCatalogBuilder {
                 .into_iter()
                 .partition(|r| r.level == level);
             self.runs = rest;
-            let merged = merge_into_run(&group, level + 1)?;
+            let merged = merge_into_run(&group, level + 1, run_io_buffer(self.run_bytes))?;
             self.runs.push(merged);
         }
     }
@@ -669,12 +677,14 @@ impl SetCatalogBuilder {
             self.runs.sort_by_key(|r| r.records);
             let group: Vec<Run> = self.runs.drain(..MERGE_FANIN).collect();
             let level = group.iter().map(|r| r.level).max().unwrap_or(0) + 1;
-            let merged = merge_into_run(&group, level).map_err(tmp_err)?;
+            let merged =
+                merge_into_run(&group, level, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
             self.runs.push(merged);
         }
         if self.runs.len() > 1 {
             let level = self.runs.iter().map(|r| r.level).max().unwrap_or(0) + 1;
-            let merged = merge_into_run(&self.runs, level).map_err(tmp_err)?;
+            let merged = merge_into_run(&self.runs, level, run_io_buffer(self.run_bytes))
+                .map_err(tmp_err)?;
             self.runs = vec![merged];
         }
         Ok(())
@@ -686,7 +696,7 @@ impl SetCatalogBuilder {
         let Some(run) = self.runs.first() else {
             return Ok(());
         };
-        let mut rd = RunReader::open(run).map_err(tmp_err)?;
+        let mut rd = RunReader::open(run, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
         let mut rec = SortRec::default();
         while rd.next(&mut rec).map_err(tmp_err)? {
             f(&rec)?;
@@ -730,7 +740,7 @@ impl SetCatalogBuilder {
         let Some(run) = self.runs.first() else {
             return Ok(plan);
         };
-        let mut rd = RunReader::open(run).map_err(tmp_err)?;
+        let mut rd = RunReader::open(run, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
         let mut path = Vec::new();
         let since = self.delta.as_ref().map_or(0, |(s, _)| *s);
         while let Some((body_len, session)) = rd.next_path(&mut path).map_err(tmp_err)? {
@@ -1889,6 +1899,17 @@ mod tests {
             host: None,
             write_error: None,
         }
+    }
+
+    #[test]
+    fn a_merge_buffers_no_more_than_a_run_in_memory() {
+        // The writer sets a quarter of --buffer: a merge's readers and
+        // writer together stay within it (above the smallest buffers).
+        for budget in [64 << 10, 256 << 10, 1 << 20, 4 << 20, RUN_BYTES] {
+            let merge = (MERGE_FANIN + 1) * run_io_buffer(budget);
+            assert!(merge <= budget.max((MERGE_FANIN + 1) * MIN_RUN_IO_BUFFER));
+        }
+        assert_eq!(run_io_buffer(RUN_BYTES), RUN_IO_BUFFER);
     }
 
     #[test]

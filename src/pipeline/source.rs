@@ -160,6 +160,64 @@ pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)
     Ok((file, md))
 }
 
+/// A directory held open (`O_PATH`) while its regular files are opened by
+/// name relative to it: one path walk per directory, not one per file.
+struct OpenDir {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// [`open_source_file_with_metadata`] for `abs`, opened relative to its
+/// directory, which is kept open in `dir` for the next file in it. The same
+/// flags and checks; falls back to opening by the whole path.
+fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, Metadata)> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    // Split at the last `/` (walkdir's paths are a directory joined with a
+    // name): cheaper than Path::parent, which parses every component.
+    let bytes = abs.as_os_str().as_bytes();
+    let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) if i + 1 < bytes.len() => (
+            Path::new(std::ffi::OsStr::from_bytes(&bytes[..i.max(1)])),
+            std::ffi::OsStr::from_bytes(&bytes[i + 1..]),
+        ),
+        _ => return open_source_file_with_metadata(abs),
+    };
+    if dir.as_ref().is_none_or(|d| d.path != parent) {
+        *dir = None;
+        match nix::fcntl::open(
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                *dir = Some(OpenDir {
+                    path: parent.to_path_buf(),
+                    fd,
+                })
+            }
+            Err(_) => return open_source_file_with_metadata(abs),
+        }
+    }
+    let d = dir.as_ref().expect("just opened");
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    // O_NOATIME is allowed only to the file's owner (or CAP_FOWNER).
+    let fd = match nix::fcntl::openat(&d.fd, name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => nix::fcntl::openat(&d.fd, name, flags, Mode::empty()),
+        other => other,
+    }
+    .map_err(io::Error::from)?;
+    let file = File::from(fd);
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is no longer a regular file", abs.display()),
+        ));
+    }
+    Ok((file, md))
+}
+
 fn excluded(patterns: &[Vec<u8>], archive_path: &[u8]) -> bool {
     if archive_path.is_empty() {
         return false;
@@ -202,6 +260,8 @@ pub struct Walker {
     groups: HashMap<u32, Option<String>>,
     /// (dev, ino) of regular files with several links → first archive path.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// The directory whose files are being opened.
+    dir: Option<OpenDir>,
 }
 
 impl Walker {
@@ -228,6 +288,7 @@ impl Walker {
             users: HashMap::new(),
             groups: HashMap::new(),
             links: HashMap::new(),
+            dir: None,
         }
     }
 
@@ -258,11 +319,25 @@ impl Walker {
 
     /// Archive path of `path`, which lies under the current source's root.
     fn archive_path(cur: &Current, path: &Path) -> Vec<u8> {
-        let Ok(rel) = path.strip_prefix(&cur.root) else {
-            // walkdir's paths all start with the root; never emit an absolute path.
-            return archive_path_of(path).unwrap_or_default();
+        // walkdir joins names to the root, so its bytes start the path: a
+        // byte comparison, not one component by component (every entry).
+        let root = cur.root.as_os_str().as_bytes();
+        let fast = path
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest[0] == b'/' || root.ends_with(b"/"));
+        let rel = match fast {
+            Some(rest) => {
+                let skip = rest.iter().take_while(|&&b| b == b'/').count();
+                &rest[skip..]
+            }
+            None => match path.strip_prefix(&cur.root) {
+                Ok(rel) => rel.as_os_str().as_bytes(),
+                // walkdir's paths all start with the root; never emit an absolute path.
+                Err(_) => return archive_path_of(path).unwrap_or_default(),
+            },
         };
-        let rel = rel.as_os_str().as_bytes();
         let mut out = cur.archive_root.clone();
         if !rel.is_empty() {
             if !out.is_empty() {
@@ -545,7 +620,7 @@ impl Iterator for Walker {
                     // A regular file (by its directory entry) is opened first and
                     // described from its descriptor: one stat instead of two.
                     if dent.file_type().is_file() {
-                        if let Ok((f, md)) = open_source_file_with_metadata(&abs) {
+                        if let Ok((f, md)) = open_source_file_in_dir(&mut self.dir, &abs) {
                             self.describe(abs, archive, &md, Some(f));
                             continue;
                         }

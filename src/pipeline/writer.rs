@@ -329,8 +329,13 @@ fn write_job(
     let block_size = map.label.block_size as usize;
     let n_buffers = (opts.buffer_bytes / block_size).max(4);
     progress.buffers_total.store(n_buffers, Ordering::Relaxed);
-    // The producer always holds one buffer while it fills it.
-    let start_blocks = ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1);
+    // The producer always holds one buffer while it fills it. A medium
+    // that does not stream is written from the first block.
+    let start_blocks = if drive.streams() {
+        ((n_buffers - 1) * opts.start_fill_percent.min(100) as usize / 100).max(1)
+    } else {
+        1
+    };
     let (to_drive, from_producer) = sync_channel::<ToDrive>(n_buffers);
     let pool = BufferPool::new(n_buffers, block_size);
 
@@ -401,6 +406,9 @@ fn write_job(
     let cartridge_failed = &cartridge_failed;
     let (produced, drove, spooled, recorded) = std::thread::scope(|scope| {
         let pool = &pool;
+        // The buffers filled before the drive starts are mapped beside the
+        // producer, not by it (the drive writer is idle until then).
+        scope.spawn(move || pool.prefault(start_blocks + 1));
         // Walking (lstat, xattrs, inode flags, opening) runs beside reading
         // and hashing; the bounded queue also bounds open descriptors.
         // Items travel in batches: one thread handoff per batch, not per file.
@@ -449,7 +457,7 @@ fn write_job(
         let recording = recorder.as_mut().map(|r| {
             scope.spawn(move || -> crate::catalog::Result<()> {
                 for e in catalog_queue.into_iter().flatten() {
-                    r.add(&e)?;
+                    r.add_owned(e)?;
                 }
                 r.flush()
             })
@@ -691,6 +699,7 @@ fn record_parts(cat: &mut Catalog, parts: &mut [PartDone]) -> crate::catalog::Re
             )?;
         }
     }
+    cat.wait_for_checkpoint();
     Ok(())
 }
 
@@ -1444,20 +1453,91 @@ impl CatalogSpill {
         self.out
             .flush()
             .map_err(|e| Error::io("flushing the catalog spill file", e))?;
-        let file = self.out.get_ref();
-        let mut at = 0u64;
-        let mut body = Vec::new();
-        for _ in 0..self.count {
-            let mut len = [0u8; 4];
-            file.read_exact_at(&mut len, at)
-                .map_err(|e| Error::io("reading the catalog spill file", e))?;
-            body.resize(u32::from_le_bytes(len) as usize, 0);
-            file.read_exact_at(&mut body, at + 4)
-                .map_err(|e| Error::io("reading the catalog spill file", e))?;
-            at += 4 + body.len() as u64;
-            f(&body)?;
+        let mut reader = SpillReader::new(self.out.get_ref(), self.count);
+        while let Some(body) = reader
+            .next_body()
+            .map_err(|e| Error::io("reading the catalog spill file", e))?
+        {
+            f(body)?;
         }
         Ok(())
+    }
+}
+
+/// Reads a spill file's `[len u32 LE][body]` records back in large
+/// positional reads (not two system calls per entry), without moving the
+/// file's offset, so the spill stays usable for appending.
+struct SpillReader<F> {
+    file: F,
+    /// File offset of `buf[0]`.
+    base: u64,
+    buf: Vec<u8>,
+    /// Next unread byte in `buf`.
+    at: usize,
+    left: u64,
+}
+
+/// Bytes read from a spill file at once.
+const SPILL_READ_LEN: usize = 1 << 20;
+
+impl<F: std::borrow::Borrow<File>> SpillReader<F> {
+    fn new(file: F, count: u64) -> Self {
+        SpillReader {
+            file,
+            base: 0,
+            buf: Vec::new(),
+            at: 0,
+            left: count,
+        }
+    }
+
+    /// Make `n` bytes from `at` available in `buf`.
+    fn fill(&mut self, n: usize) -> std::io::Result<()> {
+        if self.buf.len() - self.at >= n {
+            return Ok(());
+        }
+        self.buf.drain(..self.at);
+        self.base += self.at as u64;
+        self.at = 0;
+        let have = self.buf.len();
+        let want = n.max(SPILL_READ_LEN);
+        self.buf.resize(want, 0);
+        let mut got = have;
+        while got < n {
+            match self
+                .file
+                .borrow()
+                .read_at(&mut self.buf[got..], self.base + got as u64)
+            {
+                Ok(0) => {
+                    self.buf.truncate(got);
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(got);
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.truncate(got);
+        Ok(())
+    }
+
+    /// The next entry body, or None after the last of `count`.
+    fn next_body(&mut self) -> std::io::Result<Option<&[u8]>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.fill(4)?;
+        let len = u32::from_le_bytes(self.buf[self.at..self.at + 4].try_into().expect("4 bytes"));
+        let len = len as usize;
+        self.fill(4 + len)?;
+        let start = self.at + 4;
+        self.at = start + len;
+        self.left -= 1;
+        Ok(Some(&self.buf[start..start + len]))
     }
 }
 
@@ -1475,9 +1555,7 @@ impl PartDone {
             .try_clone()
             .map_err(|e| Error::io("reopening the catalog spill file", e))?;
         Ok(SpillEntries {
-            file,
-            at: 0,
-            left: self.spill.count,
+            reader: SpillReader::new(file, self.spill.count),
         })
     }
     pub fn count(&self) -> u64 {
@@ -1487,24 +1565,14 @@ impl PartDone {
 
 /// Catalog entries read back from a spill file.
 pub struct SpillEntries {
-    file: File,
-    at: u64,
-    left: u64,
+    reader: SpillReader<File>,
 }
 
 impl Iterator for SpillEntries {
     type Item = CatalogEntry;
     fn next(&mut self) -> Option<CatalogEntry> {
-        if self.left == 0 {
-            return None;
-        }
-        let mut len = [0u8; 4];
-        self.file.read_exact_at(&mut len, self.at).ok()?;
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.file.read_exact_at(&mut body, self.at + 4).ok()?;
-        self.at += 4 + body.len() as u64;
-        self.left -= 1;
-        crate::format::meta::from_cbor(&body).ok()
+        let body = self.reader.next_body().ok()??;
+        crate::format::meta::from_cbor(body).ok()
     }
 }
 
