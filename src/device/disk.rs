@@ -932,6 +932,12 @@ impl TapeDrive for DiskDrive {
         super::vtape::MAX_BLOCK_SIZE
     }
 
+    /// A disk is a file: nothing to keep streaming, so writing starts at
+    /// the first block.
+    fn streams(&self) -> bool {
+        false
+    }
+
     fn identity(&mut self) -> Option<super::DriveIdentity> {
         let serial = self
             .disk

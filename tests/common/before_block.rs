@@ -85,4 +85,7 @@ impl TapeDrive for BeforeBlock {
     fn room_before_early_warning(&mut self) -> Option<u64> {
         self.inner.room_before_early_warning()
     }
+    fn streams(&self) -> bool {
+        self.inner.streams()
+    }
 }
