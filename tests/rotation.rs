@@ -88,6 +88,32 @@ fn run_refused(lab: &Lab, config: &Path, now: &str) -> std::process::Output {
     ])
 }
 
+/// `restore --at DAY`T12:00Z of job nightly into the lab's `to`: the exit
+/// status, the summary, and the tree restored under the source's path.
+fn restore_night(
+    lab: &Lab,
+    src: &Path,
+    day: &str,
+    to: &str,
+) -> (
+    i32,
+    serde_json::Value,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let to = lab.path(to);
+    let (code, r) = lab.json([
+        "restore",
+        "--at",
+        &format!("{day}T12:00:00Z"),
+        "--job",
+        "nightly",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let tree = files_under(&to.join(src.strip_prefix("/").unwrap()));
+    (code, r, tree)
+}
+
 #[derive(Debug)]
 struct Night {
     day: String,
@@ -588,21 +614,9 @@ fn incrementals_write_only_what_changed_and_restore_at_a_date_rebuilds_the_tree_
         .zip(&states)
         .enumerate()
     {
-        let to = lab.path(&format!("as-of-{i}"));
-        let (code, r) = lab.json([
-            "restore",
-            "--at",
-            &format!("{day}T12:00:00Z"),
-            "--job",
-            "nightly",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let (code, r, tree) = restore_night(&lab, &src, day, &format!("as-of-{i}"));
         assert_eq!(code, 0, "{day}: {r}");
-        assert!(
-            files_under(&to.join(rel)) == *want,
-            "{day}: the tree differs: {r}"
-        );
+        assert!(tree == *want, "{day}: the tree differs: {r}");
     }
     // With the full backup's cartridge in a vault, the restore asks for it.
     let full = first["cartridge"].as_str().unwrap();
@@ -741,21 +755,11 @@ fn an_incremental_after_a_full_that_spans_cartridges_reads_only_what_changed() {
     );
     states.push(files_under(&src));
 
-    let rel = src.strip_prefix("/").unwrap();
     let restore_each_night = |tag: &str| {
         for (day, want) in ["2026-12-02", "2026-12-03"].iter().zip(&states) {
-            let to = lab.path(&format!("{tag}-as-of-{day}"));
-            let (code, r) = lab.json([
-                "restore",
-                "--at",
-                &format!("{day}T12:00:00Z"),
-                "--job",
-                "nightly",
-                "--to",
-                to.to_str().unwrap(),
-            ]);
+            let (code, r, tree) = restore_night(&lab, &src, day, &format!("{tag}-as-of-{day}"));
             assert_eq!(code, 0, "{tag} {day}: {r}");
-            assert!(files_under(&to.join(rel)) == *want, "{tag} {day}: {r}");
+            assert!(tree == *want, "{tag} {day}: {r}");
         }
     };
     restore_each_night("kept");
@@ -949,18 +953,9 @@ fn after_the_catalog_is_rebuilt_from_the_cartridges_an_incremental_hashes_what_m
         three["write"]["bytes_read"], 7,
         "only c is read whole: {three}"
     );
-    let to = lab.path("as-of");
-    let (code, r) = lab.json([
-        "restore",
-        "--at",
-        "2026-12-03T12:00:00Z",
-        "--job",
-        "nightly",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (code, r, tree) = restore_night(&lab, &src, "2026-12-03", "as-of");
     assert_eq!(code, 0, "{r}");
-    assert!(files_under(&to.join(src.strip_prefix("/").unwrap())) == files_under(&src));
+    assert!(tree == files_under(&src));
 }
 
 #[test]

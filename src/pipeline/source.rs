@@ -150,6 +150,12 @@ pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(false)?,
         other => other?,
     };
+    still_regular(file, abs)
+}
+
+/// The opened file with its metadata, if it is still a regular file (it
+/// may have been swapped since the walk saw it).
+fn still_regular(file: File, abs: &Path) -> io::Result<(File, Metadata)> {
     let md = file.metadata()?;
     if !md.file_type().is_file() {
         return Err(io::Error::new(
@@ -208,14 +214,7 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
     }
     .map_err(io::Error::from)?;
     let file = File::from(fd);
-    let md = file.metadata()?;
-    if !md.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is no longer a regular file", abs.display()),
-        ));
-    }
-    Ok((file, md))
+    still_regular(file, abs)
 }
 
 fn excluded(patterns: &[Vec<u8>], archive_path: &[u8]) -> bool {
