@@ -82,11 +82,40 @@ impl RescueBinary {
 pub struct KitChoice {
     /// Leave the whole kit out (tiny cartridges): one block of text says so.
     pub leave_out: bool,
+    /// The binary given (`--rescue-binary`).
     pub binary: Option<RescueBinary>,
     /// `--no-rescue-kit` or `--rescue-binary` was given. Otherwise a label
     /// that is rewritten keeps its own choice: a kit left out stays out,
     /// and the binary on the cartridge is kept when none was found here.
     pub explicit: bool,
+    /// Look for a static tapir (the running one, or `tapir-static` beside
+    /// it) when a label is first written, not before: most writes write
+    /// no label, and reading and hashing the binary costs them time and
+    /// memory.
+    pub find: bool,
+    found: std::sync::OnceLock<Option<RescueBinary>>,
+}
+
+impl KitChoice {
+    /// A choice of `binary` (or none), `explicit` or not, that looks for
+    /// nothing more.
+    pub fn of(binary: Option<RescueBinary>, explicit: bool) -> KitChoice {
+        KitChoice {
+            binary,
+            explicit,
+            ..KitChoice::default()
+        }
+    }
+
+    /// The binary for the kit: the one given, else (when asked to look)
+    /// the one found, looked for once.
+    pub fn binary(&self) -> Option<&RescueBinary> {
+        self.binary.as_ref().or_else(|| {
+            self.find
+                .then(|| self.found.get_or_init(found_binary).as_ref())
+                .flatten()
+        })
+    }
 }
 
 /// How an ELF executable is linked.
@@ -179,21 +208,15 @@ pub fn choose(given: Option<&Path>, leave_out: bool) -> Result<KitChoice> {
     if leave_out {
         return Ok(KitChoice {
             leave_out: true,
-            binary: None,
-            explicit: true,
+            ..KitChoice::of(None, true)
         });
     }
     if let Some(path) = given {
-        return Ok(KitChoice {
-            leave_out: false,
-            binary: Some(given_binary(path)?),
-            explicit: true,
-        });
+        return Ok(KitChoice::of(Some(given_binary(path)?), true));
     }
     Ok(KitChoice {
-        leave_out: false,
-        binary: found_binary(),
-        explicit: false,
+        find: true,
+        ..KitChoice::of(None, false)
     })
 }
 

@@ -94,7 +94,7 @@ pub fn write_label(
     kit: &KitChoice,
     durable: bool,
 ) -> Result<MamRecord> {
-    let kept = if kit.explicit || kit.binary.is_some() {
+    let kept = if kit.explicit || kit.binary().is_some() {
         None
     } else {
         keep_kit_binary(drive, label)
@@ -273,7 +273,7 @@ fn plan_kit(
             room.unwrap_or(0)
         )
     };
-    let mut binary = kit.binary.clone().or(kept);
+    let mut binary = kit.binary().cloned().or(kept);
     if let Some(b) = &binary {
         let total = spec_bytes + (b.bytes.len() as u64).div_ceil(bs) * bs;
         if too_big(total) {
@@ -842,11 +842,7 @@ mod tests {
     }
 
     fn choice(binary: Option<RescueBinary>, explicit: bool) -> KitChoice {
-        KitChoice {
-            leave_out: false,
-            binary,
-            explicit,
-        }
+        KitChoice::of(binary, explicit)
     }
 
     #[test]
@@ -899,11 +895,8 @@ mod tests {
             .unwrap()
             .is_some());
         assert!(label.rescue_kit.binary);
-        let leave_out = KitChoice {
-            leave_out: true,
-            binary: None,
-            explicit: true,
-        };
+        let mut leave_out = KitChoice::of(None, true);
+        leave_out.leave_out = true;
         assert!(plan_kit("d", &mut label, &leave_out, None, None)
             .unwrap()
             .is_none());
