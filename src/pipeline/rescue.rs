@@ -1,10 +1,12 @@
 //! The rescue kit's tapir binary (FORMAT.md §2.2): which executable goes
 //! into tape file 1, and whether an executable is statically linked.
 //!
-//! The binary is chosen once per command, before the drive is touched:
-//! the one given (`--rescue-binary`, `$TAPIR_RESCUE_BINARY`), else the
-//! running tapir when it is itself static, else a `tapir-static` beside the
-//! running executable, else none (the label then says there is none).
+//! The binary is the one given (`--rescue-binary`, `$TAPIR_RESCUE_BINARY`),
+//! else the running tapir when it is itself static, else a `tapir-static`
+//! beside the running executable (looked for when a label is first
+//! written), else none (the label then says there is none). The value
+//! `none` looks for nothing: a rewritten label keeps the binary already on
+//! its cartridge, and a new one gets FORMAT.md alone.
 
 use std::fmt;
 use std::io::Read;
@@ -202,6 +204,9 @@ pub fn file_linkage(path: &Path) -> Result<Linkage> {
     Ok(elf_linkage(&head))
 }
 
+/// `--rescue-binary none`: look for no binary.
+pub const LOOK_FOR_NONE: &str = "none";
+
 /// Decide the rescue kit for a command: `leave_out` (`--no-rescue-kit`),
 /// else the binary `given`, else one found automatically.
 pub fn choose(given: Option<&Path>, leave_out: bool) -> Result<KitChoice> {
@@ -212,6 +217,9 @@ pub fn choose(given: Option<&Path>, leave_out: bool) -> Result<KitChoice> {
         });
     }
     if let Some(path) = given {
+        if path == Path::new(LOOK_FOR_NONE) {
+            return Ok(KitChoice::of(None, false));
+        }
         return Ok(KitChoice::of(Some(given_binary(path)?), true));
     }
     Ok(KitChoice {

@@ -11,6 +11,11 @@ use std::process::{Command, Output};
 
 pub const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
 
+/// A lab's tapir looks for no rescue binary of its own (a `tapir-static`
+/// that `scripts/demo` left beside the test build would otherwise change
+/// every cartridge's layout); a test gives one with `--rescue-binary`.
+pub const NO_FOUND_BINARY: &str = "none";
+
 /// A temporary directory with a virtual library in `lib/`.
 pub struct Lab {
     pub dir: tempfile::TempDir,
@@ -67,6 +72,7 @@ impl Lab {
             .args(paths)
             .args(rest)
             .env_remove("TAPE")
+            .env("TAPIR_RESCUE_BINARY", NO_FOUND_BINARY)
             .env("TAPIR_CATALOG", self.catalog());
         c.output().unwrap()
     }
@@ -92,6 +98,7 @@ impl Lab {
             .arg(self.device())
             .args(args)
             .env_remove("TAPE")
+            .env("TAPIR_RESCUE_BINARY", NO_FOUND_BINARY)
             .env("TAPIR_CATALOG", self.catalog())
             .output()
             .unwrap()
