@@ -153,35 +153,16 @@ pub fn run(
     } else {
         None
     };
-    let copies = job.target.pool_on(job::day_of(now)?).0;
-    let copies = cfg.pools[copies].copies;
-    // Each copy is planned apart; a dry run keeps later copies off the
-    // cartridges earlier ones would take.
-    let plan_copy =
-        |cat: Option<&tapir::catalog::Catalog>, present: &[String], copy: u8, taken: &[String]| {
-            let inputs = job::PlanInputs {
-                present,
-                drive_generation: drive.generation,
-                now,
-                trust_clock: args.trust_clock,
-                copy,
-                taken,
-            };
-            job::plan_run(&cfg, job, cat, &inputs)
-        };
-    let plan = plan_copy(cat.as_ref(), &present, 1, &[])?;
+    let inputs = job::PlanInputs {
+        present: &present,
+        drive_generation: drive.generation,
+        now,
+        trust_clock: args.trust_clock,
+        copy: 1,
+        taken: &[],
+    };
     if args.dry_run {
-        let mut plans = vec![plan];
-        let mut taken: Vec<String> = Vec::new();
-        for copy in 2..=copies {
-            taken.extend(
-                plans
-                    .last()
-                    .and_then(|p| p.plan.first())
-                    .map(|c| c.label.clone()),
-            );
-            plans.push(plan_copy(cat.as_ref(), &present, copy, &taken)?);
-        }
+        let plans = job::plan_copies(&cfg, job, cat.as_ref(), &inputs)?;
         print_plans(json, &plans);
         return Ok(if plans.iter().all(|p| p.plan.first().is_some()) {
             ExitStatus::Success
@@ -189,6 +170,7 @@ pub fn run(
             ExitStatus::Unavailable
         });
     }
+    let plan = job::plan_run(&cfg, job, cat.as_ref(), &inputs)?;
     drop(cat);
     let interrupt = super::interrupt_on_signals()?;
     let notify = cfg.notify.clone();
@@ -226,24 +208,7 @@ pub fn run(
         },
     };
     let outcome = super::output::with_write_progress(json, |progress| {
-        let mut first = job::execute(&ctx, lib.as_mut(), plan, progress)?;
-        // Later copies: planned again now that the catalog knows the
-        // cartridges the earlier ones took.
-        for copy in 2..=copies {
-            let cat = tapir::catalog::Catalog::open_existing(&ctx.catalog)?;
-            let plan = plan_copy(Some(&cat), &lib.inside()?, copy, &[])?;
-            drop(cat);
-            match job::execute(&ctx, lib.as_mut(), plan, progress) {
-                Ok(o) => first.further_copies.push(o),
-                Err(e) => {
-                    first.copy_failed =
-                        Some(format!("copy {copy} of {copies} was not written: {e}"));
-                    first.copy_failed_status = Some(e.exit_status());
-                    break;
-                }
-            }
-        }
-        Ok::<_, Error>(first)
+        job::execute_copies(&ctx, lib.as_mut(), plan, &inputs, progress)
     });
     // Removable disks are unmounted and powered off, whatever happened.
     match lib.release() {

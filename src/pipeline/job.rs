@@ -151,6 +151,72 @@ pub fn inventory(cat: Option<&Catalog>, present: &[String]) -> Result<Inventory>
     Ok(Inventory { cartridges, sets })
 }
 
+/// The plans of every copy the pool keeps of a run, first to last, each
+/// kept off the cartridges the copies before it would take (what a dry
+/// run shows).
+pub fn plan_copies(
+    cfg: &Config,
+    job: &Job,
+    cat: Option<&Catalog>,
+    inputs: &PlanInputs<'_>,
+) -> Result<Vec<RunPlan>> {
+    let first = plan_run(cfg, job, cat, &PlanInputs { copy: 1, ..*inputs })?;
+    let copies = first.copies;
+    let mut plans = vec![first];
+    let mut taken: Vec<String> = inputs.taken.to_vec();
+    for copy in 2..=copies {
+        taken.extend(
+            plans
+                .last()
+                .and_then(|p| p.plan.first())
+                .map(|c| c.label.clone()),
+        );
+        let inputs = PlanInputs {
+            copy,
+            taken: &taken,
+            ..*inputs
+        };
+        plans.push(plan_run(cfg, job, cat, &inputs)?);
+    }
+    Ok(plans)
+}
+
+/// Carry out `plan` (the first copy), then write the pool's further
+/// copies, each planned once the catalog knows what the copies before it
+/// took. A copy that cannot be written ends the run with its error in
+/// the outcome: the earlier copies stand, and the run does not succeed.
+pub fn execute_copies(
+    ctx: &RunContext<'_>,
+    lib: &mut dyn JobLibrary,
+    plan: RunPlan,
+    inputs: &PlanInputs<'_>,
+    progress: &WriteProgress,
+) -> Result<RunOutcome> {
+    let copies = plan.copies;
+    let mut first = execute(ctx, lib, plan, progress)?;
+    for copy in 2..=copies {
+        let cat = Catalog::open_existing(&ctx.catalog)?;
+        let present = lib.inside()?;
+        let inputs = PlanInputs {
+            present: &present,
+            copy,
+            taken: &[],
+            ..*inputs
+        };
+        let plan = plan_run(ctx.cfg, ctx.job, Some(&cat), &inputs)?;
+        drop(cat);
+        match execute(ctx, lib, plan, progress) {
+            Ok(o) => first.further_copies.push(o),
+            Err(e) => {
+                first.copy_failed = Some(format!("copy {copy} of {copies} was not written: {e}"));
+                first.copy_failed_status = Some(e.exit_status());
+                break;
+            }
+        }
+    }
+    Ok(first)
+}
+
 /// The day (UTC) a run at `now` counts as, for its GFS tier.
 pub fn day_of(now: i64) -> Result<jiff::civil::Date> {
     Ok(jiff::Timestamp::from_second(now)
