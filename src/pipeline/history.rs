@@ -62,15 +62,19 @@ impl SeenLog {
 
     fn note(&mut self, path: &[u8], s: &FileState) {
         let Some(out) = self.out.as_mut() else { return };
-        let mut rec = Vec::with_capacity(path.len() + 40);
-        rec.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        rec.extend_from_slice(path);
-        rec.extend_from_slice(&s.dev.to_le_bytes());
-        rec.extend_from_slice(&s.ino.to_le_bytes());
-        rec.extend_from_slice(&s.ctime.0.to_le_bytes());
-        rec.extend_from_slice(&s.ctime.1.to_le_bytes());
-        rec.extend_from_slice(&s.seen.to_le_bytes());
-        if let Err(e) = out.write_all(&rec) {
+        // Straight into the buffered writer: no allocation per file.
+        let written = [
+            &(path.len() as u32).to_le_bytes()[..],
+            path,
+            &s.dev.to_le_bytes(),
+            &s.ino.to_le_bytes(),
+            &s.ctime.0.to_le_bytes(),
+            &s.ctime.1.to_le_bytes(),
+            &s.seen.to_le_bytes(),
+        ]
+        .iter()
+        .try_for_each(|part| out.write_all(part));
+        if let Err(e) = written {
             // The next run hashes instead: slower, never wrong.
             self.failed = Some(e.to_string());
             self.out = None;
