@@ -208,19 +208,6 @@ impl Drop for Bay {
     }
 }
 
-/// Deterministic bytes (xorshift): incompressible and reproducible.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// `files` incompressible files of about 2 MB plus a few small ones.
 fn make_tree(root: &Path, files: usize) -> BTreeMap<String, Vec<u8>> {
     let mut all = BTreeMap::new();
@@ -357,17 +344,7 @@ fn a_set_spans_three_disks_passes_over_a_wrong_one_and_each_restores_alone() {
     // All three in order, joining the parts: the whole tree.
     let whole = bay.path("whole");
     for (n, i) in used.into_iter().enumerate() {
-        let (code, r) = bay.json(
-            bay.dir.path(),
-            [
-                "--device",
-                &bay.device(i),
-                "restore",
-                "--partials",
-                "--to",
-                whole.to_str().unwrap(),
-            ],
-        );
+        let (code, r) = restore_from(&bay, i, &whole, &["--partials"]);
         assert!(code == 0 || (code == 1 && n < 2), "{}: {r}", bay.label(i));
     }
     assert!(restored(&whole) == tree, "the joined tree differs");
@@ -535,16 +512,16 @@ fn a_rotation_job_asks_for_its_disk_by_label_and_place_and_never_writes_to_the_w
 
 /// Restore everything on disk `i` into `to`; the exit code and summary.
 fn restore_all(bay: &Bay, i: usize, to: &Path) -> (i32, serde_json::Value) {
-    bay.json(
-        bay.dir.path(),
-        [
-            "--device",
-            &bay.device(i),
-            "restore",
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
+    restore_from(bay, i, to, &[])
+}
+
+/// `tapir restore` from disk `i` into `to`, with `extra` options.
+fn restore_from(bay: &Bay, i: usize, to: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let device = bay.device(i);
+    let mut args = vec!["--device", device.as_str(), "restore"];
+    args.extend_from_slice(extra);
+    args.extend(["--to", to.to_str().unwrap()]);
+    bay.json(bay.dir.path(), args)
 }
 
 #[test]
@@ -694,17 +671,7 @@ fn a_job_spans_two_disks_of_its_pool_verifies_both_and_unmounts_both() {
     // Both in order give the whole tree back.
     let whole = bay.path("whole");
     for i in 0..2 {
-        let (code, r) = bay.json(
-            bay.dir.path(),
-            [
-                "--device",
-                &bay.device(i),
-                "restore",
-                "--partials",
-                "--to",
-                whole.to_str().unwrap(),
-            ],
-        );
+        let (code, r) = restore_from(&bay, i, &whole, &["--partials"]);
         assert!(code == 0 || (code == 1 && i == 0), "{r}");
     }
     let got: BTreeMap<String, Vec<u8>> = restored(&whole)

@@ -669,6 +669,11 @@ fn incrementals_write_only_what_changed_and_restore_at_a_date_rebuilds_the_tree_
 /// A configuration with one incremental job `nightly` of `src` into pool
 /// `inc` on the lab's library.
 fn configure_incremental(lab: &Lab, src: &Path) -> PathBuf {
+    configure_incremental_with(lab, src, "", "")
+}
+
+/// [`configure_incremental`] with more lines for the pool and the job.
+fn configure_incremental_with(lab: &Lab, src: &Path, pool: &str, job: &str) -> PathBuf {
     let config = lab.path("tapir.toml");
     fs::write(
         &config,
@@ -679,10 +684,12 @@ device = "{dev}"
 [pool.inc]
 retention = "30d"
 block_size = "64K"
+{pool}
 [job.nightly]
 sources = ["{src}"]
 pool = "inc"
 level = "incremental"
+{job}
 "#,
             dev = lab.device(),
             src = src.display()
@@ -781,29 +788,12 @@ fn a_pool_of_two_copies_writes_each_run_twice_sends_one_offsite_and_restores_fro
     let src = lab.path("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), b"first night").unwrap();
-    let config = lab.path("tapir.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"
-[drive.vt]
-device = "{dev}"
-[pool.inc]
-retention = "30d"
-block_size = "64K"
-copies = 2
-locations = ["library", "vault:offsite"]
-[job.nightly]
-sources = ["{src}"]
-pool = "inc"
-level = "incremental"
-verify = true
-"#,
-            dev = lab.device(),
-            src = src.display()
-        ),
-    )
-    .unwrap();
+    let config = configure_incremental_with(
+        &lab,
+        &src,
+        "copies = 2\nlocations = [\"library\", \"vault:offsite\"]",
+        "verify = true",
+    );
     // The dry run plans both copies, on two cartridges.
     let (code, plan) = run_night(&lab, &config, "2026-12-01", &["--dry-run"]);
     assert_eq!(code, 0, "{plan}");

@@ -10,19 +10,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Deterministic bytes (xorshift), so a failure is reproducible.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// `files` incompressible files of 1.5 to 2 MB (several data chunks each,
 /// so they can be cut between cartridges) plus small ones.
 fn make_tree(root: &Path, files: usize) -> BTreeMap<String, Vec<u8>> {
