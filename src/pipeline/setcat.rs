@@ -114,6 +114,13 @@ fn tmp_err(e: std::io::Error) -> Error {
     Error::io("set catalog temporary file", e)
 }
 
+/// One entry as scanned, from memory or from a run.
+struct RecView<'a> {
+    path: &'a [u8],
+    session: u32,
+    body: &'a [u8],
+}
+
 /// One entry in a run: its sort key and its `SetCatalogEntry` body.
 #[derive(Default)]
 struct SortRec {
@@ -333,6 +340,8 @@ pub struct SetCatalogBuilder {
     /// Encoded entries not yet spilled: path then body, back to back.
     mem: Vec<u8>,
     mem_recs: Vec<MemRec>,
+    /// `mem_recs` is in entry order (sorted since the last addition).
+    mem_sorted: bool,
     runs: Vec<Run>,
     run_bytes: usize,
     /// Write a delta copy: only sessions from this index on, on `CopyBase`.
@@ -370,6 +379,7 @@ impl SetCatalogBuilder {
             next_seq: 0,
             mem: Vec::new(),
             mem_recs: Vec::new(),
+            mem_sorted: true,
             runs: Vec::new(),
             run_bytes: RUN_BYTES,
             delta: None,
@@ -393,7 +403,7 @@ impl SetCatalogBuilder {
     /// Take in a newer copy read from tape (a delta on what this builder
     /// holds): its entries join these, its inventory replaces this one.
     pub fn absorb(&mut self, mut newer: SetCatalogBuilder) -> Result<()> {
-        newer.scan(|r| self.add_raw(r.session, &r.path, &r.body))?;
+        newer.scan(|r| self.add_raw(r.session, r.path, r.body))?;
         for v in newer.volumes.clone() {
             self.upsert_volume(v);
         }
@@ -552,6 +562,7 @@ impl SetCatalogBuilder {
                 "a set catalog entry of {body_len} bytes is larger than a record may be"
             )));
         }
+        self.mem_sorted = false;
         self.mem_recs.push(MemRec {
             off,
             path_len: path_len as u32,
@@ -670,8 +681,20 @@ impl SetCatalogBuilder {
         }
     }
 
-    /// Leave all entries in one sorted run (or none).
+    /// Leave all entries in one sorted run, or, when none was spilled,
+    /// sorted in memory (no temporary file is written just to be read back).
     fn consolidate(&mut self) -> Result<()> {
+        if self.runs.is_empty() {
+            if !self.mem_sorted {
+                let mem = &self.mem;
+                let path = |r: &MemRec| &mem[r.off..r.off + r.path_len as usize];
+                self.mem_recs.sort_unstable_by(|a, b| {
+                    entry_order((path(a), a.session, a.seq), (path(b), b.session, b.seq))
+                });
+                self.mem_sorted = true;
+            }
+            return Ok(());
+        }
         self.spill().map_err(tmp_err)?;
         while self.runs.len() > MERGE_FANIN {
             self.runs.sort_by_key(|r| r.records);
@@ -690,18 +713,34 @@ impl SetCatalogBuilder {
         Ok(())
     }
 
-    /// Every entry in set-catalog order, as run records.
-    fn scan(&mut self, mut f: impl FnMut(&SortRec) -> Result<()>) -> Result<()> {
+    /// Every entry in set-catalog order.
+    fn scan(&mut self, mut f: impl FnMut(RecView<'_>) -> Result<()>) -> Result<()> {
         self.consolidate()?;
         let Some(run) = self.runs.first() else {
+            for r in &self.mem_recs {
+                f(self.mem_view(r))?;
+            }
             return Ok(());
         };
         let mut rd = RunReader::open(run, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
         let mut rec = SortRec::default();
         while rd.next(&mut rec).map_err(tmp_err)? {
-            f(&rec)?;
+            f(RecView {
+                path: &rec.path,
+                session: rec.session,
+                body: &rec.body,
+            })?;
         }
         Ok(())
+    }
+
+    fn mem_view<'a>(&'a self, r: &MemRec) -> RecView<'a> {
+        let body_at = r.off + r.path_len as usize;
+        RecView {
+            path: &self.mem[r.off..body_at],
+            session: r.session,
+            body: &self.mem[body_at..body_at + r.body_len as usize],
+        }
     }
 
     /// Every entry in set-catalog order, streamed from the temp files (for
@@ -737,15 +776,10 @@ impl SetCatalogBuilder {
         self.consolidate()?;
         let limit = self.page_limit(payload);
         let mut plan: Vec<PagePlan> = Vec::new();
-        let Some(run) = self.runs.first() else {
-            return Ok(plan);
-        };
-        let mut rd = RunReader::open(run, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
-        let mut path = Vec::new();
         let since = self.delta.as_ref().map_or(0, |(s, _)| *s);
-        while let Some((body_len, session)) = rd.next_path(&mut path).map_err(tmp_err)? {
+        let mut add = |path: &[u8], body_len: usize, session: u32| {
             if session < since {
-                continue;
+                return;
             }
             let bytes = REC + body_len as u64;
             match plan.last_mut() {
@@ -754,11 +788,23 @@ impl SetCatalogBuilder {
                     p.entries += 1;
                 }
                 _ => plan.push(PagePlan {
-                    first_path: path.clone(),
+                    first_path: path.to_vec(),
                     entries: 1,
                     bytes,
                 }),
             }
+        };
+        let Some(run) = self.runs.first() else {
+            for r in &self.mem_recs {
+                let v = self.mem_view(r);
+                add(v.path, v.body.len(), v.session);
+            }
+            return Ok(plan);
+        };
+        let mut rd = RunReader::open(run, run_io_buffer(self.run_bytes)).map_err(tmp_err)?;
+        let mut path = Vec::new();
+        while let Some((body_len, session)) = rd.next_path(&mut path).map_err(tmp_err)? {
+            add(&path, body_len, session);
         }
         Ok(plan)
     }
@@ -914,7 +960,7 @@ impl SetCatalogBuilder {
         };
         expect_at(framer, base + index_blocks)?;
 
-        let mut digest = blake3::Hasher::new();
+        let mut digest = super::PieceHasher::new();
         let mut page = 0usize;
         let mut in_page = 0u32;
         let mut count = 0u64;
@@ -1342,7 +1388,7 @@ pub fn read_set_catalog(
     let mut inv = Inventory::new(set_uuid, tape_file, device, false);
     let mut builder: Option<SetCatalogBuilder> = None;
     let mut lost = Vec::new();
-    let mut digest = blake3::Hasher::new();
+    let mut digest = super::PieceHasher::new();
     let mut count = 0u64;
     let mut end: Option<SetCatalogEnd> = None;
     while let Some(ev) = reader.next_event()? {

@@ -605,7 +605,7 @@ pub fn read_catalog(
     let mut entries = Vec::new();
     let mut end = None;
     let mut lost = Vec::new();
-    let mut digest = blake3::Hasher::new();
+    let mut digest = super::PieceHasher::new();
     while let Some(ev) = reader.next_event()? {
         match ev {
             StreamEvent::Lost(l) => lost.push(l),

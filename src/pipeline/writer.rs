@@ -2025,7 +2025,7 @@ impl Producer<'_, '_> {
             &[&to_cbor(&header)],
             &mut emit,
         )?;
-        let mut digest = blake3::Hasher::new();
+        let mut digest = super::PieceHasher::new();
         part.spill.for_each_body(|body| {
             digest.update(body);
             cat.push_record(RecordType::CatalogEntry, 0, &[body], &mut emit)?;
