@@ -750,7 +750,7 @@ impl SetCatalogBuilder {
         mut f: impl FnMut(&SetCatalogEntry) -> Result<()>,
     ) -> Result<()> {
         self.scan(|r| {
-            let e = from_cbor::<SetCatalogEntry>(&r.body).map_err(|e| {
+            let e = from_cbor::<SetCatalogEntry>(r.body).map_err(|e| {
                 Error::io(
                     "set catalog temporary file",
                     std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -976,8 +976,8 @@ impl SetCatalogBuilder {
             if in_page == 0 {
                 expect_at(framer, refs[page].block)?;
             }
-            framer.push_record(RecordType::SetCatalogEntry, 0, &[&r.body], emit)?;
-            digest.update(&r.body);
+            framer.push_record(RecordType::SetCatalogEntry, 0, &[r.body], emit)?;
+            digest.update(r.body);
             count += 1;
             in_page += 1;
             if in_page == plan[page].entries {

@@ -217,6 +217,15 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
     still_regular(file, abs)
 }
 
+/// The bytes after a path's last `/` (walkdir's entries are a directory
+/// joined with a name, so this is the name).
+fn last_name(p: &Path) -> &[u8] {
+    let b = p.as_os_str().as_bytes();
+    b.iter()
+        .rposition(|&c| c == b'/')
+        .map_or(b, |i| &b[i + 1..])
+}
+
 fn excluded(patterns: &[Vec<u8>], archive_path: &[u8]) -> bool {
     if archive_path.is_empty() {
         return false;
@@ -307,7 +316,9 @@ impl Walker {
             .follow_links(false)
             .follow_root_links(false)
             .same_file_system(self.one_file_system)
-            .sort_by_file_name()
+            // By name, compared as bytes: DirEntry::file_name parses the
+            // path's components for every comparison.
+            .sort_by(|a, b| last_name(a.path()).cmp(last_name(b.path())))
             .into_iter();
         self.current = Some(Current {
             iter,
@@ -496,18 +507,20 @@ impl Walker {
             }
         }
 
+        let warned: Vec<WalkItem> = warnings
+            .into_iter()
+            .map(|message| WalkItem::Warning {
+                path: abs.clone(),
+                message,
+            })
+            .collect();
         self.pending.push_back(WalkItem::Entry(SourceEntry {
-            abs_path: abs.clone(),
+            abs_path: abs,
             entry,
             file: content,
             inode: (kind == EntryKind::File).then(|| (md.dev(), md.ino())),
         }));
-        for message in warnings {
-            self.pending.push_back(WalkItem::Warning {
-                path: abs.clone(),
-                message,
-            });
-        }
+        self.pending.extend(warned);
     }
 }
 
@@ -609,16 +622,14 @@ impl Iterator for Walker {
                     if archive.is_empty() {
                         continue;
                     }
-                    let abs = dent.path().to_path_buf();
-                    if dent.depth() > 0
-                        && dent.file_type().is_dir()
-                        && self.contents_excluded.contains(&abs)
-                    {
+                    let (depth, file_type) = (dent.depth(), dent.file_type());
+                    let abs = dent.into_path();
+                    if depth > 0 && file_type.is_dir() && self.contents_excluded.contains(&abs) {
                         cur.iter.skip_current_dir();
                     }
                     // A regular file (by its directory entry) is opened first and
                     // described from its descriptor: one stat instead of two.
-                    if dent.file_type().is_file() {
+                    if file_type.is_file() {
                         if let Ok((f, md)) = open_source_file_in_dir(&mut self.dir, &abs) {
                             self.describe(abs, archive, &md, Some(f));
                             continue;

@@ -36,7 +36,7 @@ use crate::catalog::{Catalog, WriterInfo};
 
 /// Catalog entries go to the recorder in batches (one handoff per batch);
 /// at most this many batches wait.
-const CATALOG_BATCH: usize = 256;
+const CATALOG_BATCH: usize = 128;
 const CATALOG_QUEUE_BATCHES: usize = 64;
 
 /// What to write and how.
@@ -1386,14 +1386,18 @@ impl BlockChannel<'_> {
     }
 }
 
-/// Catalog entries wait in a temporary file, so memory stays bounded
-/// whatever the number of files.
+/// Catalog entries wait in memory up to a limit, then in a temporary file,
+/// so memory stays bounded whatever the number of files. Either way the
+/// records are `[len u32 LE][body]`, back to back.
 struct CatalogSpill {
-    out: BufWriter<File>,
+    /// The records while they fit in `mem_limit` (and no file was started).
+    mem: Vec<u8>,
+    mem_limit: usize,
+    out: Option<BufWriter<File>>,
     count: u64,
     /// Record bytes the entries take in a catalog stream.
     bytes: u64,
-    /// Bytes of the spill file.
+    /// Bytes of the records.
     len: u64,
 }
 
@@ -1406,15 +1410,15 @@ struct SpillMark {
 }
 
 impl CatalogSpill {
-    fn new() -> Result<Self> {
-        let f =
-            tempfile::tempfile().map_err(|e| Error::io("creating the catalog spill file", e))?;
-        Ok(CatalogSpill {
-            out: BufWriter::new(f),
+    fn new(mem_limit: usize) -> Self {
+        CatalogSpill {
+            mem: Vec::new(),
+            mem_limit,
+            out: None,
             count: 0,
             bytes: 0,
             len: 0,
-        })
+        }
     }
     fn mark(&self) -> SpillMark {
         SpillMark {
@@ -1423,26 +1427,48 @@ impl CatalogSpill {
             len: self.len,
         }
     }
+    /// Move the records to a temporary file (memory past the limit, or a
+    /// part that is kept while the session goes on elsewhere).
+    fn move_to_disk(&mut self) -> Result<&mut BufWriter<File>> {
+        if self.out.is_none() {
+            let f = tempfile::tempfile()
+                .map_err(|e| Error::io("creating the catalog spill file", e))?;
+            let mut out = BufWriter::new(f);
+            out.write_all(&self.mem)
+                .map_err(|e| Error::io("writing the catalog spill file", e))?;
+            self.mem = Vec::new();
+            self.out = Some(out);
+        }
+        Ok(self.out.as_mut().expect("just made"))
+    }
     /// Forget the entries pushed after `m`.
     fn truncate(&mut self, m: SpillMark) -> Result<()> {
         use std::io::{Seek, SeekFrom};
         let cut = |e| Error::io("cutting back the catalog spill file", e);
-        self.out.flush().map_err(cut)?;
-        self.out.get_ref().set_len(m.len).map_err(cut)?;
-        self.out
-            .get_mut()
-            .seek(SeekFrom::Start(m.len))
-            .map_err(cut)?;
+        match &mut self.out {
+            None => self.mem.truncate(m.len as usize),
+            Some(out) => {
+                out.flush().map_err(cut)?;
+                out.get_ref().set_len(m.len).map_err(cut)?;
+                out.get_mut().seek(SeekFrom::Start(m.len)).map_err(cut)?;
+            }
+        }
         self.count = m.count;
         self.bytes = m.bytes;
         self.len = m.len;
         Ok(())
     }
     fn push_encoded(&mut self, body: &[u8]) -> Result<()> {
-        self.out
-            .write_all(&(body.len() as u32).to_le_bytes())
-            .and_then(|_| self.out.write_all(body))
-            .map_err(|e| Error::io("writing the catalog spill file", e))?;
+        let len = (body.len() as u32).to_le_bytes();
+        if self.out.is_none() && self.mem.len() + 4 + body.len() <= self.mem_limit {
+            self.mem.extend_from_slice(&len);
+            self.mem.extend_from_slice(body);
+        } else {
+            let out = self.move_to_disk()?;
+            out.write_all(&len)
+                .and_then(|_| out.write_all(body))
+                .map_err(|e| Error::io("writing the catalog spill file", e))?;
+        }
         self.count += 1;
         self.bytes += body.len() as u64 + crate::format::record::RECORD_HEADER_LEN as u64;
         self.len += 4 + body.len() as u64;
@@ -1450,10 +1476,17 @@ impl CatalogSpill {
     }
     /// Read every entry body back, in order (the spill stays usable).
     fn for_each_body(&mut self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        self.out
-            .flush()
+        let Some(out) = &mut self.out else {
+            let mut rest = &self.mem[..];
+            while let Some((body, next)) = next_spilled(rest) {
+                f(body)?;
+                rest = next;
+            }
+            return Ok(());
+        };
+        out.flush()
             .map_err(|e| Error::io("flushing the catalog spill file", e))?;
-        let mut reader = SpillReader::new(self.out.get_ref(), self.count);
+        let mut reader = SpillReader::new(out.get_ref(), self.count);
         while let Some(body) = reader
             .next_body()
             .map_err(|e| Error::io("reading the catalog spill file", e))?
@@ -1462,6 +1495,19 @@ impl CatalogSpill {
         }
         Ok(())
     }
+}
+
+/// The first `[len][body]` record of `records` and the rest; None at the end.
+fn next_spilled(records: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(records.get(..4)?.try_into().ok()?) as usize;
+    let body = records.get(4..4 + len)?;
+    Some((body, &records[4 + len..]))
+}
+
+/// Catalog records a part keeps in memory before its spill goes to a file:
+/// a sixteenth of the block buffer, at most 16 MiB (about 100,000 files).
+fn spill_memory(buffer_bytes: usize) -> usize {
+    (buffer_bytes / 16).min(16 << 20)
 }
 
 /// Reads a spill file's `[len u32 LE][body]` records back in large
@@ -1542,15 +1588,12 @@ impl<F: std::borrow::Borrow<File>> SpillReader<F> {
 }
 
 impl PartDone {
-    /// The part's catalog entries, in order, streamed from the spill file.
+    /// The part's catalog entries, in order, streamed from the spill.
     pub fn entries(&mut self) -> Result<SpillEntries> {
-        self.spill
-            .out
-            .flush()
+        let out = self.spill.move_to_disk()?;
+        out.flush()
             .map_err(|e| Error::io("flushing the catalog spill file", e))?;
-        let file = self
-            .spill
-            .out
+        let file = out
             .get_ref()
             .try_clone()
             .map_err(|e| Error::io("reopening the catalog spill file", e))?;
@@ -1755,7 +1798,7 @@ impl Producer<'_, '_> {
         });
         self.part = Some(Part {
             framer,
-            spill: CatalogSpill::new()?,
+            spill: CatalogSpill::new(spill_memory(self.ctx.opts.buffer_bytes)),
             label,
             start: start.clone(),
             data_file,
@@ -2089,6 +2132,11 @@ impl Producer<'_, '_> {
             part.start.session,
             part.label.label
         );
+        // A part the session goes on from waits for the whole session:
+        // its records wait on disk, not in memory, however many parts there are.
+        if status == SESSION_CONTINUES {
+            part.spill.move_to_disk()?;
+        }
         self.p.parts.push(PartDone {
             label: part.label,
             start: part.start,
@@ -2372,9 +2420,14 @@ fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOu
     }
     let entry = &src.entry;
     let kind = entry.kind().expect("the walker makes known kinds");
-    if let Ok(mut cur) = progress.current.lock() {
-        cur.clear();
-        cur.push_str(&String::from_utf8_lossy(&entry.path));
+    // The display shows the current file a few times a second: with many
+    // small files, naming every one costs more than it shows.
+    let files_done = progress.files_done.load(Ordering::Relaxed);
+    if entry.size >= DATA_CHUNK_LEN as u64 || files_done.is_multiple_of(64) {
+        if let Ok(mut cur) = progress.current.lock() {
+            cur.clear();
+            cur.push_str(&String::from_utf8_lossy(&entry.path));
+        }
     }
     // Open before announcing the entry, so an unreadable file is a
     // warning rather than a damaged entry on tape.
@@ -2480,7 +2533,9 @@ fn write_item(pr: &mut Producer<'_, '_>, src: &mut SourceEntry) -> Result<ItemOu
     progress.files_done.fetch_add(1, Ordering::Relaxed);
     pr.since_checkpoint_bytes += end.stored_bytes;
     if pr.since_checkpoint_bytes >= pr.ctx.opts.checkpoint_bytes
-        || pr.last_checkpoint.elapsed() >= pr.ctx.opts.checkpoint_interval
+        // The clock is read every 64 entries, not for every small file.
+        || (files_done % 64 == 63
+            && pr.last_checkpoint.elapsed() >= pr.ctx.opts.checkpoint_interval)
     {
         let cp = Checkpoint {
             entries: pr.part().entries,
@@ -2695,4 +2750,54 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(spill: &mut CatalogSpill) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        spill
+            .for_each_body(|b| {
+                out.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_catalog_spill_moves_to_a_file_past_its_memory_limit_and_cuts_back_either_way() {
+        let body = |i: usize| vec![i as u8; 10 + i];
+        let mut spill = CatalogSpill::new(100);
+        for i in 0..3 {
+            spill.push_encoded(&body(i)).unwrap();
+        }
+        assert!(spill.out.is_none(), "3 records fit in 100 bytes");
+        let in_memory = spill.mark();
+        spill.push_encoded(&body(3)).unwrap();
+        spill.truncate(in_memory).unwrap();
+        assert_eq!(bodies(&mut spill), (0..3).map(body).collect::<Vec<_>>());
+
+        for i in 3..8 {
+            spill.push_encoded(&body(i)).unwrap();
+        }
+        assert!(
+            spill.out.is_some(),
+            "past 100 bytes the records are in a file"
+        );
+        assert!(spill.mem.is_empty());
+        assert_eq!(bodies(&mut spill), (0..8).map(body).collect::<Vec<_>>());
+        let at_six = {
+            let mut s = CatalogSpill::new(0);
+            (0..6).for_each(|i| s.push_encoded(&body(i)).unwrap());
+            s.mark()
+        };
+        spill.truncate(at_six).unwrap();
+        spill.push_encoded(&body(9)).unwrap();
+        let expected: Vec<_> = (0..6).chain([9]).map(body).collect();
+        assert_eq!(bodies(&mut spill), expected);
+        assert_eq!(spill.count, 7);
+    }
 }
