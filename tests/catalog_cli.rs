@@ -445,3 +445,36 @@ fn changer_moves_are_recorded_as_locations() {
     assert_ok(&lab.tapir(["changer", "load", "TAP001L9"]));
     assert!(place(&lab).starts_with("drive:vtape:"), "{}", place(&lab));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_listing_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let lab = Lab::new(1, "64M");
+    lab.label("TAP001L9");
+    let src = lab.path("many");
+    fs::create_dir_all(&src).unwrap();
+    // Far more listing than a pipe holds, so tapir is still writing when
+    // the reader leaves.
+    for i in 0..5000 {
+        fs::write(src.join(format!("file-with-a-longish-name-{i:05}")), b"").unwrap();
+    }
+    assert_ok(&lab.tapir_in(&lab.path(""), ["write", "many"]));
+    let mut child = Command::new(TAPIR)
+        .args(["--device", &lab.device(), "list"])
+        .env("TAPIR_CATALOG", lab.catalog())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    // The reader is gone (`tapir list | head -1`).
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}

@@ -262,7 +262,7 @@ fn when(s: Option<&str>, edge: DayEdge) -> anyhow::Result<Option<i64>> {
 }
 
 fn print_json(v: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("values serialise")
     );
@@ -388,7 +388,7 @@ fn find(path: &Path, a: &FindArgs, json_out: bool) -> anyhow::Result<ExitStatus>
         }));
     } else {
         for (p, vs) in &groups {
-            println!(
+            outln!(
                 "{}  ({} version{})",
                 display_path(p),
                 vs.len(),
@@ -399,7 +399,7 @@ fn find(path: &Path, a: &FindArgs, json_out: bool) -> anyhow::Result<ExitStatus>
                     .blake3
                     .map(|h| hex(&h[..6]))
                     .unwrap_or_else(|| "-".repeat(12));
-                println!(
+                outln!(
                     "  {}  {:<12} {:>14}  mtime {}  blake3 {}  {} session {}{}  {}",
                     v.session
                         .started
@@ -425,7 +425,7 @@ fn find(path: &Path, a: &FindArgs, json_out: bool) -> anyhow::Result<ExitStatus>
             }
         }
         if r.truncated {
-            println!("... stopped after {} paths; use --limit 0 for all", r.paths);
+            outln!("... stopped after {} paths; use --limit 0 for all", r.paths);
         }
     }
     if r.paths == 0 {
@@ -491,14 +491,19 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
             if json_out {
                 print_json(&json!(list.iter().map(media_json).collect::<Vec<_>>()));
             } else if list.is_empty() {
-                println!("no cartridges");
+                outln!("no cartridges");
             } else {
-                println!(
+                outln!(
                     "{:<10} {:<9} {:<10} {:<16} {:>4} {:>8}  where",
-                    "label", "state", "pool", "set", "vol", "sessions"
+                    "label",
+                    "state",
+                    "pool",
+                    "set",
+                    "vol",
+                    "sessions"
                 );
                 for m in &list {
-                    println!(
+                    outln!(
                         "{:<10} {:<9} {:<10} {:<16} {:>4} {:>8}  {}",
                         m.brief.label,
                         m.brief.state,
@@ -546,7 +551,7 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                 return Ok(ExitStatus::Success);
             }
             let m = &d.media;
-            println!(
+            outln!(
                 "cartridge {} ({}), pool {}, {}",
                 m.brief.label,
                 m.brief.uuid,
@@ -556,7 +561,7 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                     _ => "no set".into(),
                 }
             );
-            println!(
+            outln!(
                 "  state {}{}{}",
                 m.brief.state,
                 m.state_note
@@ -565,20 +570,20 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                     .unwrap_or_default(),
                 if m.worm { ", WORM" } else { "" }
             );
-            println!("  now: {}", location_text(m.brief.location.as_ref()));
-            println!(
+            outln!("  now: {}", location_text(m.brief.location.as_ref()));
+            outln!(
                 "  labelled {} on {}, block size {}, first catalogued {}",
                 short(m.labelled),
                 m.host,
                 m.block_size,
                 short(m.first_seen)
             );
-            println!(
+            outln!(
                 "  {} session(s), {} bytes stored; written {} time(s) ({} bytes), read {} time(s), {} error(s)",
                 m.sessions, m.stored_bytes, m.write_count, m.bytes_written, m.read_count, m.error_count
             );
             match (m.verified, m.verify_ok) {
-                (Some(t), Some(ok)) => println!(
+                (Some(t), Some(ok)) => outln!(
                     "  last verified {}: {}{}",
                     short(t),
                     if ok { "ok" } else { "FAILED" },
@@ -587,13 +592,13 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default()
                 ),
-                _ => println!("  never verified"),
+                _ => outln!("  never verified"),
             }
             if let Some(t) = m.retention_until {
-                println!("  retained until {}", short(t));
+                outln!("  retained until {}", short(t));
             }
             for s in &d.sessions {
-                println!(
+                outln!(
                     "  session {} ({}): {} on {}, {} entries{}, tape files {}{}{}",
                     s.number,
                     s.status,
@@ -617,9 +622,9 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                 );
             }
             if !d.history.is_empty() {
-                println!("  location history:");
+                outln!("  location history:");
                 for e in &d.history {
-                    println!(
+                    outln!(
                         "    {}  {:<24} by {}{}",
                         short(e.at),
                         e.location.to_string(),
@@ -651,7 +656,7 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                     "to": location_json(&m.to),
                 }));
             } else {
-                println!(
+                outln!(
                     "{}: {} -> {} (by {})",
                     m.label,
                     m.from
@@ -675,9 +680,9 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
             if json_out {
                 print_json(&json!({"label": name, "state": state, "previous_state": old}));
             } else if old == state.as_str() {
-                println!("{name}: already {old}");
+                outln!("{name}: already {old}");
             } else {
-                println!("{name}: {old} -> {}", state.as_str());
+                outln!("{name}: {old} -> {}", state.as_str());
             }
             Ok(ExitStatus::Success)
         }
@@ -698,8 +703,8 @@ fn media(path: &Path, cmd: &MediaCommand, json_out: bool) -> anyhow::Result<Exit
                 print_json(&json!({"label": name, "retention_until": opt_ts(until)}));
             } else {
                 match until {
-                    Some(t) => println!("{name}: retained until {}", ts_text(t)),
-                    None => println!("{name}: no retention date"),
+                    Some(t) => outln!("{name}: retained until {}", ts_text(t)),
+                    None => outln!("{name}: no retention date"),
                 }
             }
             Ok(ExitStatus::Success)
@@ -735,20 +740,20 @@ fn recall(path: &Path, a: &RecallArgs, json_out: bool) -> anyhow::Result<ExitSta
         match &r.target {
             RecallTarget::Sets(s) => {
                 let names: Vec<String> = s.iter().map(|(n, u)| format!("{n} ({u})")).collect();
-                println!("to restore set {}:", names.join(", "));
+                outln!("to restore set {}:", names.join(", "));
             }
             RecallTarget::Paths { pattern, paths } => {
-                println!("to restore {pattern} ({paths} path(s)):");
+                outln!("to restore {pattern} ({paths} path(s)):");
             }
         }
         if r.cartridges.is_empty() {
-            println!(
+            outln!(
                 "  no sessions{}",
                 if at.is_some() { " as of that date" } else { "" }
             );
         }
         for c in &r.cartridges {
-            println!(
+            outln!(
                 "  {:<10} {:<28} sessions {}{}{}",
                 c.cartridge.label,
                 location_text(c.cartridge.location.as_ref()),
@@ -805,10 +810,10 @@ fn sets(path: &Path, a: &SetsArgs, json_out: bool) -> anyhow::Result<ExitStatus>
         return Ok(ExitStatus::Success);
     }
     if sets.is_empty() {
-        println!("no sets");
+        outln!("no sets");
     }
     for s in &sets {
-        println!(
+        outln!(
             "{} ({}) from {}, created {}: {} session(s){}, {} entries, {} bytes stored",
             s.name,
             s.uuid,
@@ -823,7 +828,7 @@ fn sets(path: &Path, a: &SetsArgs, json_out: bool) -> anyhow::Result<ExitStatus>
             s.stored_bytes
         );
         for c in &s.cartridges {
-            println!(
+            outln!(
                 "  volume {:>3}  {:<10} {:<9} {}",
                 c.volume_seq
                     .map(|v| v.to_string())
@@ -878,16 +883,16 @@ fn scratch(
     if g.json {
         print_json(&json!({"scratched": done, "catalog_entries_forgotten": forgotten}));
     } else if done.destroyed {
-        println!(
+        outln!(
             "{label}: destroyed {}; now an empty cartridge of pool {pool}",
             done.held
         );
         if forgotten > 0 {
-            println!("the catalog forgot its {forgotten} entries");
+            outln!("the catalog forgot its {forgotten} entries");
         }
     } else {
-        println!("{label} holds {}", done.held);
-        println!("scratching destroys that; run again with --yes to do it");
+        outln!("{label} holds {}", done.held);
+        outln!("scratching destroys that; run again with --yes to do it");
     }
     Ok(if done.destroyed {
         ExitStatus::Success
@@ -958,7 +963,7 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
         v["set_copy_problem"] = json!(set_copy_problem);
         print_json(&v);
     } else {
-        println!(
+        outln!(
             "imported {} ({}){} into {}{}",
             report.cartridge,
             report.volume_uuid,
@@ -974,7 +979,7 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
             }
         );
         for s in &report.sessions {
-            println!(
+            outln!(
                 "  session {}: {:?}, {} entries from its {}{}{}",
                 s.number,
                 s.action,
@@ -993,19 +998,19 @@ fn import(path: &Path, g: &Globals<'_>, scan: bool) -> anyhow::Result<ExitStatus
             );
         }
         for s in &report.superseded {
-            println!("  retired the earlier cartridge labelled {s}: it was relabelled");
+            outln!("  retired the earlier cartridge labelled {s}: it was relabelled");
         }
         if let Some(l) = &report.location_recorded {
-            println!("  location: {l}");
+            outln!("  location: {l}");
         }
         if let Some(c) = &set_copy {
-            println!(
+            outln!(
                 "  from its set catalog copy: {} other cartridge(s), {} session(s) ({} new), {} entries",
                 c.cartridges, c.sessions, c.added, c.entries
             );
         }
         if let Some(p) = &set_copy_problem {
-            println!("  warning: {p}");
+            outln!("  warning: {p}");
         }
     }
     Ok(if damaged {
@@ -1039,7 +1044,7 @@ fn prune(
         print_json(&serde_json::to_value(&r)?);
     } else {
         for s in &r.sessions {
-            println!(
+            outln!(
                 "{} {} session {} ({}, set {}): {} entries",
                 if dry_run { "would prune" } else { "pruned" },
                 s.cartridge,
@@ -1049,7 +1054,7 @@ fn prune(
                 s.entries
             );
         }
-        println!(
+        outln!(
             "{} {} entries of {} session(s){}",
             if dry_run { "would delete" } else { "deleted" },
             r.entries_deleted,
@@ -1070,11 +1075,14 @@ fn check(path: &Path, full: bool, json_out: bool) -> anyhow::Result<ExitStatus> 
     if json_out {
         print_json(&serde_json::to_value(&r)?);
     } else {
-        println!(
+        outln!(
             "catalog {}: schema version {}, {} bytes, {} ok",
-            r.path, r.schema_version, r.file_bytes, r.check
+            r.path,
+            r.schema_version,
+            r.file_bytes,
+            r.check
         );
-        println!(
+        outln!(
             "  {} cartridges, {} sets, {} sessions, {} entries, {} paths{}",
             r.cartridges,
             r.sets,
@@ -1086,10 +1094,10 @@ fn check(path: &Path, full: bool, json_out: bool) -> anyhow::Result<ExitStatus> 
                 .unwrap_or_default()
         );
         for p in &r.pending {
-            println!("  pending: {p}");
+            outln!("  pending: {p}");
         }
         for p in &r.problems {
-            println!("  PROBLEM: {p}");
+            outln!("  PROBLEM: {p}");
         }
     }
     Ok(if r.problems.is_empty() {

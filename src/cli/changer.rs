@@ -236,7 +236,7 @@ fn run_scsi(cli: &Cli, dev: &str, command: &ChangerCommand) -> anyhow::Result<Ex
     note_changer_moves(cli, dev, command, &status.inventory(drive));
     if let Some(s) = &said {
         if !cli.json {
-            println!("{s}");
+            outln!("{s}");
         }
     }
     library_status(cli.json, &status);
@@ -322,13 +322,13 @@ fn note_changer_moves(cli: &Cli, library: &str, command: &ChangerCommand, inv: &
 
 fn library_status(json: bool, s: &LibraryStatus) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(s).expect("library status serialises")
         );
         return;
     }
-    println!("changer {}: {} {}", s.changer, s.vendor, s.product);
+    outln!("changer {}: {} {}", s.changer, s.vendor, s.product);
     let what = |e: &ElementStatus| -> String {
         if !e.full {
             return "empty".into();
@@ -347,10 +347,10 @@ fn library_status(json: bool, s: &LibraryStatus) {
         if let Some(serial) = d.identifier.as_ref().and_then(|i| i.serial.as_deref()) {
             line.push_str(&format!(" [drive serial {serial}]"));
         }
-        println!("{line}{}", exception(d));
+        outln!("{line}{}", exception(d));
     }
     for (i, e) in s.slots.iter().enumerate() {
-        println!("slot {:>3}:     {}{}", i + 1, what(e), exception(e));
+        outln!("slot {:>3}:     {}{}", i + 1, what(e), exception(e));
     }
     for (i, e) in s.mail_slots.iter().enumerate() {
         let by = if e.full && e.imported {
@@ -358,7 +358,7 @@ fn library_status(json: bool, s: &LibraryStatus) {
         } else {
             ""
         };
-        println!("mail slot {:>2}: {}{by}{}", i + 1, what(e), exception(e));
+        outln!("mail slot {:>2}: {}{by}{}", i + 1, what(e), exception(e));
     }
 }
 
@@ -445,23 +445,25 @@ pub(super) fn label_barcodes(
         Library::Scsi(dev) => label_scsi(cli, &dev, args.drive, pool, block_size, kit)?,
     };
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&done).expect("results serialise")
         );
     } else {
         for d in &done {
             match (&d.labelled, &d.skipped) {
-                (Some(l), _) => println!(
+                (Some(l), _) => outln!(
                     "{}: labelled (pool {}, volume {})",
-                    d.barcode, l.pool, l.volume_uuid
+                    d.barcode,
+                    l.pool,
+                    l.volume_uuid
                 ),
-                (None, Some(why)) => println!("{}: skipped: {why}", d.barcode),
+                (None, Some(why)) => outln!("{}: skipped: {why}", d.barcode),
                 (None, None) => {}
             }
         }
         let n = done.iter().filter(|d| d.labelled.is_some()).count();
-        println!("{n} of {} cartridges labelled", done.len());
+        outln!("{n} of {} cartridges labelled", done.len());
     }
     Ok(ExitStatus::Success)
 }

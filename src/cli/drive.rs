@@ -71,7 +71,7 @@ pub struct Globals<'a> {
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("reports serialise")
     );
@@ -249,7 +249,7 @@ fn done(g: &Globals<'_>, device: &str, operation: &str, result: &str) {
             "result": result,
         }));
     } else {
-        println!("{device}: {result}");
+        outln!("{device}: {result}");
     }
 }
 
@@ -435,7 +435,7 @@ fn print_status(r: &StatusReport) {
             .cloned()
             .unwrap_or_else(|| "unknown".into())
     };
-    println!(
+    outln!(
         "drive:        {} ({} {}, serial {}, firmware {})",
         r.device,
         or_unknown(&r.vendor),
@@ -444,13 +444,13 @@ fn print_status(r: &StatusReport) {
         or_unknown(&r.firmware)
     );
     if !r.loaded {
-        println!(
+        outln!(
             "cartridge:    none loaded{}",
             if r.door_open { " (door open)" } else { "" }
         );
         return;
     }
-    println!(
+    outln!(
         "cartridge:    {}{}",
         r.barcode.as_deref().unwrap_or("barcode unknown"),
         if r.write_protected {
@@ -460,7 +460,7 @@ fn print_status(r: &StatusReport) {
         }
     );
     let num = |v: Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
-    println!(
+    outln!(
         "position:     file number {}, block number {}, logical object {}",
         num(r.file.map(u64::from)),
         num(r.block),
@@ -479,13 +479,13 @@ fn print_status(r: &StatusReport) {
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    println!("flags:        {}", flags.join(" "));
-    println!(
+    outln!("flags:        {}", flags.join(" "));
+    outln!(
         "density:      {}",
         r.density_code
             .map_or_else(|| unavailable("density_code"), |d| format!("{d:#04x}"))
     );
-    println!(
+    outln!(
         "block size:   {}",
         match r.block_size {
             Some(0) => "variable".to_string(),
@@ -498,12 +498,12 @@ fn print_status(r: &StatusReport) {
         Some(false) => off.to_string(),
         None => unavailable(field),
     };
-    println!(
+    outln!(
         "compression:  {}",
         on_off(r.compression, "compression", "on", "off")
     );
-    println!("WORM:         {}", on_off(r.worm, "worm", "yes", "no"));
-    println!(
+    outln!("WORM:         {}", on_off(r.worm, "worm", "yes", "no"));
+    outln!(
         "MAM label:    {}",
         match &r.cartridge_memory_label {
             Some(l) => l.clone(),
@@ -555,8 +555,8 @@ fn erase(g: &Globals<'_>, long: bool, force: bool) -> anyhow::Result<ExitStatus>
         }));
     } else {
         match &held {
-            Some(what) => println!("{}: erased ({kind}); it held {what}", drive.name()),
-            None => println!("{}: erased ({kind}); it was blank", drive.name()),
+            Some(what) => outln!("{}: erased ({kind}); it held {what}", drive.name()),
+            None => outln!("{}: erased ({kind}); it was blank", drive.name()),
         }
     }
     Ok(ExitStatus::Success)
@@ -607,12 +607,12 @@ fn tapealert(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
     if g.json {
         print_json(&report);
     } else if let Some(reason) = &report.reason {
-        println!("{}: TapeAlert: {reason}", report.device);
+        outln!("{}: TapeAlert: {reason}", report.device);
     } else if report.flags.is_empty() {
-        println!("{}: TapeAlert: no flags set", report.device);
+        outln!("{}: TapeAlert: no flags set", report.device);
     } else {
         for a in &report.flags {
-            println!("{}: TapeAlert flag {}: {}", report.device, a.flag, a.name);
+            outln!("{}: TapeAlert flag {}: {}", report.device, a.flag, a.name);
         }
     }
     Ok(ExitStatus::Success)
@@ -674,10 +674,10 @@ fn cartridge_memory(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
         print_json(&report);
     } else {
         match &report.reason {
-            Some(why) => println!("{}: cartridge memory: {why}", report.device),
+            Some(why) => outln!("{}: cartridge memory: {why}", report.device),
             None => {
                 for a in &report.attributes {
-                    println!(
+                    outln!(
                         "{} {:<40} {}{}",
                         a.id,
                         a.name,
@@ -688,7 +688,7 @@ fn cartridge_memory(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
             }
         }
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
-        println!(
+        outln!(
             "identity: barcode {}, on-tape label {}, cartridge memory label {}: {}",
             show(&report.names.barcode),
             show(&report.names.tape_label),
@@ -710,7 +710,7 @@ fn cartridge_memory(g: &Globals<'_>) -> anyhow::Result<ExitStatus> {
 fn print_qualify(r: &QualifyReport) {
     let id = r.identity.clone().unwrap_or_default();
     let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
-    println!(
+    outln!(
         "drive:          {} ({} {}, serial {}, firmware {})",
         r.device,
         or_unknown(id.vendor),
@@ -730,25 +730,25 @@ fn print_qualify(r: &QualifyReport) {
             format!("{} KiB {what}", t.size >> 10)
         })
         .collect();
-    println!(
+    outln!(
         "block sizes:    up to {} KiB reported; {}",
         r.max_block_reported >> 10,
         sizes.join(", ")
     );
     let kib = |v: Option<usize>| v.map_or("none".to_string(), |b| format!("{} KiB", b >> 10));
-    println!(
+    outln!(
         "largest block:  written {}, read back intact {}",
         kib(r.largest_block_written),
         kib(r.largest_block_verified)
     );
     let passed = r.checks.iter().filter(|c| c.passed).count();
-    println!(
+    outln!(
         "checks:         {passed} of {} passed ({} KiB blocks)",
         r.checks.len(),
         r.test_block_size >> 10
     );
     for c in r.checks.iter().filter(|c| !c.passed) {
-        println!("  FAILED {}: {}", c.name, c.detail);
+        outln!("  FAILED {}: {}", c.name, c.detail);
     }
     let yes_no = |v: Option<bool>| match v {
         Some(true) => "yes",
@@ -756,7 +756,7 @@ fn print_qualify(r: &QualifyReport) {
         None => "not tried",
     };
     let d = r.locate.drive.clone().unwrap_or_default();
-    println!(
+    outln!(
         "locate:         {} of {} landed right; READ POSITION {}, LOCATE {}; raw landings: {} exact, {} one past, {} one short, {} elsewhere",
         r.locate.landed_right,
         r.locate.landed_right + r.locate.landed_wrong,
@@ -768,7 +768,7 @@ fn print_qualify(r: &QualifyReport) {
         d.locate_elsewhere
     );
     if let Some(t) = &r.throughput {
-        println!(
+        outln!(
             "throughput:     {} MiB in {} KiB blocks: write {} MB/s, read {} MB/s",
             t.bytes >> 20,
             t.block_size >> 10,
@@ -777,7 +777,7 @@ fn print_qualify(r: &QualifyReport) {
         );
     }
     if let Some(e) = &r.early_warning {
-        println!(
+        outln!(
             "early warning:  {} after {} MiB; {} more blocks accepted; end of medium {}; filemark after early warning {}",
             if e.reached { "reported" } else { "NOT reported" },
             e.bytes_before >> 20,
@@ -788,18 +788,18 @@ fn print_qualify(r: &QualifyReport) {
     }
     let rec = &r.recommendation;
     match rec.block_size {
-        Some(b) => println!(
+        Some(b) => outln!(
             "recommended:    block size {} KiB (tapir label --block-size {}K)",
             b >> 10,
             b >> 10
         ),
-        None => println!("recommended:    no block size tapir can use"),
+        None => outln!("recommended:    no block size tapir can use"),
     }
-    println!("                LOCATE: {}", rec.locate);
+    outln!("                LOCATE: {}", rec.locate);
     for n in &rec.notes {
-        println!("                note: {n}");
+        outln!("                note: {n}");
     }
-    println!(
+    outln!(
         "cartridge:      {}",
         if r.erased {
             "erased (blank again)"
@@ -807,7 +807,7 @@ fn print_qualify(r: &QualifyReport) {
             "holds the test data (the drive could not erase it; label it with --force)"
         }
     );
-    println!(
+    outln!(
         "result:         {}",
         if r.passed { "PASSED" } else { "FAILED" }
     );

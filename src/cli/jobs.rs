@@ -239,7 +239,7 @@ pub fn run(
 
 fn print_outcome(json: bool, o: &job::RunOutcome) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(o).expect("outcomes serialise")
         );
@@ -247,19 +247,19 @@ fn print_outcome(json: bool, o: &job::RunOutcome) {
     }
     print_copy(o);
     for c in &o.further_copies {
-        println!("copy {} of {}:", c.plan.copy, c.plan.copies);
+        outln!("copy {} of {}:", c.plan.copy, c.plan.copies);
         print_copy(c);
     }
     if let Some(why) = &o.copy_failed {
-        println!("error: {why}");
+        outln!("error: {why}");
     }
 }
 
 fn print_copy(o: &job::RunOutcome) {
     for p in &o.passed_over {
-        println!("passed over {p}");
+        outln!("passed over {p}");
     }
-    println!(
+    outln!(
         "job {} ({}): wrote {} entries ({} bytes) to {} ({})",
         o.plan.job,
         o.plan.plan.pool,
@@ -274,13 +274,14 @@ fn print_copy(o: &job::RunOutcome) {
         what(&o.action)
     );
     if o.forgotten_entries > 0 {
-        println!(
+        outln!(
             "the catalog forgot the {} entries of the expired set on {}",
-            o.forgotten_entries, o.cartridge
+            o.forgotten_entries,
+            o.cartridge
         );
     }
     for v in &o.verified {
-        println!(
+        outln!(
             "verified {}: {} ({})",
             v.cartridge,
             if v.ok { "ok" } else { "FAILED" },
@@ -288,10 +289,10 @@ fn print_copy(o: &job::RunOutcome) {
         );
     }
     for e in &o.exported {
-        println!("exported {e}");
+        outln!("exported {e}");
     }
     for w in o.plan.plan.warnings.iter().chain(&o.write.warnings) {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }
 
@@ -303,7 +304,7 @@ fn print_plans(json: bool, plans: &[RunPlan]) {
         if plans.len() > 1 {
             v["further_copies"] = serde_json::to_value(&plans[1..]).expect("plans serialise");
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).expect("plans serialise")
         );
@@ -311,7 +312,7 @@ fn print_plans(json: bool, plans: &[RunPlan]) {
     }
     for p in plans {
         if p.copies > 1 {
-            println!("copy {} of {}:", p.copy, p.copies);
+            outln!("copy {} of {}:", p.copy, p.copies);
         }
         print_plan(p);
     }
@@ -322,7 +323,7 @@ fn print_plan(p: &RunPlan) {
         .tier
         .map(|t| format!(" ({t:?} tier)").to_lowercase())
         .unwrap_or_default();
-    println!(
+    outln!(
         "job {} on {}{tier}: {} backup of {}",
         p.job,
         p.day,
@@ -331,36 +332,36 @@ fn print_plan(p: &RunPlan) {
     );
     match p.plan.first() {
         Some(first) => {
-            println!(
+            outln!(
                 "pool {}: write to {} ({})",
                 p.plan.pool,
                 first.label,
                 what(&first.action)
             );
-            println!("  because: {}", first.reason);
+            outln!("  because: {}", first.reason);
             if !first.present {
-                println!("  it is not in the library: an operator must insert it");
+                outln!("  it is not in the library: an operator must insert it");
             }
             for c in p.plan.candidates.iter().skip(1) {
-                println!("  else {} ({}): {}", c.label, what(&c.action), c.reason);
+                outln!("  else {} ({}): {}", c.label, what(&c.action), c.reason);
             }
         }
-        None => println!("pool {}: no usable cartridge", p.plan.pool),
+        None => outln!("pool {}: no usable cartridge", p.plan.pool),
     }
     if p.verify {
-        println!("then verify what was written");
+        outln!("then verify what was written");
     }
     if let Some(to) = &p.export {
-        println!("then export the cartridges written to {to}");
+        outln!("then export the cartridges written to {to}");
     }
     if !p.plan.refused.is_empty() {
-        println!("not usable:");
+        outln!("not usable:");
         for r in &p.plan.refused {
-            println!("  {}: {}", r.label, r.reason);
+            outln!("  {}: {}", r.label, r.reason);
         }
     }
     for w in &p.plan.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }
 
@@ -411,13 +412,13 @@ pub fn systemd(
                 let path = d.join(&u.name);
                 std::fs::write(&path, &u.text)
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-                println!("wrote {}", path.display());
+                outln!("wrote {}", path.display());
             }
-            None => print!("# {}\n{}\n", u.name, u.text),
+            None => out!("# {}\n{}\n", u.name, u.text),
         }
     }
     if dir.is_some() {
-        println!(
+        outln!(
             "then: systemctl daemon-reload && systemctl enable --now {}",
             units
                 .iter()
@@ -494,26 +495,32 @@ pub fn restore_at(
     }
     let done = done?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&done).expect("summaries serialise")
         );
     } else {
-        println!(
+        outln!(
             "job {} as of {}: its session of {} on {} (copy {})",
-            done.job, done.at, done.session_started, done.session_cartridge, done.copy
+            done.job,
+            done.at,
+            done.session_started,
+            done.session_cartridge,
+            done.copy
         );
         for c in &done.cartridges {
-            println!(
+            outln!(
                 "  {}: {} entries restored, {} bytes",
-                c.cartridge, c.restored, c.bytes
+                c.cartridge,
+                c.restored,
+                c.bytes
             );
             for d in c.damaged.iter().chain(&c.failed).chain(&c.refused) {
-                println!("    not restored: {} ({})", d.path, d.reason);
+                outln!("    not restored: {} ({})", d.path, d.reason);
             }
         }
         for m in &done.missing {
-            println!("  missing: {m}: no session in the catalog holds its content any more");
+            outln!("  missing: {m}: no session in the catalog holds its content any more");
         }
     }
     Ok(done.exit_status())

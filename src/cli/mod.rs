@@ -1,6 +1,39 @@
 //! Command-line parsing and dispatch. Each command parses, calls the
 //! library, and prints; `anyhow` is used only here, at the edge.
 
+/// `println!` for tapir's output: when the reader has gone (`tapir list |
+/// head`), tapir stops quietly with 141, the status of a process killed by
+/// SIGPIPE, instead of panicking. Other write errors still panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output_line(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for tapir's output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output_line(format_args!($($arg)*), false)
+    };
+}
+
+pub(crate) fn output_line(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
 mod catalog;
 mod changer;
 mod drive;
@@ -593,7 +626,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 lib.set_speed_model(cfg).map_err(Error::from)?;
                 if !cli.json {
                     match cfg {
-                        Some(c) => println!(
+                        Some(c) => outln!(
                             "drive of {} now emulates {:.0} MB/s native (floor {:.0} MB/s), {} byte buffer, {:.1}:1 compression",
                             dir.display(),
                             c.rate / 1e6,
@@ -601,14 +634,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                             c.buffer,
                             c.compression
                         ),
-                        None => println!("drive of {} runs at disk speed", dir.display()),
+                        None => outln!("drive of {} runs at disk speed", dir.display()),
                     }
                 }
                 Ok(ExitStatus::Success)
             }
             VtapeCommand::Sink { file, model, block } => {
                 let stats = output::sink(file, model.config(), *block as usize)?;
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                outln!("{}", serde_json::to_string_pretty(&stats)?);
                 Ok(ExitStatus::Success)
             }
             VtapeCommand::Protect { dir, barcode, off } => {
@@ -619,7 +652,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                 )
                 .map_err(Error::from)?;
                 if !cli.json {
-                    println!(
+                    outln!(
                         "{barcode}: write protection {}",
                         if *off { "off" } else { "on" }
                     );
@@ -779,14 +812,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
                     ))
                     .into());
                 }
-                print!("{}", d.partition_table.stdout);
+                out!("{}", d.partition_table.stdout);
             } else if let Some(vg) = vgcfg {
                 let Some(b) = m.lvm.vg_backups.iter().find(|b| b.name == *vg) else {
                     return Err(
                         Error::Usage(format!("the manifest has no volume group {vg}")).into(),
                     );
                 };
-                print!("{}", b.text);
+                out!("{}", b.text);
             } else {
                 output::manifest(cli.json, &found);
             }

@@ -20,7 +20,7 @@ use tapir::pipeline::volume::{Labelled, MamRecord};
 use tapir::pipeline::writer::{WriteProgress, WriteSummary};
 
 fn print_json(v: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("summaries serialise")
     );
@@ -49,14 +49,14 @@ pub fn library_created(json: bool, dir: &Path, inv: &ChangerInventory, capacity:
         print_json(&json!({"library": dir, "capacity": capacity, "inventory": inv}));
         return;
     }
-    println!(
+    outln!(
         "created virtual library {} with {} cartridges of {} bytes",
         dir.display(),
         inv.slots.len(),
         capacity
     );
     changer_status(false, inv);
-    println!("use it with: --device vtape:{}", dir.display());
+    outln!("use it with: --device vtape:{}", dir.display());
 }
 
 pub fn drives(json: bool, drives: &[tapir::device::discover::DriveInfo]) {
@@ -65,10 +65,10 @@ pub fn drives(json: bool, drives: &[tapir::device::discover::DriveInfo]) {
         return;
     }
     if drives.is_empty() {
-        println!("no tape drives found (no st devices in /sys/class/scsi_tape)");
+        outln!("no tape drives found (no st devices in /sys/class/scsi_tape)");
     }
     for d in drives {
-        println!(
+        outln!(
             "{}  {} {} {}  serial {}{}",
             d.preferred_path().display(),
             d.vendor,
@@ -88,11 +88,11 @@ pub fn changer_status(json: bool, inv: &ChangerInventory) {
         return;
     }
     match &inv.drive {
-        Some((barcode, slot)) => println!("drive:   {barcode} (from slot {slot})"),
-        None => println!("drive:   empty"),
+        Some((barcode, slot)) => outln!("drive:   {barcode} (from slot {slot})"),
+        None => outln!("drive:   empty"),
     }
     for (slot, barcode) in &inv.slots {
-        println!("slot {slot:>2}: {}", barcode.as_deref().unwrap_or("empty"));
+        outln!("slot {slot:>2}: {}", barcode.as_deref().unwrap_or("empty"));
     }
 }
 
@@ -102,22 +102,23 @@ pub fn labelled(json: bool, l: &Labelled) {
         return;
     }
     if let Some(what) = &l.destroyed {
-        println!("destroyed: {what}");
+        outln!("destroyed: {what}");
     }
-    println!(
+    outln!(
         "labelled {} (pool {}, volume {}, block size {})",
-        l.label, l.pool, l.volume_uuid, l.block_size
+        l.label,
+        l.pool,
+        l.volume_uuid,
+        l.block_size
     );
-    println!("rescue kit: {}", kit_text(&l.rescue_kit));
+    outln!("rescue kit: {}", kit_text(&l.rescue_kit));
     match l.cartridge_memory {
-        MamRecord::Recorded => println!("cartridge memory: label recorded"),
+        MamRecord::Recorded => outln!("cartridge memory: label recorded"),
         MamRecord::NotSupported => {
-            println!(
-                "cartridge memory: not supported by this drive (the label is on the tape only)"
-            )
+            outln!("cartridge memory: not supported by this drive (the label is on the tape only)")
         }
         MamRecord::Failed => {
-            println!("cartridge memory: the drive refused it (the label is on the tape only)")
+            outln!("cartridge memory: the drive refused it (the label is on the tape only)")
         }
     }
 }
@@ -225,7 +226,7 @@ pub fn written(json: bool, s: &WriteSummary) {
         print_json(s);
         return;
     }
-    println!(
+    outln!(
         "session {} written to {} (set \"{}\"{}): tape files {} and {}",
         s.session,
         s.cartridge,
@@ -235,9 +236,9 @@ pub fn written(json: bool, s: &WriteSummary) {
         s.catalog_tape_file
     );
     if s.parts.len() > 1 {
-        println!("  spans {} cartridges:", s.parts.len());
+        outln!("  spans {} cartridges:", s.parts.len());
         for p in &s.parts {
-            println!(
+            outln!(
                 "    volume {} {}: session {}, tape file {}, {} entries{}",
                 p.volume_seq,
                 p.cartridge,
@@ -248,11 +249,11 @@ pub fn written(json: bool, s: &WriteSummary) {
             );
         }
     }
-    println!(
+    outln!(
         "  {} entries ({} files, {} directories, {} other), {} bytes read, {} stored, {} written in {} blocks",
         s.entries, s.files, s.directories, s.other_entries, s.bytes_read, s.bytes_stored, s.bytes_written, s.blocks_written
     );
-    println!(
+    outln!(
         "  {:.2} s, {:.1} MB/s, drive waited {:.2} s, {} underruns, buffer fill {:.0}% average, compression {:.2}:1, {} checkpoints",
         s.seconds,
         s.throughput_mb_s,
@@ -263,34 +264,36 @@ pub fn written(json: bool, s: &WriteSummary) {
         s.checkpoints
     );
     if let Some(d) = &s.drive_streaming {
-        println!(
+        outln!(
             "  drive: {} backhitches ({} after flushes), {:.1} s lost repositioning, host waited {:.2} s for the drive",
             d.backhitches, d.flush_backhitches, d.time_lost_seconds, d.host_wait_seconds
         );
     }
     if let Some(sp) = &s.spool {
         match (sp.used, sp.measured_source_mb_s) {
-            (true, Some(r)) => println!(
+            (true, Some(r)) => outln!(
                 "  spool: switched on (source {r:.0} MB/s); {} bytes through {} spool file(s)",
-                sp.spooled_bytes, sp.spool_files
+                sp.spooled_bytes,
+                sp.spool_files
             ),
-            (true, None) => println!(
+            (true, None) => outln!(
                 "  spool: {} bytes through {} spool file(s)",
-                sp.spooled_bytes, sp.spool_files
+                sp.spooled_bytes,
+                sp.spool_files
             ),
-            (false, r) => println!("  spool: not needed (source {:.0} MB/s)", r.unwrap_or(0.0)),
+            (false, r) => outln!("  spool: not needed (source {:.0} MB/s)", r.unwrap_or(0.0)),
         }
     }
     if s.skipped_sockets > 0 {
-        println!("  {} sockets ignored (as tar does)", s.skipped_sockets);
+        outln!("  {} sockets ignored (as tar does)", s.skipped_sockets);
     }
     for w in &s.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     if s.interrupted {
-        println!("INTERRUPTED: the session was closed early with its catalog; what it lists is restorable, the rest was not written");
+        outln!("INTERRUPTED: the session was closed early with its catalog; what it lists is restorable, the rest was not written");
     } else if !s.warnings.is_empty() {
-        println!("completed with {} warning(s)", s.warnings.len());
+        outln!("completed with {} warning(s)", s.warnings.len());
     }
 }
 
@@ -424,7 +427,7 @@ pub fn listing(json: bool, l: &Listing) {
         Some(m) => format!("set \"{}\" volume {}", m.set_name, m.volume_seq),
         None => "no set".into(),
     };
-    println!(
+    outln!(
         "cartridge {} ({}), pool {}, {}, block size {}",
         label.label,
         uuid_text(&label.volume_uuid),
@@ -433,7 +436,7 @@ pub fn listing(json: bool, l: &Listing) {
         label.block_size
     );
     if l.sessions.is_empty() {
-        println!("no sessions");
+        outln!("no sessions");
     }
     for s in &l.sessions {
         let (host, started) = s
@@ -442,7 +445,7 @@ pub fn listing(json: bool, l: &Listing) {
             .as_ref()
             .map(|st| (st.host.clone(), ts_text(st.started)))
             .unwrap_or_else(|| ("?".into(), "?".into()));
-        println!(
+        outln!(
             "== session {} (tape file {}) written {} on {}: {} entries{}{}",
             s.session.number,
             s.session.data_file,
@@ -461,20 +464,23 @@ pub fn listing(json: bool, l: &Listing) {
             }
         );
         for e in &s.entries {
-            println!("{}", entry_line(e));
+            outln!("{}", entry_line(e));
         }
         for (p, why) in &s.incomplete {
-            println!("!! incomplete: {} ({why})", display_path(p));
+            outln!("!! incomplete: {} ({why})", display_path(p));
         }
         for lb in &s.lost {
-            println!(
+            outln!(
                 "!! tape file {} blocks {}..={} unreadable: {}",
-                lb.tape_file, lb.first_block, lb.last_block, lb.reason
+                lb.tape_file,
+                lb.first_block,
+                lb.last_block,
+                lb.reason
             );
         }
     }
     for (f, what) in &l.map.unknown_files {
-        println!("!! tape file {f}: {what}");
+        outln!("!! tape file {f}: {what}");
     }
 }
 
@@ -483,62 +489,77 @@ pub fn restored(json: bool, s: &RestoreSummary) {
         print_json(s);
         return;
     }
-    println!(
+    outln!(
         "restored {} of {} selected entries ({} bytes) from {} into {}",
-        s.restored, s.selected, s.bytes, s.cartridge, s.target
+        s.restored,
+        s.selected,
+        s.bytes,
+        s.cartridge,
+        s.target
     );
-    println!(
+    outln!(
         "  read {} blocks ({} bytes) with {} positioning operation(s) in {:.2} s",
-        s.blocks_read, s.bytes_read, s.seeks, s.seconds
+        s.blocks_read,
+        s.bytes_read,
+        s.seeks,
+        s.seconds
     );
     if s.catalog_bytes_read > 0 {
-        println!(
+        outln!(
             "  found in the set catalog copy's index and pages: {} blocks ({} bytes) read",
-            s.catalog_blocks_read, s.catalog_bytes_read
+            s.catalog_blocks_read,
+            s.catalog_bytes_read
         );
     }
     for p in &s.skipped_existing {
-        println!("  skipped (exists; --overwrite replaces): {p}");
+        outln!("  skipped (exists; --overwrite replaces): {p}");
     }
     for d in &s.refused {
-        println!("  REFUSED {} (session {}): {}", d.path, d.session, d.reason);
+        outln!("  REFUSED {} (session {}): {}", d.path, d.session, d.reason);
     }
     for d in &s.damaged {
-        println!(
+        outln!(
             "  NOT RESTORED {} (session {}): {}",
-            d.path, d.session, d.reason
+            d.path,
+            d.session,
+            d.reason
         );
     }
     for d in &s.failed {
-        println!("  FAILED {} (session {}): {}", d.path, d.session, d.reason);
+        outln!("  FAILED {} (session {}): {}", d.path, d.session, d.reason);
     }
     if s.joined > 0 {
-        println!(
+        outln!(
             "  {} file(s) spanning cartridges completed from their parts (BLAKE3 checked)",
             s.joined
         );
     }
     for d in &s.spanning {
-        println!(
+        outln!(
             "  INCOMPLETE {} (session {}): {}",
-            d.path, d.session, d.reason
+            d.path,
+            d.session,
+            d.reason
         );
     }
     for lb in &s.lost_blocks {
-        println!(
+        outln!(
             "  bad blocks: tape file {} blocks {}..={}: {}",
-            lb.tape_file, lb.first_block, lb.last_block, lb.reason
+            lb.tape_file,
+            lb.first_block,
+            lb.last_block,
+            lb.reason
         );
     }
     for p in &s.patterns_without_match {
-        println!("  pattern matched nothing: {p}");
+        outln!("  pattern matched nothing: {p}");
     }
     for w in &s.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     let status = s.exit_status();
     if status != tapir::exit::ExitStatus::Success {
-        println!(
+        outln!(
             "restore incomplete: see above (exit status {})",
             status.code()
         );
@@ -553,7 +574,7 @@ pub fn set_restored(json: bool, s: &tapir::pipeline::setrestore::SetRestoreSumma
     for c in &s.cartridges {
         restored(false, c);
     }
-    println!(
+    outln!(
         "set \"{}\": restored {} of {} selected entries from {} cartridge(s), {} joined from parts",
         s.set_name,
         s.restored,
@@ -562,7 +583,7 @@ pub fn set_restored(json: bool, s: &tapir::pipeline::setrestore::SetRestoreSumma
         s.joined
     );
     for i in &s.incomplete {
-        println!("  INCOMPLETE {i}");
+        outln!("  INCOMPLETE {i}");
     }
 }
 
@@ -571,12 +592,12 @@ pub fn verified(json: bool, s: &VerifySummary) {
         print_json(s);
         return;
     }
-    println!(
+    outln!(
         "verified {}: {} session(s), {} of {} entries intact, {} blocks ({} bytes) read, {} retries",
         s.cartridge, s.sessions, s.entries_ok, s.entries, s.blocks_read, s.bytes_read, s.retries
     );
     for b in &s.bad_blocks {
-        println!(
+        outln!(
             "  BAD BLOCKS session {} tape file {} blocks {}..={}: {}{}",
             b.session,
             b.blocks.tape_file,
@@ -591,20 +612,20 @@ pub fn verified(json: bool, s: &VerifySummary) {
         );
     }
     for d in &s.damaged {
-        println!("  DAMAGED {} (session {}): {}", d.path, d.session, d.reason);
+        outln!("  DAMAGED {} (session {}): {}", d.path, d.session, d.reason);
     }
     for p in &s.problems {
-        println!("  problem: {p}");
+        outln!("  problem: {p}");
     }
     for p in &s.spanning_parts {
-        println!("  PART ONLY {p}: its whole BLAKE3 needs every cartridge it is on");
+        outln!("  PART ONLY {p}: its whole BLAKE3 needs every cartridge it is on");
     }
     for p in &s.incomplete_at_source {
-        println!("  note: {p} was archived incomplete (source unreadable at write time)");
+        outln!("  note: {p} was archived incomplete (source unreadable at write time)");
     }
     match s.exit_status() {
-        tapir::exit::ExitStatus::Success => println!("all data verified"),
-        st => println!(
+        tapir::exit::ExitStatus::Success => outln!("all data verified"),
+        st => outln!(
             "verification FAILED or incomplete (exit status {})",
             st.code()
         ),
@@ -625,16 +646,22 @@ pub fn manifest(json: bool, found: &FoundManifest) {
         CaptureStatus::Failed => format!("failed: {}", c.stderr.trim()),
     };
     let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
-    println!(
+    outln!(
         "System manifest of {} (cartridge {}, session {}), gathered {} by {}",
-        m.hostname, found.cartridge, found.session, m.created, m.written_by
+        m.hostname,
+        found.cartridge,
+        found.session,
+        m.created,
+        m.written_by
     );
-    println!(
+    outln!(
         "Kernel:     {} {} ({})",
-        m.kernel.release, m.kernel.machine, m.kernel.version
+        m.kernel.release,
+        m.kernel.machine,
+        m.kernel.version
     );
     if let Some(c) = &m.kernel.cmdline {
-        println!("Cmdline:    {c}");
+        outln!("Cmdline:    {c}");
     }
     let firmware = match m.boot.firmware {
         Firmware::Uefi => "UEFI",
@@ -645,13 +672,13 @@ pub fn manifest(json: bool, found: &FoundManifest) {
     } else {
         m.boot.loaders.join(", ")
     };
-    println!("Boot:       {firmware}; loader: {loaders}");
+    outln!("Boot:       {firmware}; loader: {loaders}");
     if !m.boot.efi_directories.is_empty() {
-        println!("EFI dirs:   {}", m.boot.efi_directories.join(", "));
+        outln!("EFI dirs:   {}", m.boot.efi_directories.join(", "));
     }
-    println!("\nDisks:");
+    outln!("\nDisks:");
     for d in &m.disks {
-        println!(
+        outln!(
             "  {} {} bytes{}: partition table {}",
             d.path,
             d.size_bytes,
@@ -662,9 +689,9 @@ pub fn manifest(json: bool, found: &FoundManifest) {
             status(&d.partition_table)
         );
     }
-    println!("\nFilesystems (mounted):");
+    outln!("\nFilesystems (mounted):");
     for f in &m.filesystems {
-        println!(
+        outln!(
             "  {:<20} {:<24} {:<8} UUID={} LABEL={} options={}",
             f.mount_point,
             f.source,
@@ -674,9 +701,9 @@ pub fn manifest(json: bool, found: &FoundManifest) {
             f.mount_options
         );
     }
-    println!("\nBlock devices ({}):", status(&m.block_devices.blkid));
+    outln!("\nBlock devices ({}):", status(&m.block_devices.blkid));
     for d in &m.block_devices.devices {
-        println!(
+        outln!(
             "  {:<24} TYPE={} UUID={} LABEL={} PARTUUID={}",
             d.devname,
             or_dash(&d.fstype),
@@ -685,21 +712,22 @@ pub fn manifest(json: bool, found: &FoundManifest) {
             or_dash(&d.partuuid)
         );
     }
-    println!("\nLVM: {}", status(&m.lvm.fullreport));
+    outln!("\nLVM: {}", status(&m.lvm.fullreport));
     for b in &m.lvm.vg_backups {
-        println!(
+        outln!(
             "  volume group {} (tapir manifest show --vgcfg {})",
-            b.name, b.name
+            b.name,
+            b.name
         );
     }
-    println!("RAID: {}", status(&m.raid.mdadm_scan));
+    outln!("RAID: {}", status(&m.raid.mdadm_scan));
     let arrays = m.raid.mdadm_scan.stdout.trim();
     if !arrays.is_empty() {
-        println!("  {}", arrays.replace('\n', "\n  "));
+        outln!("  {}", arrays.replace('\n', "\n  "));
     }
-    println!("LUKS: {} device(s)", m.luks.len());
+    outln!("LUKS: {} device(s)", m.luks.len());
     for l in &m.luks {
-        println!(
+        outln!(
             "  {} UUID={}: header {}",
             l.device,
             or_dash(&l.uuid),
@@ -708,12 +736,12 @@ pub fn manifest(json: bool, found: &FoundManifest) {
     }
     for file in [&m.fstab, &m.crypttab, &m.swaps, &m.raid.mdstat] {
         if let Some(text) = &file.content {
-            println!("\n--- {} ---\n{}", file.path, text.trim_end());
+            outln!("\n--- {} ---\n{}", file.path, text.trim_end());
         }
     }
     for d in &m.disks {
         if d.partition_table.status == CaptureStatus::Ok {
-            println!(
+            outln!(
                 "\n--- partition table of {} (tapir manifest show --sfdisk {}) ---\n{}",
                 d.path,
                 d.name,
