@@ -12,6 +12,7 @@ pub mod open;
 pub mod sense;
 pub mod sg;
 pub mod st;
+pub mod statx;
 pub mod vtape;
 
 /// A position on tape as the drive reports it.

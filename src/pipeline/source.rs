@@ -10,13 +10,14 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Group, Uid, User, Whence};
 
 use crate::device::inode_flags;
+use crate::device::statx::FileStat;
 use crate::format::meta::{DeviceNumbers, Entry, EntryKind, Extent, Timestamp, Xattr};
 
 /// How to walk.
@@ -176,7 +177,7 @@ struct OpenDir {
 /// [`open_source_file_with_metadata`] for `abs`, opened relative to its
 /// directory, which is kept open in `dir` for the next file in it. The same
 /// flags and checks; falls back to opening by the whole path.
-fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, Metadata)> {
+fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, FileStat)> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     // Split at the last `/` (walkdir's paths are a directory joined with a
@@ -187,7 +188,7 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
             Path::new(std::ffi::OsStr::from_bytes(&bytes[..i.max(1)])),
             std::ffi::OsStr::from_bytes(&bytes[i + 1..]),
         ),
-        _ => return open_source_file_with_metadata(abs),
+        _ => return open_source_file_with_stat(abs),
     };
     if dir.as_ref().is_none_or(|d| d.path != parent) {
         *dir = None;
@@ -202,7 +203,7 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
                     fd,
                 })
             }
-            Err(_) => return open_source_file_with_metadata(abs),
+            Err(_) => return open_source_file_with_stat(abs),
         }
     }
     let d = dir.as_ref().expect("just opened");
@@ -213,8 +214,27 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
         other => other,
     }
     .map_err(io::Error::from)?;
-    let file = File::from(fd);
-    still_regular(file, abs)
+    regular_with_stat(File::from(fd), abs)
+}
+
+/// [`open_source_file_with_metadata`], with the metadata (and inode flags,
+/// where statx reports them) from one `statx`.
+fn open_source_file_with_stat(abs: &Path) -> io::Result<(File, FileStat)> {
+    let (file, _) = open_source_file_with_metadata(abs)?;
+    regular_with_stat(file, abs)
+}
+
+/// The opened file with its metadata from one `statx`, if it is still a
+/// regular file (it may have been swapped since the walk saw it).
+fn regular_with_stat(file: File, abs: &Path) -> io::Result<(File, FileStat)> {
+    let st = crate::device::statx::fstat(&file)?;
+    if !st.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is no longer a regular file", abs.display()),
+        ));
+    }
+    Ok((file, st))
 }
 
 /// The bytes after a path's last `/` (walkdir's entries are a directory
@@ -383,44 +403,39 @@ impl Walker {
     }
 
     /// Queue the items for one object: its entry (or skip), then warnings.
-    fn describe(&mut self, abs: PathBuf, archive: Vec<u8>, md: &Metadata, opened: Option<File>) {
-        let ft = md.file_type();
-        let kind = if ft.is_file() {
-            EntryKind::File
-        } else if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_fifo() {
-            EntryKind::Fifo
-        } else if ft.is_char_device() {
-            EntryKind::CharDevice
-        } else if ft.is_block_device() {
-            EntryKind::BlockDevice
-        } else {
-            let reason = if ft.is_socket() {
-                SkipReason::Socket
-            } else {
-                SkipReason::UnknownType
-            };
-            self.pending
-                .push_back(WalkItem::Skipped { path: abs, reason });
-            return;
+    fn describe(&mut self, abs: PathBuf, archive: Vec<u8>, md: &FileStat, opened: Option<File>) {
+        let kind = match md.file_type() {
+            libc::S_IFREG => EntryKind::File,
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Symlink,
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFCHR => EntryKind::CharDevice,
+            libc::S_IFBLK => EntryKind::BlockDevice,
+            other => {
+                let reason = if other == libc::S_IFSOCK {
+                    SkipReason::Socket
+                } else {
+                    SkipReason::UnknownType
+                };
+                self.pending
+                    .push_back(WalkItem::Skipped { path: abs, reason });
+                return;
+            }
         };
 
         let mut entry = Entry::new(archive, kind);
-        entry.mode = md.mode() & 0o7777;
-        entry.uid = md.uid();
-        entry.gid = md.gid();
-        entry.user = self.user_name(md.uid());
-        entry.group = self.group_name(md.gid());
-        entry.mtime = timestamp(md.mtime(), md.mtime_nsec());
-        entry.atime = timestamp(md.atime(), md.atime_nsec());
-        entry.ctime = timestamp(md.ctime(), md.ctime_nsec());
+        entry.mode = md.mode & 0o7777;
+        entry.uid = md.uid;
+        entry.gid = md.gid;
+        entry.user = self.user_name(md.uid);
+        entry.group = self.group_name(md.gid);
+        entry.mtime = timestamp(md.mtime.0, md.mtime.1);
+        entry.atime = timestamp(md.atime.0, md.atime.1);
+        entry.ctime = timestamp(md.ctime.0, md.ctime.1);
         let mut warnings = Vec::new();
 
-        if kind == EntryKind::File && md.nlink() > 1 {
-            match self.links.get(&(md.dev(), md.ino())) {
+        if kind == EntryKind::File && md.nlink > 1 {
+            match self.links.get(&(md.dev, md.ino)) {
                 Some(first) => {
                     // Content and inode metadata travel with the first path.
                     entry.kind = EntryKind::HardLink.code();
@@ -434,13 +449,13 @@ impl Walker {
                     return;
                 }
                 None => {
-                    self.links.insert((md.dev(), md.ino()), entry.path.clone());
+                    self.links.insert((md.dev, md.ino), entry.path.clone());
                 }
             }
         }
 
         match kind {
-            EntryKind::File => entry.size = md.len(),
+            EntryKind::File => entry.size = md.size,
             EntryKind::Symlink => match std::fs::read_link(&abs) {
                 Ok(t) => entry.link_target = Some(t.into_os_string().into_vec()),
                 Err(e) => {
@@ -452,7 +467,7 @@ impl Walker {
                 }
             },
             EntryKind::CharDevice | EntryKind::BlockDevice => {
-                let rdev = md.rdev();
+                let rdev = md.rdev;
                 entry.device = Some(DeviceNumbers {
                     major: nix::sys::stat::major(rdev) as u32,
                     minor: nix::sys::stat::minor(rdev) as u32,
@@ -483,12 +498,13 @@ impl Walker {
                 }
             }
             if let Ok(f) = opened {
-                match inode_flags::get(&f) {
+                // statx gave the flags already where the filesystem reports them.
+                match md.inode_flags.map_or_else(|| inode_flags::get(&f), Ok) {
                     Ok(flags) => entry.inode_flags = flags,
                     Err(e) => warnings.push(format!("cannot read inode flags: {e}")),
                 }
-                if kind == EntryKind::File && md.blocks().saturating_mul(512) < md.len() {
-                    match data_extents(&f, md.len()) {
+                if kind == EntryKind::File && md.blocks.saturating_mul(512) < md.size {
+                    match data_extents(&f, md.size) {
                         Ok(ext) => entry.sparse = ext,
                         Err(e) => warnings.push(format!("cannot map holes: {e}")),
                     }
@@ -518,7 +534,7 @@ impl Walker {
             abs_path: abs,
             entry,
             file: content,
-            inode: (kind == EntryKind::File).then(|| (md.dev(), md.ino())),
+            inode: (kind == EntryKind::File).then_some((md.dev, md.ino)),
         }));
         self.pending.extend(warned);
     }
@@ -636,7 +652,7 @@ impl Iterator for Walker {
                         }
                     }
                     match std::fs::symlink_metadata(&abs) {
-                        Ok(md) => self.describe(abs, archive, &md, None),
+                        Ok(md) => self.describe(abs, archive, &FileStat::from(&md), None),
                         Err(e) => self.pending.push_back(WalkItem::Warning {
                             path: abs,
                             message: format!("cannot read metadata: {e}"),
@@ -668,7 +684,7 @@ impl Iterator for Walker {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     fn entries(items: &[WalkItem]) -> Vec<&Entry> {
         items
