@@ -632,16 +632,27 @@ impl SetCatalogBuilder {
         Ok(dropped)
     }
 
-    /// Sort the entries held in memory and write them out as a run.
-    fn spill(&mut self) -> std::io::Result<()> {
-        if self.mem_recs.is_empty() {
-            return Ok(());
+    /// Put the entries held in memory in entry order.
+    fn sort_mem(&mut self) {
+        if self.mem_sorted {
+            return;
         }
         let mem = &self.mem;
         let path = |r: &MemRec| &mem[r.off..r.off + r.path_len as usize];
         self.mem_recs.sort_unstable_by(|a, b| {
             entry_order((path(a), a.session, a.seq), (path(b), b.session, b.seq))
         });
+        self.mem_sorted = true;
+    }
+
+    /// Sort the entries held in memory and write them out as a run.
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.mem_recs.is_empty() {
+            return Ok(());
+        }
+        self.sort_mem();
+        let mem = &self.mem;
+        let path = |r: &MemRec| &mem[r.off..r.off + r.path_len as usize];
         let mut w = new_run_writer(run_io_buffer(self.run_bytes))?;
         for r in &self.mem_recs {
             let body_at = r.off + r.path_len as usize;
@@ -685,14 +696,7 @@ impl SetCatalogBuilder {
     /// sorted in memory (no temporary file is written just to be read back).
     fn consolidate(&mut self) -> Result<()> {
         if self.runs.is_empty() {
-            if !self.mem_sorted {
-                let mem = &self.mem;
-                let path = |r: &MemRec| &mem[r.off..r.off + r.path_len as usize];
-                self.mem_recs.sort_unstable_by(|a, b| {
-                    entry_order((path(a), a.session, a.seq), (path(b), b.session, b.seq))
-                });
-                self.mem_sorted = true;
-            }
+            self.sort_mem();
             return Ok(());
         }
         self.spill().map_err(tmp_err)?;
