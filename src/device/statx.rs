@@ -97,7 +97,13 @@ pub fn fstat(fd: impl AsFd) -> io::Result<FileStat> {
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // No statx (a kernel before 4.11, or a seccomp filter that refuses
+        // it): plain fstat, and the flags from the ioctl, as std does.
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EPERM) => fstat_plain(fd),
+            _ => Err(e),
+        };
     }
     let dev = |major: u32, minor: u32| libc::makedev(major, minor);
     let time = |t: libc::statx_timestamp| (t.tv_sec, t.tv_nsec as i64);
@@ -115,6 +121,26 @@ pub fn fstat(fd: impl AsFd) -> io::Result<FileStat> {
         mtime: time(sx.stx_mtime),
         ctime: time(sx.stx_ctime),
         inode_flags: flags_of(sx.stx_attributes, sx.stx_attributes_mask),
+    })
+}
+
+/// [`fstat`] by `fstat(2)`: no inode flags.
+fn fstat_plain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<FileStat> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok(FileStat {
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        nlink: st.st_nlink,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        rdev: st.st_rdev,
+        atime: (st.st_atime, st.st_atime_nsec),
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+        inode_flags: None,
     })
 }
 
@@ -157,6 +183,11 @@ mod tests {
             std_md
         );
         assert!(ours.is_file());
+        assert_eq!(
+            fstat_plain(std::os::fd::AsFd::as_fd(&f)).unwrap(),
+            std_md,
+            "the fallback without statx"
+        );
         if let Some(bits) = ours.inode_flags {
             assert_eq!(bits, super::super::inode_flags::get(&f).unwrap());
         }

@@ -6,7 +6,7 @@
 //! are archived as symlinks, even when given as a source.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -133,12 +133,13 @@ pub fn archive_path_of(source: &Path) -> Result<Vec<u8>, String> {
 /// symlink, without updating its atime where permitted, and never blocking
 /// (a file swapped for a FIFO since the walk is refused, not waited on).
 pub fn open_source_file(abs: &Path) -> io::Result<File> {
-    open_source_file_with_metadata(abs).map(|(f, _)| f)
+    open_source_file_with_stat(abs).map(|(f, _)| f)
 }
 
-/// [`open_source_file`], also returning the opened file's metadata: one
-/// `fstat` serves both the regular-file check and the archive entry.
-pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)> {
+/// [`open_source_file`], also returning the opened file's metadata (and
+/// inode flags, where statx reports them): one `statx` serves both the
+/// regular-file check and the archive entry.
+fn open_source_file_with_stat(abs: &Path) -> io::Result<(File, FileStat)> {
     let open = |noatime: bool| {
         let extra = if noatime { libc::O_NOATIME } else { 0 };
         std::fs::OpenOptions::new()
@@ -156,15 +157,15 @@ pub fn open_source_file_with_metadata(abs: &Path) -> io::Result<(File, Metadata)
 
 /// The opened file with its metadata, if it is still a regular file (it
 /// may have been swapped since the walk saw it).
-fn still_regular(file: File, abs: &Path) -> io::Result<(File, Metadata)> {
-    let md = file.metadata()?;
-    if !md.file_type().is_file() {
+fn still_regular(file: File, abs: &Path) -> io::Result<(File, FileStat)> {
+    let st = crate::device::statx::fstat(&file)?;
+    if !st.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is no longer a regular file", abs.display()),
         ));
     }
-    Ok((file, md))
+    Ok((file, st))
 }
 
 /// A directory held open (`O_PATH`) while its regular files are opened by
@@ -174,7 +175,7 @@ struct OpenDir {
     fd: std::os::fd::OwnedFd,
 }
 
-/// [`open_source_file_with_metadata`] for `abs`, opened relative to its
+/// [`open_source_file_with_stat`] for `abs`, opened relative to its
 /// directory, which is kept open in `dir` for the next file in it. The same
 /// flags and checks; falls back to opening by the whole path.
 fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<(File, FileStat)> {
@@ -214,27 +215,7 @@ fn open_source_file_in_dir(dir: &mut Option<OpenDir>, abs: &Path) -> io::Result<
         other => other,
     }
     .map_err(io::Error::from)?;
-    regular_with_stat(File::from(fd), abs)
-}
-
-/// [`open_source_file_with_metadata`], with the metadata (and inode flags,
-/// where statx reports them) from one `statx`.
-fn open_source_file_with_stat(abs: &Path) -> io::Result<(File, FileStat)> {
-    let (file, _) = open_source_file_with_metadata(abs)?;
-    regular_with_stat(file, abs)
-}
-
-/// The opened file with its metadata from one `statx`, if it is still a
-/// regular file (it may have been swapped since the walk saw it).
-fn regular_with_stat(file: File, abs: &Path) -> io::Result<(File, FileStat)> {
-    let st = crate::device::statx::fstat(&file)?;
-    if !st.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is no longer a regular file", abs.display()),
-        ));
-    }
-    Ok((file, st))
+    still_regular(File::from(fd), abs)
 }
 
 /// The bytes after a path's last `/` (walkdir's entries are a directory

@@ -1590,31 +1590,51 @@ impl<F: std::borrow::Borrow<File>> SpillReader<F> {
 impl PartDone {
     /// The part's catalog entries, in order, streamed from the spill.
     pub fn entries(&mut self) -> Result<SpillEntries> {
-        let out = self.spill.move_to_disk()?;
+        let Some(out) = &mut self.spill.out else {
+            return Ok(SpillEntries(SpillSource::Memory {
+                records: self.spill.mem.clone(),
+                at: 0,
+            }));
+        };
         out.flush()
             .map_err(|e| Error::io("flushing the catalog spill file", e))?;
         let file = out
             .get_ref()
             .try_clone()
             .map_err(|e| Error::io("reopening the catalog spill file", e))?;
-        Ok(SpillEntries {
-            reader: SpillReader::new(file, self.spill.count),
-        })
+        Ok(SpillEntries(SpillSource::File(SpillReader::new(
+            file,
+            self.spill.count,
+        ))))
     }
     pub fn count(&self) -> u64 {
         self.spill.count
     }
 }
 
-/// Catalog entries read back from a spill file.
-pub struct SpillEntries {
-    reader: SpillReader<File>,
+/// Catalog entries read back from a part's spill.
+pub struct SpillEntries(SpillSource);
+
+enum SpillSource {
+    File(SpillReader<File>),
+    /// The records (a copy) and the offset of the next one.
+    Memory {
+        records: Vec<u8>,
+        at: usize,
+    },
 }
 
 impl Iterator for SpillEntries {
     type Item = CatalogEntry;
     fn next(&mut self) -> Option<CatalogEntry> {
-        let body = self.reader.next_body().ok()??;
+        let body = match &mut self.0 {
+            SpillSource::File(reader) => reader.next_body().ok()??,
+            SpillSource::Memory { records, at } => {
+                let (body, rest) = next_spilled(&records[*at..])?;
+                *at = records.len() - rest.len();
+                body
+            }
+        };
         crate::format::meta::from_cbor(body).ok()
     }
 }
