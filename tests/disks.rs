@@ -150,6 +150,22 @@ impl Bay {
         );
         let dev = self.disks[i].dev.take().unwrap();
         sh(Command::new("losetup").args(["-d", &dev]));
+        // A loop device still open elsewhere (a blkid probe finishing) is
+        // only marked for detaching; until it lets go, tapir would still
+        // see the disk as plugged in. Wait for the detach itself.
+        let backing = format!(
+            "/sys/class/block/{}/loop/backing_file",
+            Path::new(&dev).file_name().unwrap().to_str().unwrap()
+        );
+        let since = std::time::Instant::now();
+        while Path::new(&backing).exists() {
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(30),
+                "{dev} did not detach from {}",
+                self.disks[i].label
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Run tapir with this bay's catalog, in `cwd`.
