@@ -114,11 +114,19 @@ fn known_record_type() -> impl Strategy<Value = RecordType> {
         Just(RecordType::CatalogHeader),
         Just(RecordType::CatalogEntry),
         Just(RecordType::CatalogEnd),
+        Just(RecordType::SetCatalogHeader),
+        Just(RecordType::VolumeInfo),
+        Just(RecordType::SessionInfo),
+        Just(RecordType::PageIndex),
+        Just(RecordType::SetCatalogEntry),
+        Just(RecordType::SetCatalogEnd),
     ]
 }
 
-const KNOWN_RECORD_CODES: [u16; 9] = [
-    0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0010, 0x0011, 0x0012,
+/// Every record type code FORMAT.md defines (§5.4), set catalog ones included.
+const KNOWN_RECORD_CODES: [u16; 15] = [
+    0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0010, 0x0011, 0x0012, 0x0020, 0x0021, 0x0022,
+    0x0023, 0x0024, 0x0025,
 ];
 
 /// A record header a v1 reader must accept: a known type with any flags, or
